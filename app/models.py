@@ -1,0 +1,97 @@
+"""SQLAlchemy metadata for the ``herald`` schema: the source of truth alembic compares against.
+
+The tables and constraints here mirror the initial migration exactly; trigger functions
+live only in the migration (as explicit SQL), because SQLAlchemy has no model for them.
+The limits are module constants so that the HTTP/WebSocket validators enforce the very
+same bounds as the database constraints.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "herald"
+CHANNEL = "herald"
+VERSION_TABLE = "herald_alembic_version"
+
+USER_ID_MAX = 255
+TITLE_MAX = 1000
+BODY_MAX = 10_000
+LINK_MAX = 2048
+DATA_MAX_BYTES = 16_384
+
+# Only absolute http(s) URLs or same-site paths: a javascript: link would be an XSS vector
+# in every client that renders it, and '//host' is an off-site link dressed as a path.
+LINK_PATTERN = r"^(https?://[^\s]+|/(?!/)[^\s]*)$"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    # Assigned by the herald.assign_seq() trigger; any value a client supplies is overwritten.
+    Column("seq", BigInteger, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=True),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("link", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("read_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("user_id", "seq"),
+    CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
+    CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),
+    CheckConstraint(f"char_length(body) <= {BODY_MAX}", name="body_length"),
+    CheckConstraint("jsonb_typeof(data) = 'object'", name="data_is_object"),
+    CheckConstraint(f"octet_length(data::text) <= {DATA_MAX_BYTES}", name="data_size"),
+    CheckConstraint(
+        f"char_length(link) <= {LINK_MAX} AND link ~* '{LINK_PATTERN}'", name="link_url"
+    ),
+)
+
+# Unread count and the unread-only history page.
+Index(
+    "ix_notifications_unread",
+    notifications.c.user_id,
+    notifications.c.seq,
+    postgresql_where=text("read_at IS NULL"),
+)
+# "Everything not yet delivered" for a client that connects without a cursor.
+Index(
+    "ix_notifications_undelivered",
+    notifications.c.user_id,
+    notifications.c.seq,
+    postgresql_where=text("delivered_at IS NULL"),
+)
+
+# One row per user; its row lock serialises that user's inserts so seq order is commit order,
+# and because the increment is part of the inserting transaction a rollback leaves no gap.
+user_counters = Table(
+    "user_counters",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)
