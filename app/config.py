@@ -177,6 +177,7 @@ def load_config(
     if "api_key" not in values and embedded:
         values["api_key"] = _read_or_create(data_dir / "api_key", 24)
     values.setdefault("api_key", None)
+    values.setdefault("database_url", None)
     port = values.get("port", 8888)
     values.setdefault("node", f"{socket.gethostname()}:{port}")
     return Config(**values)

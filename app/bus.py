@@ -1,0 +1,117 @@
+"""The node's one LISTEN connection: listen, detect loss, reconnect, hand events on.
+
+Never a pool connection: asyncpg's pool runs ``UNLISTEN *`` when a connection is
+released, so LISTEN lives on its own ``asyncpg.connect()``. Loss is detected two ways:
+the termination listener (the server closed the socket) and a ``SELECT 1`` ping with a
+timeout every ``ping_interval`` seconds (a silently dead TCP connection raises nothing).
+
+``on_event`` is called with each raw payload and must only enqueue. ``on_listening``
+is called every time LISTEN is (re-)established, *after* it is in place, so the node's
+catch-up read of the table cannot miss a commit that happened during the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+
+from app import db
+
+log = logging.getLogger(__name__)
+
+
+class Bus:
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        on_event: Callable[[str], None],
+        on_listening: Callable[[bool], None],
+        *,
+        application_name: str = "herald-bus",
+        ping_interval: float = 5.0,
+        connect: Callable[[str, str], Awaitable[asyncpg.Connection]] = db.connect,
+    ) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_event = on_event
+        self._on_listening = on_listening
+        self._app_name = application_name
+        self._ping_interval = ping_interval
+        self._connect = connect
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._first = asyncio.get_running_loop().create_future()  # set on first LISTEN
+        self.connected = False
+        self.reconnects = 0
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Start listening; return once LISTEN is up. Raises ``TimeoutError`` otherwise."""
+        self._task = asyncio.create_task(self._supervise(), name="herald-bus")
+        await asyncio.wait_for(asyncio.shield(self._first), timeout)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._drop()
+
+    def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._on_event(payload)
+
+    async def _drop(self) -> None:
+        self.connected = False
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()  # close() could hang on a dead socket
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        while True:
+            lost = asyncio.Event()
+            try:
+                self._conn = await self._connect(self._dsn, self._app_name)
+                self._conn.add_termination_listener(lambda _conn: lost.set())
+                await self._conn.add_listener(self._channel, self._listener)
+                self.connected = True
+                reconnected = self._first.done()
+                if reconnected:
+                    self.reconnects += 1
+                    log.warning("bus: LISTEN re-established; catching up")
+                else:
+                    self._first.set_result(None)
+                self._on_listening(reconnected)
+                backoff = 0.1
+                await self._watch(lost)
+                log.warning("bus: LISTEN connection lost")
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # any failure to connect: log it and retry with backoff
+                log.warning("bus: cannot listen (%s: %s)", type(err).__name__, err)
+            finally:
+                await self._drop()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _watch(self, lost: asyncio.Event) -> None:
+        """Return when the connection is lost or stops answering pings."""
+        assert self._conn is not None
+        while True:
+            try:
+                await asyncio.wait_for(lost.wait(), self._ping_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self._conn.fetchval("SELECT 1", timeout=self._ping_interval)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                    asyncio.TimeoutError) as err:
+                log.warning("bus: ping failed (%s)", type(err).__name__)
+                return

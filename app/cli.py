@@ -1,0 +1,296 @@
+"""The ``herald`` command: serve, migrate, token, send, tail.
+
+Each command is thin: it builds a ``Config`` (environment, overridden by flags), resolves
+the database (external URL, or the embedded one in ``HERALD_DATA_DIR``) and calls into
+the package. Any expected failure ends with one ``herald: error: ...`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import warnings
+from typing import Any, NoReturn, Sequence
+
+import asyncpg
+
+from app import __version__, auth, db, protocol, schema
+from app.config import Config, ConfigError, load_config
+
+log = logging.getLogger("herald")
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _config_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    helps = {
+        "database_url": "PostgreSQL URL (env HERALD_DATABASE_URL; none = embedded PostgreSQL)",
+        "secret": "JWT signing secret (env HERALD_SECRET)",
+        "api_key": "API key for POST /api/notifications (env HERALD_API_KEY)",
+        "port": "HTTP port (env HERALD_PORT, default 8888; 0 = any free port)",
+        "host": "bind address (env HERALD_HOST, default all interfaces)",
+        "node": "node name (env HERALD_NODE, default host:port)",
+        "allowed_origins": "comma-separated browser origins (env HERALD_ALLOWED_ORIGINS)",
+        "data_dir": "embedded database and generated secrets (env HERALD_DATA_DIR, "
+        "default ~/.herald)",
+    }
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=helps[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="herald",
+        description="Real-time notification push: INSERT a row in PostgreSQL, the user's "
+        "browser gets it over a WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"herald {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run a node (embedded PostgreSQL if no URL)",
+                           description="Run a Herald node. Flags override environment.")
+    _config_flags(serve, "database_url", "secret", "api_key", "port", "host", "node",
+                  "allowed_origins", "data_dir")
+    serve.add_argument("--dev", action="store_true", default=None,
+                       help="enable the /login page (pick any user; never in production)")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to head",
+                             description="Same as `alembic upgrade head`.")
+    _config_flags(migrate, "database_url", "data_dir")
+
+    token = sub.add_parser("token", help="print a user JWT signed with HERALD_SECRET",
+                           description="Print a JWT (HS256) whose sub is USER.")
+    token.add_argument("user", metavar="USER")
+    token.add_argument("--ttl", type=int, default=None,
+                       help="lifetime in seconds (env HERALD_TOKEN_TTL, default 3600)")
+    _config_flags(token, "database_url", "secret", "data_dir")
+
+    send = sub.add_parser("send", help="insert a notification for USER",
+                          description="Insert one notification (an INSERT, as any backend "
+                          "would do); prints its id and seq as JSON.")
+    send.add_argument("user", metavar="USER")
+    send.add_argument("title", metavar="TITLE")
+    send.add_argument("--body", default=None)
+    send.add_argument("--data", default=None, help="a JSON object")
+    send.add_argument("--link", default=None, help="http(s) URL or /path")
+    _config_flags(send, "database_url", "data_dir")
+
+    tail = sub.add_parser("tail", help="print USER's notifications live",
+                          description="Connect to a node as USER and print notifications "
+                          "as they arrive; reconnects and resumes on its own.")
+    tail.add_argument("user", metavar="USER")
+    tail.add_argument("--url", default=None,
+                      help="WebSocket URL (default ws://127.0.0.1:$HERALD_PORT/ws)")
+    tail.add_argument("--last-seq", type=int, default=None,
+                      help="resume after this seq (default: everything undelivered)")
+    tail.add_argument("--json", action="store_true", help="print raw JSON frames")
+    tail.add_argument("--ack", action="store_true",
+                      help="acknowledge what is printed (marks it delivered)")
+    _config_flags(tail, "database_url", "secret", "port", "data_dir")
+    return parser
+
+
+def _load(args: argparse.Namespace, names: Sequence[str]) -> Config:
+    return load_config(overrides={n: getattr(args, n, None) for n in names})
+
+
+def _database(config: Config) -> str:
+    if config.database_url:
+        return config.database_url
+    try:
+        return db.start_embedded(config.data_dir)
+    except RuntimeError as err:
+        raise CliError(str(err)) from None
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.server import HeraldServer
+
+    config = _load(args, ["database_url", "secret", "api_key", "port", "host", "node",
+                          "allowed_origins", "data_dir", "dev"])
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = _database(config)
+    if config.embedded:
+        schema.upgrade(url)
+
+    async def run() -> None:
+        server = HeraldServer(config, url)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        where = f"http://127.0.0.1:{server.port}"
+        print(f"herald: node {config.node} serving {where}  (WebSocket "
+              f"ws://127.0.0.1:{server.port}/ws)",
+              file=sys.stderr, flush=True)
+        if config.embedded:
+            print(f"herald: embedded PostgreSQL in {config.data_dir / 'pg'}; "
+                  f"API key in {config.data_dir / 'api_key'}", file=sys.stderr, flush=True)
+        if config.dev:
+            print(f"herald: dev login at {where}/login", file=sys.stderr, flush=True)
+        await stop.wait()
+        print("herald: shutting down", file=sys.stderr, flush=True)
+        await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+# --- migrate / token / send -------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    config = _load(args, ["database_url", "data_dir"])
+    url = _database(config)
+    schema.upgrade(url)
+    print(f"herald: schema at revision {schema.head_revision()}", file=sys.stderr)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    config = _load(args, ["database_url", "secret", "data_dir"])
+    try:
+        print(auth.mint_token(config.secret, args.user, args.ttl or config.token_ttl))
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from app.store import NewNotification, Store
+
+    config = _load(args, ["database_url", "data_dir"])
+    try:
+        data = None if args.data is None else json.loads(args.data)
+    except ValueError:
+        raise CliError("--data must be a JSON object, e.g. '{\"order_id\": 1001}'") from None
+    item = {"user_id": args.user, "title": args.title, "body": args.body, "data": data,
+            "link": args.link}
+    try:
+        (valid,) = protocol.parse_publish(json.dumps(item).encode(), 1)
+    except protocol.ProtocolError as err:
+        raise CliError(err.message.replace("notification.", "")) from None
+    url = _database(config)
+
+    async def run() -> dict[str, Any]:
+        pool = await db.create_pool(url, "herald:send", min_size=1, max_size=1)
+        try:
+            (row,) = await Store(pool).insert([NewNotification(**valid)])
+        finally:
+            await pool.close()
+        return {"id": row.id, "seq": row.seq, "user_id": row.user_id,
+                "created_at": protocol.iso(row.created_at)}
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+# --- tail -------------------------------------------------------------------------------
+
+
+def _describe(frame: dict[str, Any]) -> str:
+    line = f"#{frame['seq']}  {frame['created_at']}  {frame['title']}"
+    if frame.get("body"):
+        line += f" — {frame['body']}"
+    if frame.get("data"):
+        line += "  " + json.dumps(frame["data"], ensure_ascii=False)
+    if frame.get("link"):
+        line += f"  <{frame['link']}>"
+    return line
+
+
+async def _tail(config: Config, args: argparse.Namespace) -> int:
+    from tornado.websocket import WebSocketClosedError, websocket_connect
+
+    url = args.url or f"ws://127.0.0.1:{config.port}/ws"
+    cursor: int | None = args.last_seq
+    backoff = 0.2
+    while True:
+        try:
+            conn = await websocket_connect(url, connect_timeout=5)
+        except (OSError, asyncio.TimeoutError, WebSocketClosedError) as err:
+            print(f"herald tail: cannot connect to {url} ({err}); retrying", file=sys.stderr)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        token = auth.mint_token(config.secret, args.user, config.token_ttl)
+        await conn.write_message(json.dumps({"type": "hello", "token": token,
+                                             "last_seq": cursor}))
+        while True:
+            message = await conn.read_message()
+            if message is None:
+                break
+            frame = json.loads(message)
+            kind = frame.get("type")
+            if args.json:
+                print(message, flush=True)
+            elif kind == "welcome":
+                print(f"herald tail: {frame['user']} on node {frame['node']} "
+                      f"(last seq {frame['last_seq']}, {frame['unread']} unread)",
+                      file=sys.stderr, flush=True)
+            elif kind == "notification":
+                print(_describe(frame), flush=True)
+            elif kind == "read":
+                print(f"herald tail: read {frame.get('ids') or 'all'} "
+                      f"({frame['unread']} unread)", file=sys.stderr, flush=True)
+            elif kind == "error":
+                print(f"herald tail: {frame['code']}: {frame['message']}", file=sys.stderr)
+            if kind == "welcome":
+                backoff = 0.2
+            if kind == "notification":
+                cursor = frame["seq"]
+                if args.ack:
+                    await conn.write_message(json.dumps({"type": "ack", "seq": cursor}))
+        if conn.close_code == protocol.CLOSE_UNAUTHORIZED:
+            raise CliError(f"{url} refused the token: {conn.close_reason}")
+        print(f"herald tail: disconnected ({conn.close_code}); reconnecting", file=sys.stderr)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    config = _load(args, ["database_url", "secret", "port", "data_dir"])
+    return asyncio.run(_tail(config, args))
+
+
+COMMANDS = {"serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
+            "send": cmd_send, "tail": cmd_tail}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CliError, schema.SchemaError) as err:
+        print(f"herald: error: {err}", file=sys.stderr)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as err:
+        print(f"herald: error: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

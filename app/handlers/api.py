@@ -1,0 +1,116 @@
+"""The HTTP API: publish (API key), history and read (user JWT)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from app import auth, protocol
+from app.config import Config
+from app.handlers.base import ApiError, JsonHandler
+from app.metrics import Metrics
+from app.node import DB_ERRORS, Node
+from app.store import NewNotification, Store
+
+MAX_HISTORY_PAGE = 200
+
+
+def _int_arg(
+    handler: JsonHandler, name: str, default: int | None, low: int, high: int
+) -> int | None:
+    raw = handler.get_query_argument(name, None)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_request", f"{name} must be between {low} and {high}")
+    return value
+
+
+class NotificationsHandler(JsonHandler):
+    """``/api/notifications``: POST publishes (API key) one object or a list in one
+    transaction; GET pages the caller's history (user JWT), newest first, by seq."""
+
+    def initialize(self, store: Store, config: Config, metrics: Metrics) -> None:
+        self.store, self.config, self.metrics = store, config, metrics
+
+    async def post(self) -> None:
+        if not self.config.api_key:
+            raise ApiError(401, "unauthorized", "publishing over HTTP is disabled: set HERALD_API_KEY")
+        if not auth.api_key_ok(
+            self.config.api_key, auth.bearer(self.request.headers.get("Authorization"))
+        ):
+            self.metrics.refused.labels("api_key").inc()
+            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
+        try:
+            items = protocol.parse_publish(self.request.body, self.config.max_publish_batch)
+        except protocol.ProtocolError as err:
+            self.metrics.refused.labels("publish_body").inc()
+            raise ApiError(400, err.code, err.message) from None
+        try:
+            inserted = await self.store.insert([NewNotification(**i) for i in items])
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as err:
+            # Validation mirrors the constraints, so this is a last line of defence.
+            raise ApiError(400, "invalid_request", str(err).splitlines()[0]) from None
+        except DB_ERRORS:
+            raise ApiError(503, "unavailable", "database unavailable; nothing was inserted "
+                           "unless the commit had already completed, retry later") from None
+        self.metrics.published.inc(len(inserted))
+        self.write_json(
+            {
+                "notifications": [
+                    {"id": n.id, "seq": n.seq, "user_id": n.user_id,
+                     "created_at": protocol.iso(n.created_at)}
+                    for n in inserted
+                ]
+            },
+            status=201,
+        )
+
+    async def get(self) -> None:
+        user = self.current_user_id()
+        # Larger pages are clamped, not refused: asking for "a lot" is a fair request.
+        limit = min(_int_arg(self, "limit", 50, 1, protocol.MAX_SEQ) or 50, MAX_HISTORY_PAGE)
+        before = _int_arg(self, "before_seq", None, 1, protocol.MAX_SEQ)
+        unread_raw = self.get_query_argument("unread", "false").lower()
+        if unread_raw not in ("true", "false", "1", "0", ""):
+            raise ApiError(400, "invalid_request", "unread must be true or false")
+        assert limit is not None
+        try:
+            rows, unread = await self.store.history(
+                user, limit, before, unread_raw in ("true", "1")
+            )
+        except DB_ERRORS:
+            raise ApiError(503, "unavailable", "database unavailable, retry later") from None
+        items = []
+        for row in rows:
+            item = protocol.notification_fields(row)
+            item["delivered_at"] = protocol.iso(row["delivered_at"])
+            item["read_at"] = protocol.iso(row["read_at"])
+            items.append(item)
+        self.write_json({"notifications": items, "unread": unread})
+
+
+class ReadHandler(JsonHandler):
+    """``POST /api/notifications/read``: ``{"ids": [...]}`` or ``{"all": true}``."""
+
+    def initialize(self, node: Node, config: Config, metrics: Metrics) -> None:
+        self.node, self.config, self.metrics = node, config, metrics
+
+    async def post(self) -> None:
+        user = self.current_user_id()
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request", 'body must be {"ids": [...]} or {"all": true}')
+        try:
+            request = protocol.parse_read_request(body)
+        except protocol.ProtocolError as err:
+            raise ApiError(400, "invalid_request", err.message) from None
+        try:
+            updated = await self.node.read(user, request.ids, request.all)
+            unread = await self.node.unread(user)
+        except DB_ERRORS:
+            raise ApiError(503, "unavailable", "database unavailable, retry later") from None
+        self.write_json({"updated": updated, "unread": unread})

@@ -1,0 +1,69 @@
+"""Shared behaviour of Herald's JSON endpoints: errors as ``{"error": {code, message}}``
+and the caller's identity from a Bearer JWT or the browser's login cookie."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from app import auth
+from app.config import Config
+from app.metrics import Metrics
+
+
+class ApiError(tornado.web.HTTPError):
+    """Raise to answer with ``status`` and a JSON error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, reason=None)
+        self.code = code
+        self.message = message
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    config: Config
+    metrics: Metrics
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            code, message = exc.code, exc.message
+        else:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "error")
+            message = self._reason if status_code < 500 else "internal server error"
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+
+    def current_user_id(self) -> str:
+        """The user of a Bearer JWT, else of the login cookie (only from an allowed
+        origin, so another site cannot spend the cookie). Raises 401 ``ApiError``."""
+        token = auth.bearer(self.request.headers.get("Authorization"))
+        if token is None:
+            token = self.get_cookie(auth.COOKIE_NAME)
+            origin = self.request.headers.get("Origin")
+            if token and not auth.origin_allowed(
+                origin, self.request.host, self.config.allowed_origins
+            ):
+                self.metrics.refused.labels("origin").inc()
+                raise ApiError(403, "forbidden_origin", f"origin {origin} is not allowed")
+        try:
+            return auth.verify_token(self.config.secret, token).user
+        except auth.AuthError as err:
+            self.metrics.refused.labels("token").inc()
+            raise ApiError(401, "unauthorized", str(err)) from None

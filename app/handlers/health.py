@@ -1,0 +1,51 @@
+"""Operator endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from app.handlers.base import JsonHandler
+from app.metrics import Metrics
+from app.store import CONNECTION_ERRORS, Store
+
+
+class HealthzHandler(JsonHandler):
+    """``GET /healthz``: 200 while the process serves requests."""
+
+    def initialize(self, node_name: str) -> None:
+        self.node_name = node_name
+
+    def get(self) -> None:
+        self.write_json({"status": "ok", "node": self.node_name})
+
+
+class ReadyzHandler(JsonHandler):
+    """``GET /readyz``: 200 only when the database answers, the LISTEN connection is up
+    and the node is not draining; 503 with the failing checks otherwise."""
+
+    def initialize(
+        self, store: Store, bus_connected: Callable[[], bool], draining: Callable[[], bool]
+    ) -> None:
+        self.store, self.bus_connected, self.draining = store, bus_connected, draining
+
+    async def get(self) -> None:
+        checks = {"database": True, "listen": self.bus_connected(), "draining": self.draining()}
+        try:
+            await self.store.ping()
+        except CONNECTION_ERRORS + (asyncio.TimeoutError, Exception):
+            checks["database"] = False
+        ready = checks["database"] and checks["listen"] and not checks["draining"]
+        self.write_json({"status": "ready" if ready else "unavailable", **checks},
+                        status=200 if ready else 503)
+
+
+class MetricsHandler(JsonHandler):
+    """``GET /metrics``: Prometheus text exposition format."""
+
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.metrics.render())

@@ -1,0 +1,191 @@
+"""``/ws``: the WebSocket protocol of SPEC.md, one handler instance per connection.
+
+Lifecycle: open → (hello within ``hello_timeout``) → welcome + replay → live frames.
+Tornado delivers the next message only after a coroutine ``on_message`` returns, so a
+connection's frames are handled strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import tornado.websocket
+
+from app import auth, protocol
+from app.config import Config
+from app.hub import ClientGone
+from app.metrics import Metrics
+from app.node import DB_ERRORS, Node
+
+log = logging.getLogger(__name__)
+
+
+class SocketHandler(tornado.websocket.WebSocketHandler):
+    """A client connection; implements ``app.hub.Client`` (``user``, ``cursor``, ``send``)."""
+
+    def initialize(self, node: Node, config: Config, metrics: Metrics) -> None:
+        self.node, self.config, self.metrics = node, config, metrics
+        self.user: str = ""
+        self.cursor = 0
+        self._timers: list[asyncio.TimerHandle] = []
+        self._tokens = float(config.frame_burst)
+        self._refilled = time.monotonic()
+        self._registered = False
+        self._closing = False
+
+    # --- handshake ----------------------------------------------------------------------
+
+    def check_origin(self, origin: str) -> bool:
+        """Browsers always send Origin: refuse pages from origins not allowed, so a
+        foreign site cannot open a socket riding on the user's login cookie."""
+        allowed = auth.origin_allowed(origin, self.request.host, self.config.allowed_origins)
+        if not allowed:
+            self.metrics.refused.labels("origin").inc()
+            log.info("ws: refused origin %r", origin)
+        return allowed
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None  # per-message deflate costs ~300 KB of zlib state per socket
+
+    def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self.config.hello_timeout, self._hello_timeout))
+
+    def _hello_timeout(self) -> None:
+        if not self.user:
+            self.metrics.refused.labels("hello_timeout").inc()
+            self.fail("hello_timeout", "no hello received in time", protocol.CLOSE_HELLO_TIMEOUT)
+
+    # --- frames -------------------------------------------------------------------------
+
+    def _rate_ok(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(
+            float(self.config.frame_burst),
+            self._tokens + (now - self._refilled) * self.config.frame_rate,
+        )
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self._closing:
+            return
+        if not self._rate_ok():
+            self.metrics.refused.labels("rate_limited").inc()
+            self.fail("rate_limited", "too many frames; slow down", protocol.CLOSE_RATE_LIMITED)
+            return
+        try:
+            frame = protocol.parse_client_frame(message)
+        except protocol.ProtocolError as err:
+            self.metrics.refused.labels("malformed").inc()
+            self.fail(err.code, err.message, protocol.CLOSE_MALFORMED)
+            return
+        if not self.user:
+            if not isinstance(frame, protocol.Hello):
+                self.fail("hello_required", "the first frame must be hello",
+                          protocol.CLOSE_MALFORMED)
+                return
+            await self._hello(frame)
+            return
+        try:
+            if isinstance(frame, protocol.Ping):
+                self.send(protocol.pong())
+            elif isinstance(frame, protocol.Ack):
+                await self.node.ack(self, frame.seq)
+            elif isinstance(frame, protocol.Read):
+                await self.node.read(self.user, frame.ids, frame.all)
+            else:
+                self.fail("malformed", "hello was already received", protocol.CLOSE_MALFORMED)
+        except DB_ERRORS as err:
+            log.warning("ws: %s for %s failed: %s", type(frame).__name__, self.user, err)
+            self._send_quietly(protocol.error("unavailable", "database unavailable; retry"))
+        except ClientGone:
+            pass
+
+    async def _hello(self, hello: protocol.Hello) -> None:
+        token = hello.token or self.get_cookie(auth.COOKIE_NAME)
+        try:
+            claims = auth.verify_token(self.config.secret, token)
+        except auth.AuthError as err:
+            self.metrics.refused.labels("token").inc()
+            self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
+            return
+        self.user = claims.user
+        for timer in self._timers:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        expires_in = max(0.0, claims.expires_at - time.time())
+        self._timers = [loop.call_later(expires_in, self._token_expired)]
+        self._registered = True
+        try:
+            await self.node.open_session(self, hello.last_seq)
+        except DB_ERRORS as err:
+            log.warning("ws: session start for %s failed: %s", self.user, err)
+            self.fail("unavailable", "database unavailable; reconnect shortly", 1011)
+        except ClientGone:
+            self.node.close_session(self)
+
+    def _token_expired(self) -> None:
+        self.fail("token_expired", "token expired; reconnect with a fresh token",
+                  protocol.CLOSE_UNAUTHORIZED)
+
+    # --- app.hub.Client -----------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Queue a frame. Raises ``ClientGone`` if the socket is closed or was just closed
+        for holding more than ``max_pending_bytes`` unsent (a client that stopped reading
+        must not grow the node's memory; it resumes from its cursor when it reconnects)."""
+        if self._closing or self.ws_connection is None or self.ws_connection.is_closing():
+            raise ClientGone()
+        try:
+            future = self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            raise ClientGone() from None
+        future.add_done_callback(_ignore_closed)
+        if self._pending_bytes() > self.config.max_pending_bytes:
+            self.metrics.refused.labels("slow_consumer").inc()
+            self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer: too much unsent data")
+            raise ClientGone()
+
+    def _pending_bytes(self) -> int:
+        stream = getattr(self.ws_connection, "stream", None)
+        # IOStream keeps these counters privately; there is no public "bytes pending".
+        total = getattr(stream, "_total_write_index", 0)
+        done = getattr(stream, "_total_write_done_index", 0)
+        return int(total - done)
+
+    def fail(self, code: str, message: str, close_code: int) -> None:
+        """Send an error frame, then close with ``close_code``."""
+        self._send_quietly(protocol.error(code, message))
+        self.close(close_code, message[:120])
+
+    def _send_quietly(self, text: str) -> None:
+        try:
+            if self.ws_connection is not None and not self.ws_connection.is_closing():
+                self.write_message(text).add_done_callback(_ignore_closed)
+        except tornado.websocket.WebSocketClosedError:
+            pass
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self._closing = True
+        super().close(code, reason)
+
+    def on_close(self) -> None:
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        if self._registered:
+            self.node.close_session(self)
+
+
+def _ignore_closed(future: "asyncio.Future[None]") -> None:
+    # Retrieve the exception of a write that failed because the peer went away, so asyncio
+    # does not log "exception was never retrieved" for every frame queued to a dead socket.
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,111 @@
+"""This node's live sockets: user → connections, ordered delivery, per-connection cursor.
+
+The hub never talks to the database. Its one delivery rule keeps every guarantee local
+and simple: a connection is sent the row with seq ``cursor + 1`` and nothing else, then
+its cursor advances. Whoever fetched the rows (live fan-out, replay, catch-up), and in
+whatever order those fetches finish, a client can get neither a duplicate nor a gap.
+Sending is synchronous (it only appends to the socket's write buffer), so one delivery
+call is never interleaved with another.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client's socket closed while we were writing to it."""
+
+
+class Client(Protocol):
+    """What the hub needs from a connection (the WebSocket handler implements it)."""
+
+    user: str
+    cursor: int  # highest seq this connection has been sent
+
+    def send(self, text: str) -> None:
+        """Queue one text frame; raise ``ClientGone`` if the socket is closed."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._by_user: dict[str, set[Client]] = {}
+
+    def add(self, client: Client) -> None:
+        self._by_user.setdefault(client.user, set()).add(client)
+
+    def remove(self, client: Client) -> None:
+        clients = self._by_user.get(client.user)
+        if clients is None:
+            return
+        clients.discard(client)
+        if not clients:
+            del self._by_user[client.user]
+
+    def users(self) -> list[str]:
+        return list(self._by_user)
+
+    def clients(self, user: str) -> list[Client]:
+        return list(self._by_user.get(user, ()))
+
+    def count(self) -> int:
+        return sum(len(c) for c in self._by_user.values())
+
+    def cursor_floor(self, user: str) -> int | None:
+        """The lowest cursor among ``user``'s connections (where a fetch must start)."""
+        clients = self._by_user.get(user)
+        if not clients:
+            return None
+        return min(c.cursor for c in clients)
+
+    def deliver_to(self, client: Client, frames: Sequence[tuple[int, str]]) -> list[int]:
+        """Send ``client`` the frames that continue its cursor; return the seqs sent.
+
+        ``frames`` are (seq, text) in ascending seq order. Frames at or below the cursor
+        were already sent; a frame past cursor + 1 would open a gap, so delivery stops
+        there and a later fetch (which always starts at the cursor) fills it in.
+        """
+        sent: list[int] = []
+        for seq, text in frames:
+            if seq <= client.cursor:
+                continue
+            if seq != client.cursor + 1:
+                break
+            try:
+                client.send(text)
+            except ClientGone:
+                self.remove(client)
+                break
+            client.cursor = seq
+            sent.append(seq)
+        return sent
+
+    def deliver(self, user: str, frames: Sequence[tuple[int, str]]) -> list[int]:
+        """``deliver_to`` every connection of ``user``; return all seqs sent."""
+        sent: list[int] = []
+        for client in self.clients(user):
+            sent.extend(self.deliver_to(client, frames))
+        return sent
+
+    def broadcast(self, user: str, text: str) -> int:
+        """Send ``text`` to every connection of ``user``; return how many got it."""
+        count = 0
+        for client in self.clients(user):
+            try:
+                client.send(text)
+                count += 1
+            except ClientGone:
+                self.remove(client)
+        return count
+
+    def close_all(self, code: int, reason: str, clients: Iterable[Client] | None = None) -> None:
+        for client in list(clients if clients is not None else self._all()):
+            client.close(code, reason)
+
+    def _all(self) -> list[Client]:
+        return [c for clients in self._by_user.values() for c in clients]

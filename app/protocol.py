@@ -1,0 +1,293 @@
+"""The wire format: client frames in, server frames out, close codes, bus payloads.
+
+Pure functions, no I/O. Every parser either returns a typed frame or raises
+``ProtocolError(code, message)``; the caller decides whether the error is fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping, Sequence, Union
+
+from app import models
+
+# Close codes (RFC 6455 private range 4000-4999 for application codes).
+CLOSE_GOING_AWAY = 1001  # node shutting down: reconnect elsewhere at once
+CLOSE_TOO_BIG = 1009  # frame larger than max_frame_bytes (sent by Tornado itself)
+CLOSE_MALFORMED = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_RATE_LIMITED = 4429
+CLOSE_SLOW_CONSUMER = 4413  # more than max_pending_bytes waiting to be written
+
+MAX_READ_IDS = 1000
+MAX_SEQ = 2**63 - 1
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be accepted; ``code`` is the error frame's ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Hello:
+    token: str | None
+    last_seq: int | None
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Read:
+    ids: tuple[int, ...]
+    all: bool
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+ClientFrame = Union[Hello, Ack, Read, Ping]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass in Python; true/false are not sequence numbers.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seq(value: Any, field: str) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_SEQ:
+        raise ProtocolError("malformed", f"{field} must be a non-negative integer")
+    return int(value)
+
+
+def parse_ids(value: Any) -> tuple[int, ...]:
+    """Validate a list of notification ids (shared by the WebSocket and HTTP read)."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("malformed", "ids must be a non-empty list of notification ids")
+    if len(value) > MAX_READ_IDS:
+        raise ProtocolError("malformed", f"ids may hold at most {MAX_READ_IDS} ids")
+    for item in value:
+        if not _is_int(item) or not 1 <= item <= MAX_SEQ:
+            raise ProtocolError("malformed", "ids must be positive integers")
+    return tuple(value)
+
+
+def parse_read_request(frame: Mapping[str, Any]) -> Read:
+    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them."""
+    if frame.get("all") is True and "ids" not in frame:
+        return Read(ids=(), all=True)
+    if "all" in frame and frame.get("all") is not False:
+        raise ProtocolError("malformed", 'give either "ids": [...] or "all": true')
+    return Read(ids=parse_ids(frame.get("ids")), all=False)
+
+
+def parse_client_frame(text: str | bytes) -> ClientFrame:
+    """Parse one client text frame. Raises ``ProtocolError`` for anything off-contract."""
+    if isinstance(text, bytes):
+        raise ProtocolError("malformed", "binary frames are not supported; send JSON text")
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("malformed", "frame must be a JSON object")
+    kind = frame.get("type")
+    if kind == "hello":
+        token = frame.get("token")
+        if token is not None and not isinstance(token, str):
+            raise ProtocolError("malformed", "token must be a string")
+        last = frame.get("last_seq")
+        return Hello(token=token or None, last_seq=None if last is None else _seq(last, "last_seq"))
+    if kind == "ack":
+        return Ack(seq=_seq(frame.get("seq"), "seq"))
+    if kind == "read":
+        return parse_read_request(frame)
+    if kind == "ping":
+        return Ping()
+    raise ProtocolError("malformed", f"unknown frame type {kind!r}"[:200])
+
+
+def _dumps(frame: Mapping[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def welcome(user: str, node: str, last_seq: int, unread: int) -> str:
+    return _dumps(
+        {"type": "welcome", "user": user, "node": node, "last_seq": last_seq, "unread": unread}
+    )
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z`` suffix, or None."""
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def notification_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The public fields of a notification row (frames and the history API share them)."""
+    return {
+        "id": row["id"],
+        "seq": row["seq"],
+        "title": row["title"],
+        "body": row["body"],
+        "data": row["data"],
+        "link": row["link"],
+        "created_at": iso(row["created_at"]),
+        "read": row["read_at"] is not None,
+    }
+
+
+def notification(row: Mapping[str, Any]) -> str:
+    return _dumps({"type": "notification", **notification_fields(row)})
+
+
+def read(ids: Sequence[int], unread: int, all: bool = False) -> str:
+    frame: dict[str, Any] = {"type": "read", "ids": list(ids), "unread": unread}
+    if all:
+        frame["all"] = True
+    return _dumps(frame)
+
+
+def pong() -> str:
+    return '{"type":"pong"}'
+
+
+def error(code: str, message: str) -> str:
+    return _dumps({"type": "error", "code": code, "message": message})
+
+
+# --- bus payloads (written by the triggers in migrations/versions/0001) -------------------
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """Users with new rows, each with the highest new seq (a pointer, not the data)."""
+
+    users: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReadEvent:
+    user: str
+    ids: tuple[int, ...]
+    all: bool
+
+
+BusEvent = Union[NewEvent, ReadEvent]
+
+
+def _valid_user(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= models.USER_ID_MAX
+
+
+def parse_bus_event(payload: str) -> BusEvent:
+    """Strictly parse a NOTIFY payload. Any database role can NOTIFY on any channel, so a
+    payload is only ever a hint: rows are re-read from the table before anything is sent.
+    Raises ``ProtocolError`` for anything the triggers would not have written."""
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_bus_payload", "not JSON") from None
+    if not isinstance(event, dict):
+        raise ProtocolError("bad_bus_payload", "not an object")
+    kind = event.get("k")
+    if kind == "new":
+        users = event.get("u")
+        if not isinstance(users, dict) or not users:
+            raise ProtocolError("bad_bus_payload", "new: u must be a non-empty object")
+        for user, seq in users.items():
+            if not _valid_user(user) or not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
+                raise ProtocolError("bad_bus_payload", "new: bad user or seq")
+        return NewEvent(users=dict(users))
+    if kind == "read":
+        user = event.get("u")
+        if not _valid_user(user):
+            raise ProtocolError("bad_bus_payload", "read: bad user")
+        if event.get("all") is True:
+            return ReadEvent(user=user, ids=(), all=True)
+        ids = event.get("ids")
+        if not isinstance(ids, list) or not all(_is_int(i) and i > 0 for i in ids):
+            raise ProtocolError("bad_bus_payload", "read: bad ids")
+        return ReadEvent(user=user, ids=tuple(ids), all=False)
+    raise ProtocolError("bad_bus_payload", "unknown kind")
+
+
+# --- HTTP publish body ----------------------------------------------------------------
+
+PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link"})
+
+
+def _publish_item(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise ProtocolError("invalid_request", f"{where} must be an object")
+    unknown = sorted(set(item) - PUBLISH_FIELDS)
+    if unknown:
+        raise ProtocolError("invalid_request", f"{where}: unknown field(s) {', '.join(unknown)}")
+    user = item.get("user_id")
+    if not isinstance(user, str) or not 1 <= len(user) <= models.USER_ID_MAX:
+        raise ProtocolError(
+            "invalid_request", f"{where}.user_id must be a string of 1-{models.USER_ID_MAX} chars"
+        )
+    title = item.get("title")
+    if not isinstance(title, str) or not 1 <= len(title) <= models.TITLE_MAX:
+        raise ProtocolError(
+            "invalid_request", f"{where}.title must be a string of 1-{models.TITLE_MAX} chars"
+        )
+    body = item.get("body")
+    if body is not None and (not isinstance(body, str) or len(body) > models.BODY_MAX):
+        raise ProtocolError(
+            "invalid_request", f"{where}.body must be a string of at most {models.BODY_MAX} chars"
+        )
+    data = item.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_request", f"{where}.data must be a JSON object")
+        if len(_dumps(data).encode()) > models.DATA_MAX_BYTES:
+            raise ProtocolError(
+                "invalid_request", f"{where}.data must be at most {models.DATA_MAX_BYTES} bytes"
+            )
+    link = item.get("link")
+    if link is not None and (
+        not isinstance(link, str)
+        or len(link) > models.LINK_MAX
+        or not re.fullmatch(models.LINK_PATTERN, link, re.IGNORECASE)
+    ):
+        raise ProtocolError(
+            "invalid_request",
+            f"{where}.link must be an http(s) URL or a path starting with / "
+            f"(at most {models.LINK_MAX} chars)",
+        )
+    return {"user_id": user, "title": title, "body": body, "data": data, "link": link}
+
+
+def parse_publish(body: bytes, max_batch: int) -> list[dict[str, Any]]:
+    """Validate a publish request body: one object or a non-empty list of at most
+    ``max_batch`` objects. The whole body is rejected if any item is invalid."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ProtocolError("invalid_json", "request body is not valid JSON") from None
+    if isinstance(parsed, dict):
+        return [_publish_item(parsed, "notification")]
+    if not isinstance(parsed, list) or not parsed:
+        raise ProtocolError(
+            "invalid_request", "body must be a notification object or a non-empty list of them"
+        )
+    if len(parsed) > max_batch:
+        raise ProtocolError(
+            "too_many", f"at most {max_batch} notifications per request (got {len(parsed)})"
+        )
+    return [_publish_item(item, f"notifications[{i}]") for i, item in enumerate(parsed)]

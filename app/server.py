@@ -1,0 +1,113 @@
+"""One Herald node, assembled and run: pool, store, hub, node, bus, HTTP server.
+
+``HeraldServer`` is what ``herald serve`` runs and what the tests start (several in one
+process, each with its own registry, pool and LISTEN connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import tornado.httpserver
+import tornado.netutil
+
+from app import db, models, protocol, schema
+from app.bus import Bus
+from app.config import Config
+from app.hub import Hub
+from app.metrics import Metrics
+from app.node import Node
+from app.store import Store
+from app.web import make_app
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class HeraldServer:
+    def __init__(self, config: Config, database_url: str) -> None:
+        self.config = config
+        self.database_url = database_url
+        self.metrics = Metrics()
+        self.hub = Hub()
+        self.port = 0
+        self.draining = False
+        self._pool: object = None
+        self._bus: Bus | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self.node: Node | None = None
+
+    async def start(self) -> None:
+        """Connect, verify the schema is at head, listen, then accept connections.
+        Raises ``schema.SchemaError`` or a connection error if the database is not usable."""
+        name = self.config.node
+        pool = await db.create_pool(self.database_url, f"herald:{name}"[:63])
+        self._pool = pool
+        try:
+            async with pool.acquire() as conn:
+                await schema.check_at_head(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        store = Store(pool)
+        self.node = node = Node(name, store, self.hub, self.metrics)
+        self._worker = asyncio.create_task(node.run(), name="herald-node")
+        self._bus = bus = Bus(
+            self.database_url,
+            models.CHANNEL,
+            node.enqueue,
+            node.on_listening,
+            application_name=f"herald:{name}:bus"[:63],
+            ping_interval=self.config.bus_ping_interval,
+        )
+        self.metrics.connections.set_function(self.hub.count)
+        self.metrics.bus_connected.set_function(lambda: 1 if bus.connected else 0)
+        await bus.start()
+        app = make_app(
+            self.config, node, store, self.metrics,
+            bus_connected=lambda: bus.connected, draining=lambda: self.draining,
+        )
+        self._http = tornado.httpserver.HTTPServer(
+            app, xheaders=True, max_body_size=MAX_BODY_BYTES
+        )
+        sockets = tornado.netutil.bind_sockets(
+            self.config.port, self.config.host or None, family=socket.AF_UNSPEC
+        )
+        self.port = sockets[0].getsockname()[1]
+        self._http.add_sockets(sockets)
+        log.info("node %s listening on port %d", name, self.port)
+
+    async def stop(self) -> None:
+        """Graceful stop: fail /readyz, close every socket with 1001 (clients reconnect
+        elsewhere at once), stop accepting, then release the database."""
+        self.draining = True
+        if self._http is not None:
+            self._http.stop()
+        if self.node is not None:
+            self.node.shutdown(protocol.CLOSE_GOING_AWAY, "node shutting down")
+        await asyncio.sleep(0.1)  # let close frames reach the clients
+        if self._http is not None:
+            try:
+                await asyncio.wait_for(self._http.close_all_connections(),
+                                       self.config.shutdown_grace)
+            except asyncio.TimeoutError:
+                log.warning("some HTTP connections did not close within the grace period")
+        if self._bus is not None:
+            await self._bus.stop()
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._pool is not None:
+            await self._pool.close()  # type: ignore[attr-defined]
+
+    @property
+    def bus(self) -> Bus:
+        assert self._bus is not None
+        return self._bus

@@ -1,0 +1,51 @@
+"""``make_app``: routes, template and static paths, WebSocket limits. No I/O here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import tornado.web
+
+from app.config import Config
+from app.handlers.api import NotificationsHandler, ReadHandler
+from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
+from app.handlers.pages import InboxHandler, LoginHandler
+from app.handlers.ws import SocketHandler
+from app.metrics import Metrics
+from app.node import Node
+from app.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_app(
+    config: Config,
+    node: Node,
+    store: Store,
+    metrics: Metrics,
+    bus_connected: Callable[[], bool],
+    draining: Callable[[], bool],
+) -> tornado.web.Application:
+    common = {"config": config, "metrics": metrics}
+    routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]] = [
+        (r"/ws", SocketHandler, {"node": node, **common}),
+        (r"/api/notifications", NotificationsHandler, {"store": store, **common}),
+        (r"/api/notifications/read", ReadHandler, {"node": node, **common}),
+        (r"/healthz", HealthzHandler, {"node_name": node.name}),
+        (r"/readyz", ReadyzHandler,
+         {"store": store, "bus_connected": bus_connected, "draining": draining}),
+        (r"/metrics", MetricsHandler, {"metrics": metrics}),
+        (r"/", InboxHandler, {"config": config}),
+    ]
+    if config.dev:
+        routes.append((r"/login", LoginHandler, {"config": config}))
+    return tornado.web.Application(
+        routes,  # type: ignore[arg-type]
+        template_path=str(ROOT / "templates"),
+        static_path=str(ROOT / "static"),
+        websocket_ping_interval=config.ws_ping_interval,
+        websocket_ping_timeout=config.ws_ping_interval * 2,
+        websocket_max_message_size=config.max_frame_bytes,
+        compress_response=True,
+    )
