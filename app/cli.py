@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, names: Sequence[str]) -> Config:
-    return load_config(overrides={n: getattr(args, n, None) for n in names})
+    return load_config(overrides={n: getattr(args, n, None) for n in names},
+                       need_secret="secret" in names)
 
 
 def _database(config: Config) -> str:

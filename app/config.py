@@ -136,11 +136,14 @@ def _read_or_create(path: Path, nbytes: int) -> str:
 
 
 def load_config(
-    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    need_secret: bool = True,
 ) -> Config:
     """Build a validated ``Config`` from ``env`` (default ``os.environ``) and flag ``overrides``.
 
     Flags win over the environment; ``None`` in ``overrides`` means "flag not given".
+    Commands that never sign or verify tokens (migrate, send) pass ``need_secret=False``.
     Raises ``ConfigError`` naming the variable and what is wrong with it.
     """
     env = os.environ if env is None else env
@@ -167,7 +170,9 @@ def load_config(
     data_dir = values.get("data_dir") or Path.home() / ".herald"
     values["data_dir"] = data_dir
     embedded = values.get("database_url") is None
-    if "secret" not in values:
+    if "secret" not in values and not need_secret:
+        values["secret"] = ""
+    elif "secret" not in values:
         if not embedded:
             raise ConfigError(
                 "HERALD_SECRET is required when HERALD_DATABASE_URL is set "

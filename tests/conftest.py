@@ -1,0 +1,150 @@
+"""Fixtures: a real PostgreSQL (embedded via pgserver, or HERALD_TEST_DATABASE_URL),
+a freshly migrated database per test session, and real Herald nodes on real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from app import auth, db, schema
+from app.config import Config
+from app.server import HeraldServer
+from tests.helpers import WsClient
+
+SECRET = "test-secret-0123456789abcdef0123456789"
+API_KEY = "test-api-key"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A PostgreSQL server: HERALD_TEST_DATABASE_URL, else an embedded one (pgserver)."""
+    external = os.environ.get("HERALD_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="herald-test-") as tmp:
+        yield db.start_embedded(Path(tmp))
+
+
+def run_in_thread(coro: Any) -> Any:
+    """Run ``coro`` to completion on a fresh loop in another thread, so that sync fixtures
+    (and alembic, which calls asyncio.run) work even while a test's loop is running."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Factory of new empty databases on the test server, dropped at the end."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"herald_test_{uuid.uuid4().hex[:10]}"
+        run_in_thread(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return _with_database(server_url, name)
+
+    yield make
+    for name in created:
+        run_in_thread(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[[], str]) -> str:
+    """One database migrated to head, shared by the session (tests use unique users)."""
+    url = make_database()
+    schema.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def user() -> str:
+    return f"u-{uuid.uuid4().hex[:12]}"
+
+
+def token_for(user: str, ttl: int = 3600) -> str:
+    return auth.mint_token(SECRET, user, ttl)
+
+
+def make_config(**overrides: Any) -> Config:
+    values: dict[str, Any] = dict(
+        database_url=None, secret=SECRET, api_key=API_KEY, port=0, host="127.0.0.1",
+        node="node-test", data_dir=Path(tempfile.gettempdir()), hello_timeout=10.0,
+        bus_ping_interval=0.5, shutdown_grace=1.0,
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+NodeFactory = Callable[..., Awaitable[HeraldServer]]
+
+
+@pytest.fixture
+async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
+    """Start real Herald nodes (HTTP + WebSocket on a free port, own pool and LISTEN)."""
+    nodes: list[HeraldServer] = []
+
+    async def start(name: str = "node-a", **overrides: Any) -> HeraldServer:
+        server = HeraldServer(make_config(node=name, **overrides), database_url)
+        await server.start()
+        nodes.append(server)
+        return server
+
+    yield start
+    for server in nodes:
+        await server.stop()
+
+
+@pytest.fixture
+async def sql(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain database connection, as a backend writing notifications would have."""
+    conn = await db.connect(database_url, "herald-test-sql")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., Awaitable[WsClient]]]:
+    """Open WebSocket clients; every one is closed at teardown."""
+    opened: list[WsClient] = []
+
+    async def connect(port: int, **kwargs: Any) -> WsClient:
+        client = await WsClient.connect(port, **kwargs)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()
+
+
+async def insert(conn: asyncpg.Connection, user: str, title: str, **fields: Any) -> Any:
+    """INSERT one notification as plain SQL; returns the (id, seq) record."""
+    return await conn.fetchrow(
+        "INSERT INTO herald.notifications (user_id, title, body, data, link) "
+        "VALUES ($1, $2, $3, coalesce($4::jsonb, '{}'), $5) RETURNING id, seq",
+        user, title, fields.get("body"), fields.get("data"), fields.get("link"),
+    )

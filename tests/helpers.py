@@ -1,0 +1,99 @@
+"""Test helpers: a real WebSocket client, and small waiting utilities."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Awaitable, Callable
+
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+
+class WsClient:
+    """A WebSocket client speaking Herald's protocol over a real socket."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.frames: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, port: int, headers: dict[str, str] | None = None) -> "WsClient":
+        from tornado.httpclient import HTTPRequest
+
+        request = HTTPRequest(f"ws://127.0.0.1:{port}/ws", headers=headers or {},
+                              connect_timeout=5)
+        return cls(await websocket_connect(request))
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        if isinstance(frame, dict):
+            frame = json.dumps(frame)
+        await self.conn.write_message(frame, binary=isinstance(frame, bytes))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next frame, or None if the server closed the connection."""
+        message = await asyncio.wait_for(self.conn.read_message(), timeout)
+        if message is None:
+            return None
+        frame = json.loads(message)
+        self.frames.append(frame)
+        return frame
+
+    async def hello(self, token: str | None, last_seq: int | None = None) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "hello", "last_seq": last_seq}
+        if token is not None:
+            frame["token"] = token
+        await self.send(frame)
+        welcome = await self.recv()
+        assert welcome is not None and welcome["type"] == "welcome", welcome
+        return welcome
+
+    async def notifications(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Receive until ``count`` notification frames arrived (other frames are kept in
+        ``self.frames``). Fails on timeout or close."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            assert frame is not None, f"closed after {len(got)} of {count}"
+            if frame["type"] == "notification":
+                got.append(frame)
+        return got
+
+    async def expect_silence(self, seconds: float = 0.5) -> None:
+        """Assert that no frame arrives within ``seconds``."""
+        try:
+            frame = await self.recv(seconds)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {frame}")
+
+    async def closed(self, timeout: float = 5.0) -> tuple[int | None, list[dict[str, Any]]]:
+        """Read until the server closes; return (close code, frames seen before)."""
+        seen: list[dict[str, Any]] = []
+        while True:
+            frame = await self.recv(timeout)
+            if frame is None:
+                return self.conn.close_code, seen
+            seen.append(frame)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,214 @@
+"""End to end: SQL or HTTP in, WebSocket frames out, across two real nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from tests.conftest import API_KEY, insert, token_for
+from tests.helpers import wait_for
+
+
+async def publish(port: int, body: Any, key: str = API_KEY) -> tuple[int, dict[str, Any]]:
+    request = HTTPRequest(
+        f"http://127.0.0.1:{port}/api/notifications", method="POST", body=json.dumps(body),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    response = await AsyncHTTPClient().fetch(request, raise_error=False)
+    return response.code, json.loads(response.body)
+
+
+async def test_sql_insert_reaches_the_open_socket(make_node, clients, sql, user) -> None:
+    node = await make_node("node-a")
+    client = await clients(node.port)
+    welcome = await client.hello(token_for(user))
+    assert welcome == {"type": "welcome", "user": user, "node": "node-a", "last_seq": 0,
+                       "unread": 0}
+    row = await insert(sql, user, "Order #1001 shipped", body="On its way",
+                       data={"order_id": 1001}, link="https://shop.example/orders/1001")
+    (frame,) = await client.notifications(1)
+    assert frame["id"] == row["id"] and frame["seq"] == 1
+    assert frame["title"] == "Order #1001 shipped" and frame["body"] == "On its way"
+    assert frame["data"] == {"order_id": 1001}
+    assert frame["link"] == "https://shop.example/orders/1001"
+    assert frame["read"] is False and frame["created_at"].endswith("Z")
+
+
+async def test_publish_through_node_b_reaches_user_on_node_a(make_node, clients, user) -> None:
+    """The original problem: sender's node is not the receiver's node."""
+    node_a, node_b = await make_node("node-a"), await make_node("node-b")
+    client = await clients(node_a.port)
+    await client.hello(token_for(user))
+    code, body = await publish(node_b.port, [
+        {"user_id": user, "title": "first"},
+        {"user_id": user, "title": "second", "data": {"k": 1}},
+    ])
+    assert code == 201
+    assert [n["seq"] for n in body["notifications"]] == [1, 2]
+    frames = await client.notifications(2)
+    assert [(f["seq"], f["title"]) for f in frames] == [(1, "first"), (2, "second")]
+    assert [f["id"] for f in frames] == [n["id"] for n in body["notifications"]]
+
+
+async def test_offline_user_gets_replay_then_ack_stops_it(make_node, clients, sql, user) -> None:
+    node = await make_node()
+    for i in range(5):
+        await insert(sql, user, f"missed {i}")
+    first = await clients(node.port)
+    welcome = await first.hello(token_for(user))  # no cursor: everything undelivered
+    assert welcome["last_seq"] == 5 and welcome["unread"] == 5
+    frames = await first.notifications(5)
+    assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5]
+    await first.send({"type": "ack", "seq": 3})
+    await wait_for(lambda: sql.fetchval(
+        "SELECT count(*) = 3 FROM herald.notifications WHERE user_id = $1 "
+        "AND delivered_at IS NOT NULL", user))
+    first.close()
+
+    second = await clients(node.port)  # a new device: only what nobody acknowledged
+    await second.hello(token_for(user))
+    assert [f["seq"] for f in await second.notifications(2)] == [4, 5]
+    await second.send({"type": "ack", "seq": 5})
+    await wait_for(lambda: sql.fetchval(
+        "SELECT bool_and(delivered_at IS NOT NULL) FROM herald.notifications "
+        "WHERE user_id = $1", user))
+    second.close()
+
+    third = await clients(node.port)
+    await third.hello(token_for(user))
+    await third.expect_silence(0.5)
+
+    resumed = await clients(node.port)  # an explicit cursor wins over delivered_at
+    await resumed.hello(token_for(user), last_seq=2)
+    assert [f["seq"] for f in await resumed.notifications(3)] == [3, 4, 5]
+
+
+async def test_ack_cannot_mark_rows_the_connection_was_never_sent(
+    make_node, clients, sql, user
+) -> None:
+    node = await make_node()
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    await insert(sql, user, "one")
+    await client.notifications(1)
+    await insert(sql, user, "two", )
+    await client.notifications(1)
+    await sql.fetchval("SELECT 1")
+    await client.send({"type": "ack", "seq": 1000})
+    await client.send({"type": "ping"})
+    assert (await client.recv())["type"] == "pong"
+    delivered = await sql.fetchval(
+        "SELECT max(seq) FROM herald.notifications WHERE user_id = $1 "
+        "AND delivered_at IS NOT NULL", user)
+    assert delivered == 2
+
+
+async def test_resume_on_other_node_while_300_inserts_race(
+    make_node, clients, database_url, user
+) -> None:
+    """Disconnect from A at some cursor, insert 300 rows concurrently with the reconnect
+    to B: the client ends with every seq after its cursor exactly once, in order."""
+    node_a, node_b = await make_node("node-a"), await make_node("node-b")
+    pool = await asyncpg.create_pool(database_url.replace("+asyncpg", ""), min_size=4,
+                                     max_size=4)
+    try:
+        client = await clients(node_a.port)
+        await client.hello(token_for(user))
+        for i in range(20):
+            await pool.execute("INSERT INTO herald.notifications (user_id, title) "
+                               "VALUES ($1, $2)", user, f"before {i}")
+        cursor = (await client.notifications(20))[-1]["seq"]
+        client.close()
+
+        async def writer(w: int) -> None:
+            for i in range(75):
+                await pool.execute("INSERT INTO herald.notifications (user_id, title) "
+                                   "VALUES ($1, $2)", user, f"race {w}-{i}")
+
+        writers = asyncio.gather(*(writer(w) for w in range(4)))
+        await asyncio.sleep(0.02)
+        resumed = await clients(node_b.port)
+        await resumed.hello(token_for(user), last_seq=cursor)
+        frames = await resumed.notifications(300, timeout=30)
+        await writers
+        await resumed.expect_silence(0.5)
+    finally:
+        await pool.close()
+    assert [f["seq"] for f in frames] == list(range(cursor + 1, cursor + 301))
+
+
+async def test_read_on_one_node_reaches_the_socket_on_the_other(
+    make_node, clients, sql, user
+) -> None:
+    node_a, node_b = await make_node("node-a"), await make_node("node-b")
+    phone, laptop = await clients(node_a.port), await clients(node_b.port)
+    await phone.hello(token_for(user))
+    await laptop.hello(token_for(user))
+    ids = [(await insert(sql, user, f"n{i}"))["id"] for i in range(3)]
+    await phone.notifications(3)
+    await laptop.notifications(3)
+
+    await phone.send({"type": "read", "ids": [ids[0]]})
+    for client in (phone, laptop):
+        frame = await client.recv()
+        assert frame == {"type": "read", "ids": [ids[0]], "unread": 2}
+    assert await sql.fetchval("SELECT read_at IS NOT NULL FROM herald.notifications "
+                              "WHERE id = $1", ids[0])
+
+    await laptop.send({"type": "read", "all": True})
+    for client in (phone, laptop):
+        frame = await client.recv()
+        assert frame["type"] == "read" and frame["all"] is True and frame["unread"] == 0
+
+
+async def test_sql_update_of_read_at_is_pushed(make_node, clients, sql, user) -> None:
+    node_a, node_b = await make_node("node-a"), await make_node("node-b")
+    a, b = await clients(node_a.port), await clients(node_b.port)
+    await a.hello(token_for(user))
+    await b.hello(token_for(user))
+    ids = [(await insert(sql, user, f"n{i}"))["id"] for i in range(2)]
+    await a.notifications(2)
+    await b.notifications(2)
+    await sql.execute("UPDATE herald.notifications SET read_at = now() WHERE id = $1", ids[1])
+    for client in (a, b):
+        assert await client.recv() == {"type": "read", "ids": [ids[1]], "unread": 1}
+
+
+async def test_users_never_see_each_others_rows(make_node, clients, sql, user) -> None:
+    node = await make_node()
+    alice, bob = user + "-alice", user + "-bob"
+    a, b = await clients(node.port), await clients(node.port)
+    await a.hello(token_for(alice))
+    await b.hello(token_for(bob))
+    mallory_ids = [(await insert(sql, alice, "for alice only"))["id"]]
+    await insert(sql, bob, "for bob only")
+    assert (await a.notifications(1))[0]["title"] == "for alice only"
+    assert (await b.notifications(1))[0]["title"] == "for bob only"
+    # bob cannot mark alice's rows read, nor learn of them
+    await b.send({"type": "read", "ids": mallory_ids})
+    await b.expect_silence(0.4)
+    await a.expect_silence(0.1)
+    assert await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1",
+                              mallory_ids[0]) is None
+    # a hello carrying alice's last_seq for bob's token still only gives bob's rows
+    other = await clients(node.port)
+    await other.hello(token_for(bob), last_seq=0)
+    frames = await other.notifications(1)
+    assert frames[0]["title"] == "for bob only"
+    await other.expect_silence(0.3)
+
+
+async def test_several_tabs_each_get_every_row_once(make_node, clients, sql, user) -> None:
+    node = await make_node()
+    tabs = [await clients(node.port) for _ in range(3)]
+    for tab in tabs:
+        await tab.hello(token_for(user))
+    for i in range(10):
+        await insert(sql, user, f"n{i}")
+    for tab in tabs:
+        assert [f["seq"] for f in await tab.notifications(10)] == list(range(1, 11))
+        await tab.expect_silence(0.2)

@@ -1,0 +1,252 @@
+"""The schema, its triggers and its migrations, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import asyncpg
+import pytest
+
+from app import db, schema
+from tests.conftest import insert
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    conn = await db.connect(url, "herald-test-listen")
+    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[3]))
+    return conn, queue
+
+
+def _drain(queue: "asyncio.Queue[str]") -> list[dict[str, Any]]:
+    items = []
+    while not queue.empty():
+        items.append(json.loads(queue.get_nowait()))
+    return items
+
+
+async def test_seq_is_gap_free_and_commit_ordered_under_concurrency(
+    database_url: str, user: str
+) -> None:
+    """20 concurrent writers for one user, a third of them rolling back: the committed
+    rows hold seq 1..n exactly, and seq order is commit order."""
+    commit_order: list[int] = []
+    pool = await db.create_pool(database_url, "herald-test-writers", min_size=20, max_size=20)
+
+    async def writer(i: int) -> None:
+        async with pool.acquire() as conn:
+            for j in range(10):
+                tx = conn.transaction()
+                await tx.start()
+                seq = await conn.fetchval(
+                    "INSERT INTO herald.notifications (user_id, title) VALUES ($1, $2) "
+                    "RETURNING seq", user, f"w{i}-{j}")
+                await asyncio.sleep(0.001 * (j % 3))
+                if (i + j) % 3 == 0:
+                    await tx.rollback()
+                else:
+                    await tx.commit()
+                    commit_order.append(seq)
+
+    try:
+        await asyncio.gather(*(writer(i) for i in range(20)))
+        seqs = [r["seq"] for r in await pool.fetch(
+            "SELECT seq FROM herald.notifications WHERE user_id = $1 ORDER BY id", user)]
+    finally:
+        await pool.close()
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert len(seqs) == len(commit_order) > 100
+    assert commit_order == sorted(commit_order)  # commits completed in seq order
+
+
+async def test_push_happens_at_commit_and_never_on_rollback(
+    database_url: str, sql: asyncpg.Connection, user: str
+) -> None:
+    listener, queue = await _listen(database_url)
+    try:
+        tx = sql.transaction()
+        await tx.start()
+        await insert(sql, user, "inside a transaction")
+        await asyncio.sleep(0.3)
+        assert [e for e in _drain(queue) if user in e.get("u", {})] == []
+        await tx.commit()
+        event = json.loads(await asyncio.wait_for(queue.get(), 5))
+        assert event == {"k": "new", "u": {user: 1}}
+
+        tx = sql.transaction()
+        await tx.start()
+        await insert(sql, user, "rolled back")
+        await tx.rollback()
+        await asyncio.sleep(0.3)
+        assert [e for e in _drain(queue) if user in e.get("u", {})] == []
+        row = await insert(sql, user, "after the rollback")
+        assert row["seq"] == 2  # the rollback left no gap
+    finally:
+        await listener.close()
+
+
+async def test_bulk_insert_sends_few_small_notifies(
+    database_url: str, sql: asyncpg.Connection, user: str
+) -> None:
+    """10,000 rows in one INSERT … SELECT: a handful of NOTIFYs, each under 8000 bytes,
+    together naming every user with its highest seq."""
+    listener, queue = await _listen(database_url)
+    try:
+        await sql.execute(
+            "INSERT INTO herald.notifications (user_id, title) "
+            "SELECT $1 || '-' || (g % 2000), 'bulk ' || g FROM generate_series(1, 10000) g",
+            user,
+        )
+        await asyncio.sleep(1.0)
+        raw = []
+        while not queue.empty():
+            raw.append(queue.get_nowait())
+    finally:
+        await listener.close()
+    events = [json.loads(r) for r in raw]
+    mine = [e for e in events if any(u.startswith(user) for u in e["u"])]
+    assert 1 <= len(mine) <= 20
+    assert all(len(r.encode()) < 8000 for r in raw)
+    merged: dict[str, int] = {}
+    for event in mine:
+        merged.update(event["u"])
+    assert len(merged) == 2000 and set(merged.values()) == {5}
+
+
+async def test_sql_update_of_read_at_is_announced(
+    database_url: str, sql: asyncpg.Connection, user: str
+) -> None:
+    ids = [(await insert(sql, user, f"n{i}"))["id"] for i in range(3)]
+    listener, queue = await _listen(database_url)
+    try:
+        await sql.execute("UPDATE herald.notifications SET read_at = now() "
+                          "WHERE id = ANY($1::bigint[])", ids[:2])
+        event = json.loads(await asyncio.wait_for(queue.get(), 5))
+        assert event == {"k": "read", "u": user, "ids": ids[:2]}
+        # delivered_at changes and re-reading already-read rows announce nothing
+        await sql.execute("UPDATE herald.notifications SET delivered_at = now(), read_at = now() "
+                          "WHERE id = ANY($1::bigint[])", ids[:2])
+        await asyncio.sleep(0.3)
+        assert _drain(queue) == []
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize(
+    "columns, values, constraint",
+    [
+        ("user_id, title", "(NULL, 'x')", "user_id"),
+        ("user_id, title", "('', 'x')", "ck_notifications_user_id_length"),
+        ("user_id, title", f"('{'u' * 256}', 'x')", "ck_notifications_user_id_length"),
+        ("user_id", "('someone')", "title"),
+        ("user_id, title", "('someone', '')", "ck_notifications_title_length"),
+        ("user_id, title, body", f"('someone', 'x', '{'b' * 10001}')",
+         "ck_notifications_body_length"),
+        ("user_id, title, data", "('someone', 'x', '[1, 2]')", "ck_notifications_data_is_object"),
+        ("user_id, title, data", "('someone', 'x', '\"text\"')",
+         "ck_notifications_data_is_object"),
+        ("user_id, title, link", "('someone', 'x', 'javascript:alert(1)')",
+         "ck_notifications_link_url"),
+        ("user_id, title, link", "('someone', 'x', '//evil.example/')",
+         "ck_notifications_link_url"),
+    ],
+)
+async def test_bad_rows_are_rejected_with_a_named_constraint(
+    database_url: str, sql: asyncpg.Connection, columns: str, values: str, constraint: str
+) -> None:
+    listener, queue = await _listen(database_url)
+    try:
+        before = await sql.fetchval("SELECT count(*) FROM herald.notifications")
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError) as err:
+            await sql.execute(f"INSERT INTO herald.notifications ({columns}) VALUES {values}")
+        assert constraint in str(err.value)
+        assert await sql.fetchval("SELECT count(*) FROM herald.notifications") == before
+        await asyncio.sleep(0.2)
+        assert _drain(queue) == []
+    finally:
+        await listener.close()
+
+
+async def test_data_too_large_is_rejected(sql: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="ck_notifications_data_size"):
+        await sql.execute("INSERT INTO herald.notifications (user_id, title, data) "
+                          "VALUES ('someone', 'x', $1::jsonb)", {"blob": "x" * 20000})
+
+
+async def test_rows_cannot_move_to_another_user_or_seq(
+    sql: asyncpg.Connection, user: str
+) -> None:
+    row = await insert(sql, user, "mine")
+    with pytest.raises(asyncpg.CheckViolationError, match="cannot be changed"):
+        await sql.execute("UPDATE herald.notifications SET user_id = 'thief' WHERE id = $1",
+                          row["id"])
+    with pytest.raises(asyncpg.CheckViolationError):
+        await sql.execute("UPDATE herald.notifications SET seq = 99 WHERE id = $1", row["id"])
+
+
+async def test_returning_and_defaults(sql: asyncpg.Connection, user: str) -> None:
+    row = await sql.fetchrow(
+        "INSERT INTO herald.notifications (user_id, title, seq) VALUES ($1, 'x', 77) "
+        "RETURNING id, seq, data, created_at, delivered_at, read_at", user)
+    assert row["seq"] == 1  # a client-supplied seq is overwritten by the trigger
+    assert row["data"] == {} and row["created_at"] is not None
+    assert row["delivered_at"] is None and row["read_at"] is None
+
+
+def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
+    make_database: Callable[[], str],
+) -> None:
+    """`alembic upgrade head` from the repo root, `downgrade base`, and `herald migrate`."""
+    url = make_database()
+    env = {**os.environ, "HERALD_DATABASE_URL": url}
+    alembic = [sys.executable, "-m", "alembic"]
+    subprocess.run([*alembic, "upgrade", "head"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(db.asyncpg_dsn(url))
+        try:
+            rows = await conn.fetch("SELECT table_name FROM information_schema.tables "
+                                    "WHERE table_schema = 'herald'")
+            schemas = await conn.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'herald'")
+            await schema.check_at_head(conn) if rows else None
+            return {r["table_name"] for r in rows} | ({"<schema>"} if schemas else set())
+        finally:
+            await conn.close()
+
+    assert asyncio.run(tables()) == {"notifications", "user_counters", "<schema>"}
+    check = subprocess.run([*alembic, "check"], cwd=ROOT, env=env, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr  # models match the migration
+    subprocess.run([*alembic, "downgrade", "base"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    assert asyncio.run(tables()) == set()
+    herald = subprocess.run([sys.executable, "-m", "app.cli", "migrate", "--database-url", url],
+                            cwd="/", env=os.environ, capture_output=True, text=True)
+    assert herald.returncode == 0, herald.stderr
+    assert asyncio.run(tables()) == {"notifications", "user_counters", "<schema>"}
+
+
+async def test_schema_check_refuses_a_database_not_at_head(
+    make_database: Callable[[], str],
+) -> None:
+    url = make_database()
+    conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    try:
+        with pytest.raises(schema.SchemaError, match="herald migrate"):
+            await schema.check_at_head(conn)
+        await conn.execute("CREATE TABLE public.herald_alembic_version (version_num text)")
+        await conn.execute("INSERT INTO public.herald_alembic_version VALUES ('0000')")
+        with pytest.raises(schema.SchemaError, match="revision 0000"):
+            await schema.check_at_head(conn)
+    finally:
+        await conn.close()
