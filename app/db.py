@@ -46,6 +46,8 @@ async def create_pool(dsn: str, application_name: str, **kwargs: Any) -> asyncpg
         max_size=kwargs.pop("max_size", 10),
         server_settings={"application_name": application_name, "timezone": "UTC"},
         timeout=kwargs.pop("timeout", 10),
+        # A silently dead connection would otherwise hang a query forever.
+        command_timeout=kwargs.pop("command_timeout", 15),
         **kwargs,
     )
     assert pool is not None

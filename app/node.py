@@ -110,10 +110,15 @@ class Node:
             if reads:
                 await self._push_reads(reads)
             self._retry_delay = 0.1
-        except DB_ERRORS as err:
+        except Exception as err:
             # The rows are safe in the table and the cursors say where each client is:
-            # remember who needs a fetch and try again shortly.
-            log.warning("node: delivery round failed (%s); retrying", type(err).__name__)
+            # remember who needs a fetch and try again shortly. Any error (asyncpg also
+            # raises non-Postgres errors when a connection dies mid-operation) must not
+            # end the worker, or this node would silently stop delivering.
+            if isinstance(err, DB_ERRORS):
+                log.warning("node: delivery round failed (%s); retrying", type(err).__name__)
+            else:
+                log.exception("node: delivery round failed unexpectedly; retrying")
             self._retry_users |= replay_users | live_users
             self._retry_reads = reads
             asyncio.get_running_loop().call_later(

@@ -45,7 +45,7 @@ def make_app(
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
         websocket_ping_interval=config.ws_ping_interval,
-        websocket_ping_timeout=config.ws_ping_interval * 2,
+        websocket_ping_timeout=config.ws_ping_interval,
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
     )

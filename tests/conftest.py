@@ -108,7 +108,8 @@ async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
     nodes: list[HeraldServer] = []
 
     async def start(name: str = "node-a", **overrides: Any) -> HeraldServer:
-        server = HeraldServer(make_config(node=name, **overrides), database_url)
+        url = overrides.pop("database_url", database_url)
+        server = HeraldServer(make_config(node=name, **overrides), url)
         await server.start()
         nodes.append(server)
         return server

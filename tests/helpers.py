@@ -15,7 +15,8 @@ class WsClient:
 
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
-        self.frames: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []  # every frame received, in order
+        self._pending: list[dict[str, Any]] = []  # received by sync(), not yet recv()d
 
     @classmethod
     async def connect(cls, port: int, headers: dict[str, str] | None = None) -> "WsClient":
@@ -32,6 +33,8 @@ class WsClient:
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any] | None:
         """The next frame, or None if the server closed the connection."""
+        if self._pending:
+            return self._pending.pop(0)
         message = await asyncio.wait_for(self.conn.read_message(), timeout)
         if message is None:
             return None
@@ -47,6 +50,20 @@ class WsClient:
         welcome = await self.recv()
         assert welcome is not None and welcome["type"] == "welcome", welcome
         return welcome
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Round-trip a ping: the node handles a connection's frames in order, so once the
+        pong is back, the session (welcome and replay) is fully set up. Frames that
+        arrived before the pong stay queued for ``recv``."""
+        await self.send({"type": "ping"})
+        held = []
+        while True:
+            frame = await self.recv(timeout)
+            assert frame is not None, "closed during sync"
+            if frame["type"] == "pong":
+                break
+            held.append(frame)
+        self._pending = held + self._pending
 
     async def notifications(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Receive until ``count`` notification frames arrived (other frames are kept in
