@@ -8,6 +8,7 @@ from typing import Callable
 import tornado.web
 
 from app.config import Config
+from app.handlers.base import NotFoundHandler
 from app.handlers.api import NotificationsHandler, ReadHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
 from app.handlers.pages import InboxHandler, LoginHandler
@@ -48,4 +49,5 @@ def make_app(
         websocket_ping_timeout=config.ws_ping_interval,
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
+        default_handler_class=NotFoundHandler,
     )

@@ -67,3 +67,10 @@ class JsonHandler(tornado.web.RequestHandler):
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             raise ApiError(401, "unauthorized", str(err)) from None
+
+
+class NotFoundHandler(JsonHandler):
+    """Any unknown path: a JSON 404 like every other error."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", f"no such endpoint: {self.request.path}")
