@@ -78,7 +78,9 @@ class Bus:
             lost = asyncio.Event()
             try:
                 self._conn = await self._connect(self._dsn, self._app_name)
-                self._conn.add_termination_listener(lambda _conn: lost.set())
+                # Bind this iteration's event: a late callback from an old connection must not
+                # mark its successor as lost.
+                self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await self._conn.add_listener(self._channel, self._listener)
                 self.connected = True
                 reconnected = self._first.done()

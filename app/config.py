@@ -78,7 +78,7 @@ def _port(value: str) -> int:
 def _origins(value: str) -> tuple[str, ...]:
     items = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
     for origin in items:
-        if origin != "*" and not urlsplit(origin).scheme in ("http", "https"):
+        if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
             raise ValueError(f"{origin!r} is not an origin like https://shop.example")
     return items
 

@@ -83,5 +83,7 @@ def start_embedded(data_dir: Path) -> str:
         logfile = pgdata / "log"
         if logfile.exists():
             tail = " | ".join(logfile.read_text(errors="replace").splitlines()[-3:])
-        raise RuntimeError(f"embedded PostgreSQL in {pgdata} failed to start: {err} {tail}")
+        raise RuntimeError(
+            f"embedded PostgreSQL in {pgdata} failed to start: {err} {tail}"
+        ) from None
     return str(server.get_uri())

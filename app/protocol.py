@@ -214,7 +214,7 @@ def parse_bus_event(payload: str) -> BusEvent:
         return NewEvent(users=dict(users))
     if kind == "read":
         user = event.get("u")
-        if not _valid_user(user):
+        if not isinstance(user, str) or not _valid_user(user):
             raise ProtocolError("bad_bus_payload", "read: bad user")
         if event.get("all") is True:
             return ReadEvent(user=user, ids=(), all=True)

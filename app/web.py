@@ -8,8 +8,8 @@ from typing import Callable
 import tornado.web
 
 from app.config import Config
-from app.handlers.base import NotFoundHandler
 from app.handlers.api import NotificationsHandler, ReadHandler
+from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
 from app.handlers.pages import InboxHandler, LoginHandler
 from app.handlers.ws import SocketHandler
@@ -42,7 +42,7 @@ def make_app(
     if config.dev:
         routes.append((r"/login", LoginHandler, {"config": config}))
     return tornado.web.Application(
-        routes,  # type: ignore[arg-type]
+        routes,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
         websocket_ping_interval=config.ws_ping_interval,

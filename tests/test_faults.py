@@ -67,7 +67,7 @@ async def test_killed_backends_lose_nothing(make_node, clients, sql, database_ur
         await sockets[name].expect_silence(0.3)
 
     for node in (node_a, node_b):
-        await wait_for(lambda: node.bus.connected, timeout=10)
+        await wait_for(lambda n=node: n.bus.connected, timeout=10)
         code, body = await readyz(node.port)
         assert code == 200 and body["listen"] and body["database"]
         assert node.bus.reconnects >= 1

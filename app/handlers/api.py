@@ -38,7 +38,9 @@ class NotificationsHandler(JsonHandler):
 
     async def post(self) -> None:
         if not self.config.api_key:
-            raise ApiError(401, "unauthorized", "publishing over HTTP is disabled: set HERALD_API_KEY")
+            raise ApiError(
+                401, "unauthorized", "publishing over HTTP is disabled: set HERALD_API_KEY"
+            )
         if not auth.api_key_ok(
             self.config.api_key, auth.bearer(self.request.headers.get("Authorization"))
         ):

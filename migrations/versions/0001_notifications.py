@@ -170,8 +170,12 @@ def upgrade() -> None:
             "char_length(title) BETWEEN 1 AND 1000", name=op.f("ck_notifications_title_length")
         ),
         sa.CheckConstraint("char_length(body) <= 10000", name=op.f("ck_notifications_body_length")),
-        sa.CheckConstraint("jsonb_typeof(data) = 'object'", name=op.f("ck_notifications_data_is_object")),
-        sa.CheckConstraint("octet_length(data::text) <= 16384", name=op.f("ck_notifications_data_size")),
+        sa.CheckConstraint(
+            "jsonb_typeof(data) = 'object'", name=op.f("ck_notifications_data_is_object")
+        ),
+        sa.CheckConstraint(
+            "octet_length(data::text) <= 16384", name=op.f("ck_notifications_data_size")
+        ),
         sa.CheckConstraint(
             f"char_length(link) <= 2048 AND link ~* '{LINK_PATTERN}'",
             name=op.f("ck_notifications_link_url"),
