@@ -41,8 +41,8 @@ class Config:
     ws_ping_interval: float = 25.0
     max_frame_bytes: int = 64 * 1024
     max_pending_bytes: int = 1024 * 1024
-    frame_rate: float = 20.0
-    frame_burst: int = 60
+    frame_rate: float = 50.0
+    frame_burst: int = 200
     max_publish_batch: int = 1000
     shutdown_grace: float = 5.0
     token_ttl: int = 3600

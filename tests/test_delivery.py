@@ -212,3 +212,20 @@ async def test_several_tabs_each_get_every_row_once(make_node, clients, sql, use
     for tab in tabs:
         assert [f["seq"] for f in await tab.notifications(10)] == list(range(1, 11))
         await tab.expect_silence(0.2)
+
+
+async def test_acking_every_frame_of_a_big_replay_is_not_rate_limited(
+    make_node, clients, sql, user
+) -> None:
+    node = await make_node(frame_rate=5.0, frame_burst=10)
+    await sql.execute("INSERT INTO herald.notifications (user_id, title) "
+                      "SELECT $1, 'n' || g FROM generate_series(1, 500) g", user)
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    for frame in await client.notifications(500):
+        await client.send({"type": "ack", "seq": frame["seq"]})
+    await wait_for(lambda: sql.fetchval(
+        "SELECT count(*) = 500 FROM herald.notifications WHERE user_id = $1 "
+        "AND delivered_at IS NOT NULL", user))
+    await client.send({"type": "ping"})
+    assert (await client.recv())["type"] == "pong"

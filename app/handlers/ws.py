@@ -35,6 +35,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._refilled = time.monotonic()
         self._registered = False
         self._closing = False
+        self._ack_to = 0  # highest seq the client acknowledged
+        self._ack_task: asyncio.Task[None] | None = None
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -76,15 +78,17 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self._closing:
             return
-        if not self._rate_ok():
-            self.metrics.refused.labels("rate_limited").inc()
-            self.fail("rate_limited", "too many frames; slow down", protocol.CLOSE_RATE_LIMITED)
-            return
         try:
             frame = protocol.parse_client_frame(message)
         except protocol.ProtocolError as err:
             self.metrics.refused.labels("malformed").inc()
             self.fail(err.code, err.message, protocol.CLOSE_MALFORMED)
+            return
+        # Acks are exempt: a client acks what the server pushes, so their rate is ours,
+        # and they are coalesced into at most one UPDATE in flight per connection.
+        if not isinstance(frame, protocol.Ack) and not self._rate_ok():
+            self.metrics.refused.labels("rate_limited").inc()
+            self.fail("rate_limited", "too many frames; slow down", protocol.CLOSE_RATE_LIMITED)
             return
         if not self.user:
             if not isinstance(frame, protocol.Hello):
@@ -97,7 +101,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             if isinstance(frame, protocol.Ping):
                 self.send(protocol.pong())
             elif isinstance(frame, protocol.Ack):
-                await self.node.ack(self, frame.seq)
+                self._ack(frame.seq)
             elif isinstance(frame, protocol.Read):
                 await self.node.read(self.user, frame.ids, frame.all)
             else:
@@ -130,6 +134,26 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.fail("unavailable", "database unavailable; reconnect shortly", 1011)
         except ClientGone:
             self.node.close_session(self)
+
+    def _ack(self, seq: int) -> None:
+        self._ack_to = max(self._ack_to, seq)
+        if self._ack_task is None:
+            self._ack_task = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        """Write acknowledgements until caught up; acks that arrive meanwhile are merged
+        into the next UPDATE instead of queueing one each."""
+        done = 0
+        try:
+            while self._ack_to > done:
+                target = self._ack_to
+                await self.node.ack(self, target)
+                done = target
+        except DB_ERRORS as err:
+            log.warning("ws: ack for %s failed: %s", self.user, err)
+            self._send_quietly(protocol.error("unavailable", "database unavailable; ack again"))
+        finally:
+            self._ack_task = None
 
     def _token_expired(self) -> None:
         self.fail("token_expired", "token expired; reconnect with a fresh token",
