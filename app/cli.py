@@ -50,6 +50,16 @@ def _config_flags(parser: argparse.ArgumentParser, *names: str) -> None:
                             help=helps[name])
 
 
+def _add_cluster(sub: "argparse._SubParsersAction[_Parser]") -> None:
+    cluster = sub.add_parser(
+        "cluster", help="run N nodes behind nginx locally (development)",
+        description="Start N `herald serve` nodes behind nginx (docker/nginx.conf) on one "
+        "port, on HERALD_DATABASE_URL or the embedded PostgreSQL. Ctrl-C stops all of it.")
+    cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    cluster.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
+    _config_flags(cluster, "database_url", "secret", "api_key", "data_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="herald",
@@ -102,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--ack", action="store_true",
                       help="acknowledge what is printed (marks it delivered)")
     _config_flags(tail, "database_url", "secret", "port", "data_dir")
+    _add_cluster(sub)
     return parser
 
 
@@ -274,8 +285,39 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return asyncio.run(_tail(config, args))
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from app.cluster import ClusterError, LocalCluster
+
+    if not 1 <= args.nodes <= 16:
+        raise CliError("--nodes must be between 1 and 16")
+    config = _load(args, ["database_url", "secret", "api_key", "data_dir"])
+    url = _database(config)
+
+    async def run() -> None:
+        cluster = LocalCluster(config.data_dir / "cluster", nodes=args.nodes, port=args.port,
+                               database_url=url, secret=config.secret,
+                               api_key=config.api_key or "")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await cluster.start()
+            print(f"herald: {args.nodes} nodes behind nginx at {cluster.url} "
+                  f"(WebSocket {cluster.ws_url}); logs in {cluster.workdir}",
+                  file=sys.stderr, flush=True)
+            await stop.wait()
+        except ClusterError as err:
+            raise CliError(str(err)) from None
+        finally:
+            await cluster.stop()
+
+    asyncio.run(run())
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
-            "send": cmd_send, "tail": cmd_tail}
+            "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,17 @@ class JsonHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        self._node_header()
+
+    def prepare(self) -> None:
+        self._node_header()
+
+    def _node_header(self) -> None:
+        # Which node answered: lets operators (and the cluster tests) see the balancing.
+        # (Tornado sets default headers before initialize(), hence the getattr.)
+        config = getattr(self, "config", None)
+        if config is not None:
+            self.set_header("X-Herald-Node", config.node)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
