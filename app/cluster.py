@@ -149,7 +149,7 @@ class LocalCluster:
         from pgserver import _commands
 
         user = "pgserver" if os.geteuid() == 0 else None
-        pg_ctl = _commands.pg_ctl
+        pg_ctl = vars(_commands)["pg_ctl"]  # generated at import time, unseen by mypy
         await asyncio.to_thread(pg_ctl, list(args), pgdata=self._pgdata, user=user, timeout=60)
 
     async def _start_nginx(self) -> None:
