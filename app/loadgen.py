@@ -143,7 +143,8 @@ class Publisher:
                 try:
                     seq = await self._send(user, title)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                        HTTPClientError, asyncio.TimeoutError) as err:
+                        asyncpg.InternalClientError, HTTPClientError,
+                        asyncio.TimeoutError) as err:
                     self.failures += 1
                     log.debug("publish failed (%s); retrying", err)
                     await asyncio.sleep(0.05)

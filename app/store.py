@@ -26,6 +26,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown / terminate_backend
     asyncpg.exceptions.CannotConnectNowError,
+    # Raised when a connection died in the middle of a protocol exchange.
+    asyncpg.InternalClientError,
     OSError,
     asyncio.TimeoutError,
 )
