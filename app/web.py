@@ -11,7 +11,7 @@ from app.config import Config
 from app.handlers.api import NotificationsHandler, ReadHandler
 from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
-from app.handlers.pages import InboxHandler, LoginHandler
+from app.handlers.pages import DevSendHandler, InboxHandler, LoginHandler, LogoutHandler
 from app.handlers.ws import SocketHandler
 from app.metrics import Metrics
 from app.node import Node
@@ -40,7 +40,11 @@ def make_app(
         (r"/", InboxHandler, {"config": config}),
     ]
     if config.dev:
-        routes.append((r"/login", LoginHandler, {"config": config}))
+        routes += [
+            (r"/login", LoginHandler, {"config": config}),
+            (r"/logout", LogoutHandler, {"config": config}),
+            (r"/dev/send", DevSendHandler, {"store": store, **common}),
+        ]
     return tornado.web.Application(
         routes,
         template_path=str(ROOT / "templates"),

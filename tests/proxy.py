@@ -1,39 +1,32 @@
-"""A TCP proxy in front of PostgreSQL, to break database connections the way networks do:
-refuse new connections, cut existing ones, or freeze them silently (no FIN, no RST)."""
+"""TCP proxies that break connections the way networks do: refuse new connections, cut
+existing ones, or freeze them silently (no FIN, no RST)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-class PgProxy:
-    def __init__(self, upstream_url: str) -> None:
-        self.upstream_url = upstream_url
+
+class TcpProxy:
+    """Listens on 127.0.0.1 and relays every connection to ``open_upstream()``."""
+
+    def __init__(self, open_upstream: Callable[[], Awaitable[Streams]]) -> None:
+        self._open_upstream = open_upstream
         self.refuse_new = False
         self._server: asyncio.base_events.Server | None = None
         self._links: list[_Link] = []
         self.port = 0
 
-    def _open_upstream(self) -> "asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]":
-        parts = urlsplit(self.upstream_url)
-        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-        port = parts.port or 5432
-        if host.startswith("/"):
-            return asyncio.ensure_future(asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}"))
-        return asyncio.ensure_future(asyncio.open_connection(host, port))
+    @classmethod
+    def to_port(cls, port: int) -> "TcpProxy":
+        return cls(lambda: asyncio.open_connection("127.0.0.1", port))
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
-
-    @property
-    def url(self) -> str:
-        """The upstream URL, pointed at the proxy."""
-        parts = urlsplit(self.upstream_url)
-        user = parts.username or "postgres"
-        return urlunsplit(("postgresql", f"{user}@127.0.0.1:{self.port}", parts.path, "", ""))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse_new:
@@ -47,11 +40,38 @@ class PgProxy:
     def links(self, match: Callable[["_Link"], bool] = lambda link: True) -> list["_Link"]:
         return [link for link in self._links if not link.done and match(link)]
 
-    async def stop(self) -> None:
-        for link in self._links:
+    def cut_all(self) -> None:
+        for link in self.links():
             link.cut()
+
+    async def stop(self) -> None:
+        self.cut_all()
         if self._server:
             self._server.close()
+
+
+class PgProxy(TcpProxy):
+    """A proxy in front of the PostgreSQL server of ``upstream_url`` (TCP or socket)."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self.upstream_url = upstream_url
+        parts = urlsplit(upstream_url)
+        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+        port = parts.port or 5432
+
+        async def open_upstream() -> Streams:
+            if host.startswith("/"):
+                return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            return await asyncio.open_connection(host, port)
+
+        super().__init__(open_upstream)
+
+    @property
+    def url(self) -> str:
+        """The upstream URL, pointed at the proxy."""
+        parts = urlsplit(self.upstream_url)
+        user = parts.username or "postgres"
+        return urlunsplit(("postgresql", f"{user}@127.0.0.1:{self.port}", parts.path, "", ""))
 
 
 class _Link:
@@ -61,7 +81,7 @@ class _Link:
         self.up_reader, self.up_writer = up_reader, up_writer
         self.frozen = False
         self.done = False
-        self.startup = b""  # the client's first bytes (contain application_name)
+        self.startup = b""  # the client's first bytes (PostgreSQL: contain application_name)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     first: bool) -> None:

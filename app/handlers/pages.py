@@ -1,30 +1,41 @@
-"""Browser pages: the inbox at ``/`` and, with ``--dev`` only, a login form."""
+"""Browser pages: the inbox at ``/`` and, with ``--dev`` only, login, logout and a small
+"send a notification" endpoint for trying Herald with two browser windows."""
 
 from __future__ import annotations
 
 import tornado.web
 
-from app import auth
+from app import auth, protocol
 from app.config import Config
+from app.handlers.base import ApiError, JsonHandler
+from app.metrics import Metrics
+from app.store import NewNotification, Store
 
 
 class InboxHandler(tornado.web.RequestHandler):
-    """``GET /``: the inbox. It authenticates over the WebSocket itself (cookie, or a
-    token in the URL fragment, which never reaches the server or its logs)."""
+    """``GET /``: the inbox. It authenticates with the login cookie or a token in the URL
+    fragment (``/#token=...``, which never reaches the server or its logs)."""
 
     def initialize(self, config: Config) -> None:
         self.config = config
 
-    def get(self) -> None:
+    def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        # Scripts only from this origin: injected markup could not run even if it got in.
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "style-src 'self'; frame-ancestors 'none'",
+        )
+
+    def get(self) -> None:
         self.render("inbox.html", dev=self.config.dev)
 
 
-class LoginHandler(tornado.web.RequestHandler):
-    """``GET/POST /login`` (``--dev`` only): pick any user name and get its cookie."""
-
-    def initialize(self, config: Config) -> None:
-        self.config = config
+class LoginHandler(InboxHandler):
+    """``GET/POST /login`` (``--dev`` only): pick any user name, get its login cookie."""
 
     def get(self) -> None:
         self.render("login.html", error=None)
@@ -38,5 +49,32 @@ class LoginHandler(tornado.web.RequestHandler):
             self.render("login.html", error=str(err))
             return
         self.set_cookie(auth.COOKIE_NAME, token, httponly=True, samesite="Lax",
-                        expires_days=None)
+                        secure=self.request.protocol == "https",
+                        expires_days=self.config.token_ttl / 86400)
         self.redirect("/")
+
+
+class LogoutHandler(InboxHandler):
+    """``GET /logout`` (``--dev`` only): forget the login cookie."""
+
+    def get(self) -> None:
+        self.clear_cookie(auth.COOKIE_NAME)
+        self.redirect("/login")
+
+
+class DevSendHandler(JsonHandler):
+    """``POST /dev/send`` (``--dev`` only): a signed-in user sends a notification to any
+    user from the inbox page, without an API key in the browser."""
+
+    def initialize(self, store: Store, config: Config, metrics: Metrics) -> None:
+        self.store, self.config, self.metrics = store, config, metrics
+
+    async def post(self) -> None:
+        self.current_user_id()
+        try:
+            (item,) = protocol.parse_publish(self.request.body, 1)
+        except protocol.ProtocolError as err:
+            raise ApiError(400, err.code, err.message) from None
+        (row,) = await self.store.insert([NewNotification(**item)])
+        self.write_json({"notifications": [{"id": row.id, "seq": row.seq,
+                                            "user_id": row.user_id}]}, status=201)

@@ -1,0 +1,185 @@
+/*
+ * herald.js — the browser client for Herald's WebSocket protocol. No dependencies.
+ *
+ *   const client = new HeraldClient({
+ *     token: () => fetch("/my/herald-token").then(r => r.text()), // or a string, or null
+ *     lastSeq: 41,                       // resume after this seq (null: undelivered)
+ *     onNotification(n) { ... },         // each notification once, in seq order
+ *     onRead(r) { ... },                 // {ids, all, unread} from any tab or device
+ *     onWelcome(w) { ... },              // {user, node, last_seq, unread}
+ *     onState(state) { ... },            // "connecting" | "live" | "reconnecting" | "offline"
+ *     onAuthError(message) { ... },      // the token was refused (close 4401)
+ *   });
+ *   client.markRead([101, 102]); client.markAllRead(); client.ack(42); client.close();
+ *
+ * Reconnects with jittered exponential backoff (0.5 s → 30 s; at once after a node's
+ * 1001 "going away" or when the browser comes back online) and resumes from the last
+ * seq it delivered, so a notification is never shown twice nor skipped. A token given as
+ * a function is called for every connection, so expired tokens are refreshed. With
+ * token null the server uses the login cookie (same origin only).
+ */
+(function (global) {
+  "use strict";
+
+  var CLOSE_UNAUTHORIZED = 4401;
+  var CLOSE_GOING_AWAY = 1001;
+  var PING_EVERY_MS = 20000;
+  var PONG_WITHIN_MS = 10000;
+
+  function defaultUrl() {
+    var scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + global.location.host + "/ws";
+  }
+
+  function HeraldClient(options) {
+    options = options || {};
+    this.url = options.url || defaultUrl();
+    this.token = options.token === undefined ? null : options.token;
+    this.lastSeq = options.lastSeq === undefined ? null : options.lastSeq;
+    this.onNotification = options.onNotification || function () {};
+    this.onRead = options.onRead || function () {};
+    this.onWelcome = options.onWelcome || function () {};
+    this.onState = options.onState || function () {};
+    this.onAuthError = options.onAuthError || function () {};
+    this.state = "offline";
+    this._ws = null;
+    this._attempt = 0;
+    this._timer = null;
+    this._pingTimer = null;
+    this._pongTimer = null;
+    this._closed = false;
+    var self = this;
+    this._online = function () { self._reconnectNow(); };
+    global.addEventListener("online", this._online);
+    if (options.connect !== false) this.connect();
+  }
+
+  HeraldClient.prototype._setState = function (state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.onState(state);
+  };
+
+  HeraldClient.prototype._token = function () {
+    var token = typeof this.token === "function" ? this.token() : this.token;
+    return Promise.resolve(token);
+  };
+
+  HeraldClient.prototype.connect = function () {
+    var self = this;
+    if (this._closed) return;
+    this._setState(this._attempt === 0 ? "connecting" : "reconnecting");
+    this._token().then(function (token) {
+      if (self._closed) return;
+      var ws = new WebSocket(self.url);
+      self._ws = ws;
+      ws.onopen = function () {
+        var hello = {type: "hello", last_seq: self.lastSeq};
+        if (token) hello.token = token;
+        ws.send(JSON.stringify(hello));
+      };
+      ws.onmessage = function (event) { self._frame(ws, JSON.parse(event.data)); };
+      ws.onclose = function (event) { self._closedSocket(ws, event); };
+    }, function () { self._schedule(); });
+  };
+
+  HeraldClient.prototype._frame = function (ws, frame) {
+    if (ws !== this._ws) return;
+    switch (frame.type) {
+      case "welcome":
+        this._attempt = 0;
+        this._setState("live");
+        this._startPings(ws);
+        this.onWelcome(frame);
+        break;
+      case "notification":
+        // The server never repeats a seq on one socket; this guards the seam between
+        // two sockets (a late frame from a socket being replaced).
+        if (this.lastSeq !== null && frame.seq <= this.lastSeq) return;
+        this.lastSeq = frame.seq;
+        this.onNotification(frame);
+        break;
+      case "read":
+        this.onRead(frame);
+        break;
+      case "pong":
+        clearTimeout(this._pongTimer);
+        break;
+      case "error":
+        if (global.console) console.warn("herald:", frame.code, frame.message);
+        break;
+    }
+  };
+
+  HeraldClient.prototype._startPings = function (ws) {
+    var self = this;
+    clearInterval(this._pingTimer);
+    // A socket can die silently (laptop sleep, Wi-Fi change): without a pong in time,
+    // drop it and reconnect instead of showing "live" on a dead line.
+    this._pingTimer = setInterval(function () {
+      if (ws.readyState !== WebSocket.OPEN) return;
+      ws.send('{"type":"ping"}');
+      clearTimeout(self._pongTimer);
+      self._pongTimer = setTimeout(function () { ws.close(); }, PONG_WITHIN_MS);
+    }, PING_EVERY_MS);
+  };
+
+  HeraldClient.prototype._closedSocket = function (ws, event) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    clearInterval(this._pingTimer);
+    clearTimeout(this._pongTimer);
+    if (this._closed) { this._setState("offline"); return; }
+    if (event.code === CLOSE_UNAUTHORIZED && typeof this.token !== "function") {
+      this._setState("offline");
+      this.onAuthError(event.reason || "unauthorized");
+      return;
+    }
+    if (event.code === CLOSE_GOING_AWAY) {
+      this._attempt = 0; // the node is shutting down: another node is up right now
+    }
+    this._schedule();
+  };
+
+  HeraldClient.prototype._schedule = function () {
+    var self = this;
+    clearTimeout(this._timer);
+    this._setState(global.navigator.onLine === false ? "offline" : "reconnecting");
+    var base = Math.min(30000, 500 * Math.pow(2, this._attempt));
+    var delay = this._attempt === 0 ? Math.random() * 250 : base / 2 + Math.random() * base / 2;
+    this._attempt += 1;
+    this._timer = setTimeout(function () { self.connect(); }, delay);
+  };
+
+  HeraldClient.prototype._reconnectNow = function () {
+    if (this._closed || this._ws) return;
+    this._attempt = 0;
+    clearTimeout(this._timer);
+    this.connect();
+  };
+
+  HeraldClient.prototype._send = function (frame) {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+      this._ws.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  };
+
+  /** Acknowledge everything up to seq as shown (sets delivered_at). */
+  HeraldClient.prototype.ack = function (seq) { return this._send({type: "ack", seq: seq}); };
+  /** Mark notifications read; every open client of the user gets a "read" frame. */
+  HeraldClient.prototype.markRead = function (ids) { return this._send({type: "read", ids: ids}); };
+  HeraldClient.prototype.markAllRead = function () { return this._send({type: "read", all: true}); };
+
+  /** Close for good (no reconnect). */
+  HeraldClient.prototype.close = function () {
+    this._closed = true;
+    clearTimeout(this._timer);
+    global.removeEventListener("online", this._online);
+    if (this._ws) this._ws.close(1000);
+    this._setState("offline");
+  };
+
+  global.HeraldClient = HeraldClient;
+})(window);

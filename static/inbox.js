@@ -1,0 +1,323 @@
+/*
+ * The inbox page, built on herald.js.
+ *
+ * Start-up: load the newest page of history over HTTP, then open the socket with
+ * last_seq = the newest seq shown, so the socket delivers exactly what came after it
+ * (no duplicate, no gap). Older pages load as the user scrolls.
+ *
+ * Authentication: the login cookie (set by the host application, or /login in dev), or
+ * a token handed over in the URL fragment (#token=...), which browsers never send to
+ * any server; it is moved to sessionStorage and removed from the address bar at once.
+ *
+ * Every piece of notification text goes through textContent: never parsed as HTML.
+ */
+(function () {
+  "use strict";
+
+  var PAGE = 30;
+  var app = document.getElementById("app");
+  var list = document.getElementById("list");
+  var badge = document.getElementById("badge");
+  var statusBox = document.getElementById("status");
+  var statusText = document.getElementById("status-text");
+  var live = document.getElementById("live");
+  var empty = document.getElementById("empty");
+  var signedOut = document.getElementById("signed-out");
+  var toolbar = document.getElementById("toolbar");
+  var who = document.getElementById("who");
+  var more = document.getElementById("more");
+  var readAll = document.getElementById("read-all");
+  var desktop = document.getElementById("desktop");
+
+  var token = takeFragmentToken();
+  var unread = 0;
+  var welcomeSeq = 0;       // notifications up to here are counted in welcome.unread
+  var oldestSeq = null;     // for paging back
+  var exhausted = false;
+  var loadingMore = false;
+  var items = {};           // id -> <li>
+  var client = null;
+
+  function takeFragmentToken() {
+    var match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+    if (match) {
+      sessionStorage.setItem("herald.token", decodeURIComponent(match[1]));
+      history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    return sessionStorage.getItem("herald.token");
+  }
+
+  function api(path, options) {
+    options = options || {};
+    var headers = {"Content-Type": "application/json"};
+    if (token) headers.Authorization = "Bearer " + token;
+    return fetch(path, {
+      method: options.method || "GET",
+      headers: headers,
+      body: options.body ? JSON.stringify(options.body) : undefined,
+      credentials: "same-origin",
+      keepalive: !!options.keepalive
+    });
+  }
+
+  // --- rendering --------------------------------------------------------------------
+
+  var relative = window.Intl && Intl.RelativeTimeFormat
+    ? new Intl.RelativeTimeFormat(undefined, {numeric: "auto"}) : null;
+
+  function ago(iso) {
+    var seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+    if (!relative) return new Date(iso).toLocaleString();
+    var units = [["year", 31536000], ["month", 2592000], ["day", 86400], ["hour", 3600],
+                 ["minute", 60]];
+    for (var i = 0; i < units.length; i++) {
+      if (Math.abs(seconds) >= units[i][1]) {
+        return relative.format(Math.round(seconds / units[i][1]), units[i][0]);
+      }
+    }
+    return "just now";
+  }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function render(n) {
+    var li = el("li", "item" + (n.read ? "" : " unread"));
+    li.dataset.id = n.id;
+    li.dataset.seq = n.seq;
+    var main = n.link ? el("a", "item-main") : el("button", "item-main");
+    if (n.link) main.href = n.link; else main.type = "button";
+    main.appendChild(el("span", "dot", ""));
+    var content = el("span", "content");
+    var state = el("span", "sr-only state", n.read ? "" : "Unread: ");
+    content.appendChild(state);
+    content.appendChild(el("span", "title", n.title));
+    if (n.body) content.appendChild(el("span", "body", n.body));
+    var time = el("time", "time", ago(n.created_at));
+    time.dateTime = n.created_at;
+    time.title = new Date(n.created_at).toLocaleString();
+    content.appendChild(time);
+    main.appendChild(content);
+    main.addEventListener("click", function (event) { open(n, li, event); });
+    li.appendChild(main);
+    items[n.id] = li;
+    return li;
+  }
+
+  function markShownRead(ids) {
+    ids.forEach(function (id) {
+      var li = items[id];
+      if (!li) return;
+      li.classList.remove("unread");
+      var state = li.querySelector(".state");
+      if (state) state.textContent = "";
+    });
+  }
+
+  function setUnread(count) {
+    unread = Math.max(0, count);
+    badge.textContent = unread > 99 ? "99+" : String(unread);
+    badge.hidden = unread === 0;
+    badge.setAttribute("aria-label", unread + " unread notifications");
+    document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Herald";
+  }
+
+  function refreshEmpty() {
+    empty.hidden = list.children.length > 0;
+  }
+
+  var STATES = {connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
+                offline: "Offline"};
+
+  function setState(state) {
+    statusBox.dataset.state = state;
+    statusText.textContent = STATES[state] || state;
+  }
+
+  // --- actions ----------------------------------------------------------------------
+
+  function markRead(ids, keepalive) {
+    markShownRead(ids);
+    if (!keepalive && client && client.markRead(ids)) return;
+    api("/api/notifications/read", {method: "POST", body: {ids: ids}, keepalive: true});
+  }
+
+  function open(n, li, event) {
+    if (li.classList.contains("unread")) {
+      // The read frame updates the count; this only makes the click feel instant.
+      // A link navigates away at once, so that request must survive the unload.
+      markRead([n.id], !!n.link);
+      setUnread(unread - 1);
+    }
+    if (!n.link) event.preventDefault();
+  }
+
+  readAll.addEventListener("click", function () {
+    markShownRead(Object.keys(items));
+    setUnread(0);
+    if (!(client && client.markAllRead())) {
+      api("/api/notifications/read", {method: "POST", body: {all: true}});
+    }
+  });
+
+  // Desktop alerts are opt-in, and only while this tab is hidden.
+  var wantDesktop = localStorage.getItem("herald.desktop") === "on";
+  function showDesktopButton() {
+    if (!("Notification" in window)) return;
+    desktop.hidden = false;
+    var on = wantDesktop && Notification.permission === "granted";
+    desktop.textContent = "Desktop alerts: " + (on ? "on" : "off");
+    desktop.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+  desktop.addEventListener("click", function () {
+    if (wantDesktop && Notification.permission === "granted") {
+      wantDesktop = false;
+      localStorage.setItem("herald.desktop", "off");
+      showDesktopButton();
+      return;
+    }
+    Notification.requestPermission().then(function (permission) {
+      wantDesktop = permission === "granted";
+      localStorage.setItem("herald.desktop", wantDesktop ? "on" : "off");
+      showDesktopButton();
+    });
+  });
+
+  function desktopAlert(n) {
+    if (!wantDesktop || !document.hidden || !("Notification" in window)) return;
+    if (Notification.permission !== "granted") return;
+    var alert = new Notification(n.title, {body: n.body || "", tag: "herald-" + n.id});
+    alert.onclick = function () { window.focus(); alert.close(); };
+  }
+
+  // --- live -------------------------------------------------------------------------
+
+  function arrived(n) {
+    if (items[n.id]) return;
+    var li = render(n);
+    li.classList.add("new");
+    list.insertBefore(li, list.firstChild);
+    setTimeout(function () { li.classList.remove("new"); }, 4000);
+    refreshEmpty();
+    if (!n.read && n.seq > welcomeSeq) setUnread(unread + 1);
+    live.textContent = "New notification: " + n.title;
+    if (oldestSeq === null) oldestSeq = n.seq;
+    client.ack(n.seq);
+    desktopAlert(n);
+  }
+
+  function connect(lastSeq) {
+    client = new HeraldClient({
+      token: token,
+      lastSeq: lastSeq,
+      onState: setState,
+      onWelcome: function (w) {
+        welcomeSeq = w.last_seq;
+        setUnread(w.unread);
+        who.textContent = "Signed in as " + w.user;
+      },
+      onNotification: arrived,
+      onRead: function (r) {
+        if (r.all) markShownRead(Object.keys(items)); else markShownRead(r.ids);
+        setUnread(r.unread);
+      },
+      onAuthError: function () { showSignedOut(); }
+    });
+  }
+
+  // --- history ----------------------------------------------------------------------
+
+  function page(beforeSeq) {
+    var query = "?limit=" + PAGE + (beforeSeq ? "&before_seq=" + beforeSeq : "");
+    return api("/api/notifications" + query).then(function (response) {
+      if (response.status === 401) throw new Error("unauthorized");
+      if (!response.ok) throw new Error("history: HTTP " + response.status);
+      return response.json();
+    });
+  }
+
+  function append(notifications) {
+    notifications.forEach(function (n) {
+      if (!items[n.id]) list.appendChild(render(n));
+      oldestSeq = oldestSeq === null ? n.seq : Math.min(oldestSeq, n.seq);
+    });
+    if (notifications.length < PAGE) exhausted = true;
+    refreshEmpty();
+  }
+
+  function loadMore() {
+    if (loadingMore || exhausted || oldestSeq === null) return;
+    loadingMore = true;
+    page(oldestSeq).then(function (body) { append(body.notifications); })
+      .catch(function () {})
+      .then(function () { loadingMore = false; });
+  }
+
+  function showSignedOut() {
+    if (client) client.close();
+    sessionStorage.removeItem("herald.token");
+    list.textContent = "";
+    empty.hidden = true;
+    toolbar.hidden = true;
+    signedOut.hidden = false;
+    setState("offline");
+  }
+
+  function start() {
+    showDesktopButton();
+    page(null).then(function (body) {
+      toolbar.hidden = false;
+      append(body.notifications);
+      setUnread(body.unread);
+      var newest = body.notifications.length ? body.notifications[0].seq : 0;
+      if (newest) {
+        welcomeSeq = newest;
+      }
+      connect(newest);
+      if ("IntersectionObserver" in window) {
+        new IntersectionObserver(function (entries) {
+          if (entries[0].isIntersecting) loadMore();
+        }, {rootMargin: "200px"}).observe(more);
+      }
+    }).catch(function (err) {
+      if (err.message === "unauthorized") showSignedOut();
+      else setState("offline");
+    });
+    setInterval(function () {
+      Array.prototype.forEach.call(list.querySelectorAll("time"), function (t) {
+        t.textContent = ago(t.dateTime);
+      });
+    }, 30000);
+  }
+
+  // --- dev: send a notification -----------------------------------------------------
+
+  var form = document.getElementById("send-form");
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var data = {};
+      new FormData(form).forEach(function (value, key) { if (value) data[key] = value; });
+      var result = document.getElementById("send-result");
+      api("/dev/send", {method: "POST", body: data}).then(function (response) {
+        return response.json().then(function (body) {
+          result.textContent = response.ok
+            ? "Sent (seq " + body.notifications[0].seq + ")"
+            : body.error.message;
+        });
+      });
+    });
+  }
+
+  // A host application may hand over a (fresh) token later by setting the fragment.
+  window.addEventListener("hashchange", function () {
+    if (/(?:^#|&)token=/.test(window.location.hash)) window.location.reload();
+  });
+
+  app.dataset.ready = "true";
+  start();
+})();

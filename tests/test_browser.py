@@ -1,0 +1,275 @@
+"""The inbox page in a real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright), against real nodes and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import insert, token_for
+from tests.proxy import TcpProxy
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    # A missing browser must fail the suite, never skip it: scripts/test installs it.
+    assert Path(CHROMIUM).exists(), "chromium is not installed (apt-get install chromium)"
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        await browser.close()
+
+
+async def new_page(browser: Browser, **context: Any) -> Page:
+    ctx = await browser.new_context(**context)
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def login(page: Page, port: int, user: str) -> None:
+    await page.goto(f"http://127.0.0.1:{port}/login")
+    await page.fill("#user", user)
+    await page.click("button[type=submit]")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+
+
+def titles(page: Page):
+    return page.locator("#list li .title")
+
+
+async def test_dev_login_and_live_arrival(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}")
+    await expect(page.locator("#status-text")).to_have_text("Live")
+
+    await insert(sql, user, "Order #1001 shipped", body="On its way")
+    await expect(titles(page)).to_have_text(["Order #1001 shipped"])
+    await expect(page.locator("#badge")).to_have_text("1")
+    await expect(page).to_have_title("(1) Inbox · Herald")
+    await expect(page.locator("#live")).to_have_text("New notification: Order #1001 shipped")
+    await expect(page.locator("#list li").first).to_have_class("item unread new")
+    await insert(sql, user, "Payment received")
+    await expect(titles(page)).to_have_text(["Payment received", "Order #1001 shipped"])
+    await expect(page).to_have_title("(2) Inbox · Herald")
+    await expect(page.locator("#empty")).to_be_hidden()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_click_marks_read_in_sql_and_other_node_updates(
+    make_node, browser, sql, user
+) -> None:
+    node_a, node_b = await make_node("node-a", dev=True), await make_node("node-b", dev=True)
+    first, second = await new_page(browser), await new_page(browser)
+    await login(first, node_a.port, user)
+    await login(second, node_b.port, user)
+    row = await insert(sql, user, "Read me")
+    await insert(sql, user, "Leave me")
+    await expect(titles(first)).to_have_count(2)
+    await expect(titles(second)).to_have_count(2)
+
+    await first.locator("#list li", has_text="Read me").locator(".item-main").click()
+    await expect(second.locator("#list li", has_text="Read me")).not_to_have_class(
+        "item unread")
+    await expect(second.locator("#badge")).to_have_text("1")
+    await expect(second).to_have_title("(1) Inbox · Herald")
+    read_at = await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1",
+                                 row["id"])
+    assert read_at is not None
+
+
+async def test_mark_all_read(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page, other = await new_page(browser), await new_page(browser)
+    await login(page, node.port, user)
+    await login(other, node.port, user)
+    for i in range(3):
+        await insert(sql, user, f"n{i}")
+    await expect(other.locator("#badge")).to_have_text("3")
+    await page.click("#read-all")
+    await expect(other.locator("#badge")).to_be_hidden()
+    await expect(other.locator("#list li.unread")).to_have_count(0)
+    await expect(other).to_have_title("Inbox · Herald")
+    assert await sql.fetchval("SELECT count(*) FROM herald.notifications "
+                              "WHERE user_id = $1 AND read_at IS NULL", user) == 0
+
+
+async def test_offline_then_back_gets_missed_ones_once_in_order(
+    make_node, browser, sql, user
+) -> None:
+    node = await make_node(dev=True)
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    try:
+        page = await new_page(browser)
+        await login(page, proxy.port, user)
+        await insert(sql, user, "before")
+        await expect(titles(page)).to_have_text(["before"])
+
+        proxy.refuse_new = True
+        proxy.cut_all()  # the server side goes away mid-connection
+        await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
+        await expect(page.locator("#status-text")).to_have_text("Reconnecting…")
+        for i in range(3):
+            await insert(sql, user, f"missed {i}")
+        await asyncio.sleep(0.5)
+        proxy.refuse_new = False
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live",
+                                                                timeout=40_000)
+        await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
+                                                 "before"])
+        await expect(page.locator("#badge")).to_have_text("4")
+
+        await page.reload()  # the same list, nothing twice
+        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+        await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
+                                                 "before"])
+        await expect(page.locator("#badge")).to_have_text("4")
+    finally:
+        await proxy.stop()
+
+
+async def test_notification_text_is_never_html(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    evil = "<img src=x onerror=alert(1)>"
+    await insert(sql, user, evil, body="<script>alert(2)</script><b>bold</b>")
+    await expect(titles(page)).to_have_text([evil])
+    await expect(page.locator("#list li .body")).to_have_text(
+        ["<script>alert(2)</script><b>bold</b>"])
+    assert await page.locator("#list img, #list script, #list b").count() == 0
+    await page.reload()  # the history path renders text too
+    await expect(titles(page)).to_have_text([evil])
+    assert await page.locator("#list img").count() == 0
+    await asyncio.sleep(0.3)
+    assert page.errors == []  # type: ignore[attr-defined]  # no alert() ever fired
+
+
+async def test_phone_viewport_has_no_horizontal_scroll(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser, viewport={"width": 360, "height": 740}, is_mobile=True,
+                          has_touch=True)
+    await login(page, node.port, user)
+    await insert(sql, user, "x" * 400, body="y" * 2000)
+    await insert(sql, user, "您的订单已发货 🚚📦 " * 20, link="https://shop.example/" + "z" * 500)
+    await expect(titles(page)).to_have_count(2)
+    widths = await page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1], widths
+
+
+async def test_history_pages_as_you_scroll(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    await sql.execute("INSERT INTO herald.notifications (user_id, title) "
+                      "SELECT $1, 'n' || g FROM generate_series(1, 75) g", user)
+    page = await new_page(browser, viewport={"width": 800, "height": 600})
+    await login(page, node.port, user)
+    await expect(titles(page)).to_have_count(30)
+    await expect(titles(page).first).to_have_text("n75")
+    for expected in (60, 75):
+        await page.locator("#more").scroll_into_view_if_needed()
+        await expect(titles(page)).to_have_count(expected)
+    await expect(titles(page).last).to_have_text("n1")
+    seqs = await page.eval_on_selector_all("#list li", "els => els.map(e => +e.dataset.seq)")
+    assert seqs == list(range(75, 0, -1))
+
+
+async def test_keyboard_opens_and_marks_read(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    await insert(sql, user, "Use the keyboard")
+    await expect(titles(page)).to_have_count(1)
+    await page.locator("#list li .item-main").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#list li")).not_to_have_class("item unread")
+    await expect(page.locator("#badge")).to_be_hidden()
+
+
+async def test_click_follows_link_after_marking_read(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    row = await insert(sql, user, "Track your order", link="/healthz?from=inbox")
+    await page.locator("#list li .item-main").click()
+    await page.wait_for_url("**/healthz?from=inbox")
+    async def read() -> bool:
+        return await sql.fetchval("SELECT read_at IS NOT NULL FROM herald.notifications "
+                                  "WHERE id = $1", row["id"])
+    for _ in range(50):
+        if await read():
+            break
+        await asyncio.sleep(0.1)
+    assert await read()
+
+
+async def test_token_in_url_fragment_signs_in_without_cookie(
+    make_node, browser, sql, user
+) -> None:
+    node = await make_node()  # production mode: no /login
+    page = await new_page(browser)
+    await page.goto(f"http://127.0.0.1:{node.port}/")
+    await expect(page.locator("#signed-out")).to_be_visible()
+    await page.goto(f"http://127.0.0.1:{node.port}/#token={token_for(user)}")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert "token" not in page.url  # removed from the address bar at once
+    await insert(sql, user, "via fragment token")
+    await expect(titles(page)).to_have_text(["via fragment token"])
+    response = await page.request.get(f"http://127.0.0.1:{node.port}/login")
+    assert response.status == 404  # no dev login in production
+
+
+async def test_desktop_alert_while_hidden(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser, permissions=["notifications"])
+    await page.add_init_script("""
+        window.__alerts = [];
+        window.Notification = class { constructor(t, o) { window.__alerts.push(t); }
+            static get permission() { return 'granted'; }
+            static requestPermission() { return Promise.resolve('granted'); } };
+        Object.defineProperty(document, 'hidden', {get: () => window.__hidden === true});
+    """)
+    await login(page, node.port, user)
+    await expect(page.locator("#desktop")).to_have_text("Desktop alerts: off")
+    await page.click("#desktop")
+    await expect(page.locator("#desktop")).to_have_text("Desktop alerts: on")
+    await insert(sql, user, "while visible")
+    await expect(titles(page)).to_have_count(1)
+    await page.evaluate("window.__hidden = true")
+    await insert(sql, user, "while hidden")
+    await expect(titles(page)).to_have_count(2)
+    assert await page.evaluate("window.__alerts") == ["while hidden"]
+
+
+async def test_dev_send_form_reaches_another_user_on_another_node(
+    make_node, browser, user
+) -> None:
+    """The original demo: two windows, two users, two nodes; one sends, the other gets it."""
+    node_a, node_b = await make_node("node-a", dev=True), await make_node("node-b", dev=True)
+    alice, bob = await new_page(browser), await new_page(browser)
+    await login(alice, node_a.port, user + "-alice")
+    await login(bob, node_b.port, user + "-bob")
+    await alice.click("#dev-send summary")
+    await alice.fill("#send-user", user + "-bob")
+    await alice.fill("#send-title", "Hi Bob, from Alice")
+    await alice.click("#send-form button[type=submit]")
+    await expect(alice.locator("#send-result")).to_have_text("Sent (seq 1)")
+    await expect(titles(bob)).to_have_text(["Hi Bob, from Alice"])
+    await expect(titles(alice)).to_have_count(0)
