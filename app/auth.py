@@ -31,28 +31,41 @@ class Claims:
     expires_at: float
 
 
-def mint_token(secret: str, user: str, ttl: int = 3600, now: float | None = None) -> str:
+def mint_token(
+    secret: str, user: str, ttl: int = 3600, now: float | None = None,
+    audience: str | None = None, issuer: str | None = None,
+) -> str:
     """Sign a token for ``user`` valid for ``ttl`` seconds (what any backend would do)."""
     if not 1 <= len(user) <= models.USER_ID_MAX:
         raise ValueError(f"user id must be 1-{models.USER_ID_MAX} characters")
     issued = int(now if now is not None else time.time())
+    claims: dict[str, object] = {"sub": user, "iat": issued, "exp": issued + ttl}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     with warnings.catch_warnings():
         # PyJWT warns on HMAC keys under 32 bytes; the operator chose the secret.
         warnings.simplefilter("ignore")
-        return jwt.encode({"sub": user, "iat": issued, "exp": issued + ttl}, secret, ALGORITHM)
+        return jwt.encode(claims, secret, ALGORITHM)
 
 
-def verify_token(secret: str, token: str | None) -> Claims:
+def verify_token(
+    secret: str, token: str | None, audience: str | None = None, issuer: str | None = None
+) -> Claims:
     """Return the token's claims, or raise ``AuthError``: missing, malformed, wrong
     signature, an algorithm other than HS256 (``none`` included), no ``exp``, expired,
-    or a ``sub`` that is not a valid user id."""
+    a ``sub`` that is not a valid user id, or — when configured — the wrong ``aud`` or
+    ``iss``."""
     if not token:
         raise AuthError("missing token")
+    required = ["exp", "sub"] + (["aud"] if audience else []) + (["iss"] if issuer else [])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             claims = jwt.decode(
-                token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
+                token, secret, algorithms=[ALGORITHM], audience=audience, issuer=issuer,
+                options={"require": required, "verify_aud": audience is not None},
             )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
@@ -62,6 +75,21 @@ def verify_token(secret: str, token: str | None) -> Claims:
     if not isinstance(user, str) or not 1 <= len(user) <= models.USER_ID_MAX:
         raise AuthError("invalid token: sub must be a user id of 1-255 characters")
     return Claims(user=user, expires_at=float(claims["exp"]))
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The token policy of one deployment: secret plus optional audience and issuer."""
+
+    secret: str
+    audience: str | None = None
+    issuer: str | None = None
+
+    def mint(self, user: str, ttl: int = 3600) -> str:
+        return mint_token(self.secret, user, ttl, audience=self.audience, issuer=self.issuer)
+
+    def verify(self, token: str | None) -> Claims:
+        return verify_token(self.secret, token, self.audience, self.issuer)
 
 
 def bearer(header: str | None) -> str | None:

@@ -2,8 +2,9 @@
 
 Never a pool connection: asyncpg's pool runs ``UNLISTEN *`` when a connection is
 released, so LISTEN lives on its own ``asyncpg.connect()``. Loss is detected two ways:
-the termination listener (the server closed the socket) and a ``SELECT 1`` ping with a
-timeout every ``ping_interval`` seconds (a silently dead TCP connection raises nothing).
+the termination listener (the server closed the socket) and a ping with a timeout every
+``ping_interval`` seconds (a silently dead TCP connection raises nothing); the ping reads
+``pg_notification_queue_usage()`` for the metrics and /readyz.
 
 ``on_event`` is called with each raw payload and must only enqueue. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
@@ -48,6 +49,7 @@ class Bus:
         self._first = asyncio.get_running_loop().create_future()  # set on first LISTEN
         self.connected = False
         self.reconnects = 0
+        self.queue_usage = 0.0  # pg_notification_queue_usage(), refreshed by each ping
 
     async def start(self, timeout: float = 15.0) -> None:
         """Start listening; return once LISTEN is up. Raises ``TimeoutError`` otherwise."""
@@ -112,7 +114,11 @@ class Bus:
             except asyncio.TimeoutError:
                 pass
             try:
-                await self._conn.fetchval("SELECT 1", timeout=self._ping_interval)
+                # The ping doubles as a reading of the server's NOTIFY queue (8 GB shared by
+                # all listeners); a listener that falls behind makes it fill up.
+                usage = await self._conn.fetchval(
+                    "SELECT pg_notification_queue_usage()", timeout=self._ping_interval)
+                self.queue_usage = float(usage)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
                     asyncio.TimeoutError) as err:
                 log.warning("bus: ping failed (%s)", type(err).__name__)

@@ -18,8 +18,9 @@ from typing import Any, NoReturn, Sequence
 
 import asyncpg
 
-from app import __version__, auth, db, protocol, schema
+from app import __version__, db, protocol, schema
 from app.config import Config, ConfigError, load_config
+from app.logs import setup_logging
 
 log = logging.getLogger("herald")
 
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="enable the /login page (pick any user; never in production)")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-format", default=None, choices=["json", "text"],
+                       help="json: one object per line (env HERALD_LOG_FORMAT, default json)")
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to head",
                              description="Same as `alembic upgrade head`.")
@@ -138,8 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args, ["database_url", "secret", "api_key", "port", "host", "node",
                           "allowed_origins", "data_dir", "dev"])
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format or config.log_format, config.node)
     url = _database(config)
     if config.embedded:
         schema.upgrade(url)
@@ -182,7 +184,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     config = _load(args, ["database_url", "secret", "data_dir"])
     try:
-        print(auth.mint_token(config.secret, args.user, args.ttl or config.token_ttl))
+        print(config.tokens.mint(args.user, args.ttl or config.token_ttl))
     except ValueError as err:
         raise CliError(str(err)) from None
     return 0
@@ -245,7 +247,7 @@ async def _tail(config: Config, args: argparse.Namespace) -> int:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
             continue
-        token = auth.mint_token(config.secret, args.user, config.token_ttl)
+        token = config.tokens.mint(args.user, config.token_ttl)
         await conn.write_message(json.dumps({"type": "hello", "token": token,
                                              "last_seq": cursor}))
         while True:

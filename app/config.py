@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from app.auth import Tokens
+
 
 class ConfigError(Exception):
     """Invalid or missing configuration; ``str(err)`` is the one line shown to the user."""
@@ -46,6 +48,17 @@ class Config:
     max_publish_batch: int = 1000
     shutdown_grace: float = 5.0
     token_ttl: int = 3600
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    max_connections: int = 20_000
+    max_connections_per_user: int = 20
+    notify_queue_max: float = 0.5
+    log_format: str = "json"
+
+    @property
+    def tokens(self) -> Tokens:
+        """How this deployment mints and verifies user tokens."""
+        return Tokens(self.secret, self.jwt_audience, self.jwt_issuer)
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +102,19 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError("must be a fraction in (0, 1]")
+    return number
+
+
+def _log_format(value: str) -> str:
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -118,6 +144,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_publish_batch": ("HERALD_MAX_PUBLISH_BATCH", _positive_int),
     "shutdown_grace": ("HERALD_SHUTDOWN_GRACE", _positive_float),
     "token_ttl": ("HERALD_TOKEN_TTL", _positive_int),
+    "jwt_audience": ("HERALD_JWT_AUDIENCE", str),
+    "jwt_issuer": ("HERALD_JWT_ISSUER", str),
+    "max_connections": ("HERALD_MAX_CONNECTIONS", _positive_int),
+    "max_connections_per_user": ("HERALD_MAX_CONNECTIONS_PER_USER", _positive_int),
+    "notify_queue_max": ("HERALD_NOTIFY_QUEUE_MAX", _fraction),
+    "log_format": ("HERALD_LOG_FORMAT", _log_format),
 }
 
 

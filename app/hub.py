@@ -35,6 +35,7 @@ class Client(Protocol):
 class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Client]] = {}
+        self.sockets = 0  # every open socket, authenticated or not (for admission)
 
     def add(self, client: Client) -> None:
         self._by_user.setdefault(client.user, set()).add(client)

@@ -45,6 +45,11 @@ class Metrics:
         self.bus_events = Counter(
             "herald_bus_events", "NOTIFY payloads received", ["kind"], registry=r
         )
+        self.notify_queue = Gauge(
+            "herald_notify_queue_usage",
+            "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use",
+            registry=r,
+        )
         self.refused = Counter(
             "herald_refused",
             "Frames, connections and requests refused, by reason",

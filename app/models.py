@@ -28,6 +28,7 @@ CHANNEL = "herald"
 VERSION_TABLE = "herald_alembic_version"
 
 USER_ID_MAX = 255
+IDEMPOTENCY_KEY_MAX = 255
 TITLE_MAX = 1000
 BODY_MAX = 10_000
 LINK_MAX = 2048
@@ -61,6 +62,9 @@ notifications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("delivered_at", DateTime(timezone=True), nullable=True),
     Column("read_at", DateTime(timezone=True), nullable=True),
+    # Optional, unique per user: a retried publish with the same key is skipped by the
+    # assign_seq trigger before it takes a seq (revision 0002).
+    Column("idempotency_key", Text, nullable=True),
     UniqueConstraint("user_id", "seq"),
     CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
     CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),
@@ -70,6 +74,10 @@ notifications = Table(
     CheckConstraint(
         f"char_length(link) <= {LINK_MAX} AND link ~* '{LINK_PATTERN}'", name="link_url"
     ),
+    CheckConstraint(
+        f"char_length(idempotency_key) BETWEEN 1 AND {IDEMPOTENCY_KEY_MAX}",
+        name="idempotency_key_length",
+    ),
 )
 
 # Unread count and the unread-only history page.
@@ -78,6 +86,13 @@ Index(
     notifications.c.user_id,
     notifications.c.seq,
     postgresql_where=text("read_at IS NULL"),
+)
+Index(
+    "uq_notifications_user_id_idempotency_key",
+    notifications.c.user_id,
+    notifications.c.idempotency_key,
+    unique=True,
+    postgresql_where=text("idempotency_key IS NOT NULL"),
 )
 # "Everything not yet delivered" for a client that connects without a cursor.
 Index(

@@ -156,8 +156,15 @@ class Node:
 
     async def _push_reads(self, reads: Sequence[protocol.ReadEvent]) -> None:
         counts = await self._store.unread_counts({r.user for r in reads})
+        claimed: dict[str, list[int]] = defaultdict(list)
         for event in reads:
-            frame = protocol.read(event.ids, counts.get(event.user, 0), all=event.all)
+            claimed[event.user].extend(event.ids)
+        verified = await self._store.read_ids(claimed)
+        for event in reads:
+            ids = [i for i in event.ids if i in verified.get(event.user, ())]
+            if not ids and not event.all:
+                continue  # a forged or stale event: nothing it names is read
+            frame = protocol.read(ids, counts.get(event.user, 0), all=event.all)
             self._hub.broadcast(event.user, frame)
 
     # --- client side ------------------------------------------------------------------

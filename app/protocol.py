@@ -22,6 +22,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_RATE_LIMITED = 4429
 CLOSE_SLOW_CONSUMER = 4413  # more than max_pending_bytes waiting to be written
+CLOSE_TOO_MANY_CONNECTIONS = 4409  # the user has max_connections_per_user sockets already
+CLOSE_NODE_FULL = 4503  # the node has max_connections sockets: reconnect (elsewhere)
 
 MAX_READ_IDS = 1000
 MAX_SEQ = 2**63 - 1
@@ -227,7 +229,7 @@ def parse_bus_event(payload: str) -> BusEvent:
 
 # --- HTTP publish body ----------------------------------------------------------------
 
-PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link"})
+PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link", "idempotency_key"})
 
 
 def _publish_item(item: Any, where: str) -> dict[str, Any]:
@@ -270,18 +272,35 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
             f"{where}.link must be an http(s) URL or a path starting with / "
             f"(at most {models.LINK_MAX} chars)",
         )
-    return {"user_id": user, "title": title, "body": body, "data": data, "link": link}
+    key = item.get("idempotency_key")
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= models.IDEMPOTENCY_KEY_MAX
+    ):
+        raise ProtocolError(
+            "invalid_request",
+            f"{where}.idempotency_key must be a string of 1-{models.IDEMPOTENCY_KEY_MAX} chars",
+        )
+    return {"user_id": user, "title": title, "body": body, "data": data, "link": link,
+            "idempotency_key": key}
 
 
-def parse_publish(body: bytes, max_batch: int) -> list[dict[str, Any]]:
+def parse_publish(
+    body: bytes, max_batch: int, idempotency_key: str | None = None
+) -> list[dict[str, Any]]:
     """Validate a publish request body: one object or a non-empty list of at most
-    ``max_batch`` objects. The whole body is rejected if any item is invalid."""
+    ``max_batch`` objects. The whole body is rejected if any item is invalid.
+    ``idempotency_key`` (the ``Idempotency-Key`` header) applies to a single object."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         raise ProtocolError("invalid_json", "request body is not valid JSON") from None
     if isinstance(parsed, dict):
+        if idempotency_key is not None and "idempotency_key" not in parsed:
+            parsed["idempotency_key"] = idempotency_key
         return [_publish_item(parsed, "notification")]
+    if idempotency_key is not None:
+        raise ProtocolError("invalid_request", "the Idempotency-Key header is for a single "
+                            "notification; give each list item an idempotency_key")
     if not isinstance(parsed, list) or not parsed:
         raise ProtocolError(
             "invalid_request", "body must be a notification object or a non-empty list of them"

@@ -66,10 +66,12 @@ class HeraldServer:
         )
         self.metrics.connections.set_function(self.hub.count)
         self.metrics.bus_connected.set_function(lambda: 1 if bus.connected else 0)
+        self.metrics.notify_queue.set_function(lambda: bus.queue_usage)
         await bus.start()
         app = make_app(
             self.config, node, store, self.metrics,
             bus_connected=lambda: bus.connected, draining=lambda: self.draining,
+            queue_usage=lambda: bus.queue_usage, hub=self.hub,
         )
         self._http = tornado.httpserver.HTTPServer(
             app, xheaders=True, max_body_size=MAX_BODY_BYTES

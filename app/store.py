@@ -42,6 +42,7 @@ class NewNotification:
     body: str | None = None
     data: Mapping[str, Any] | None = None
     link: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Inserted:
     seq: int
     user_id: str
     created_at: datetime
+    duplicate: bool = False  # the idempotency key was already used: this is the original
 
 
 @dataclass(frozen=True)
@@ -89,26 +91,71 @@ class Store:
     async def insert(self, items: Sequence[NewNotification]) -> list[Inserted]:
         """Insert ``items`` in one statement and one transaction, in list order.
 
-        The ORDER BY on the ordinality makes rows reach the seq trigger in list order;
-        RETURNING then follows that order. Constraint violations raise asyncpg's
+        The ORDER BY on the ordinality makes rows reach the seq trigger in list order, and
+        RETURNING follows that order. An item whose ``idempotency_key`` the user already
+        has is skipped by the trigger; the original row is returned for it instead, marked
+        ``duplicate``. Constraint violations raise asyncpg's
         ``IntegrityConstraintViolationError`` subclasses and insert nothing.
         """
-        rows = await self._pool.fetch(
-            """
-            INSERT INTO herald.notifications (user_id, title, body, data, link)
-            SELECT u, t, b, coalesce(d, '{}'::jsonb), l
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
-                 WITH ORDINALITY AS x(u, t, b, d, l, n)
-            ORDER BY n
-            RETURNING id, seq, user_id, created_at
-            """,
-            [i.user_id for i in items],
-            [i.title for i in items],
-            [i.body for i in items],
-            [None if i.data is None else dict(i.data) for i in items],
-            [i.link for i in items],
-        )
-        return [Inserted(r["id"], r["seq"], r["user_id"], r["created_at"]) for r in rows]
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                INSERT INTO herald.notifications (user_id, title, body, data, link,
+                                                  idempotency_key)
+                SELECT u, t, b, coalesce(d, '{}'::jsonb), l, k
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
+                            $6::text[]) WITH ORDINALITY AS x(u, t, b, d, l, k, n)
+                ORDER BY n
+                RETURNING id, seq, user_id, created_at, idempotency_key
+                """,
+                [i.user_id for i in items],
+                [i.title for i in items],
+                [i.body for i in items],
+                [None if i.data is None else dict(i.data) for i in items],
+                [i.link for i in items],
+                [i.idempotency_key for i in items],
+            )
+            if all(i.idempotency_key is None for i in items):
+                return [Inserted(r["id"], r["seq"], r["user_id"], r["created_at"])
+                        for r in rows]
+            return await self._match_keyed(conn, items, rows)
+
+    async def _match_keyed(
+        self, conn: asyncpg.Connection, items: Sequence[NewNotification],
+        rows: Sequence[asyncpg.Record],
+    ) -> list[Inserted]:
+        """Pair each item with its new row, or with the original row of its key."""
+        created = {(r["user_id"], r["idempotency_key"]): r for r in rows
+                   if r["idempotency_key"] is not None}
+        plain = iter([r for r in rows if r["idempotency_key"] is None])
+        wanted = [(i.user_id, i.idempotency_key) for i in items
+                  if i.idempotency_key is not None
+                  and (i.user_id, i.idempotency_key) not in created]
+        originals = {}
+        if wanted:
+            found = await conn.fetch(
+                """
+                SELECT n.id, n.seq, n.user_id, n.created_at, n.idempotency_key
+                FROM unnest($1::text[], $2::text[]) AS w(u, k)
+                JOIN herald.notifications n ON n.user_id = w.u AND n.idempotency_key = w.k
+                """,
+                [u for u, _ in wanted], [k for _, k in wanted])
+            originals = {(r["user_id"], r["idempotency_key"]): r for r in found}
+        result: list[Inserted] = []
+        handed_out: set[tuple[str, str]] = set()
+        for item in items:
+            if item.idempotency_key is None:
+                r = next(plain)
+                result.append(Inserted(r["id"], r["seq"], r["user_id"], r["created_at"]))
+                continue
+            key = (item.user_id, item.idempotency_key)
+            r = created.get(key)
+            duplicate = r is None or key in handed_out
+            r = r if r is not None else originals[key]
+            handed_out.add(key)
+            result.append(Inserted(r["id"], r["seq"], r["user_id"], r["created_at"],
+                                   duplicate=duplicate))
+        return result
 
     async def session_start(self, user: str, last_seq: int | None) -> SessionStart:
         """Where a (re)connecting client resumes.
@@ -211,6 +258,25 @@ class Store:
                 users,
             )
             return {r["u"]: int(r["unread"]) for r in rows}
+
+        return await self._retrying(op)
+
+    async def read_ids(self, ids_by_user: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
+        """Of the given ids, those that really are read and belong to that user (bus
+        payloads are untrusted: anyone may NOTIFY on the channel)."""
+        wanted = {i for ids in ids_by_user.values() for i in ids}
+        if not wanted:
+            return {}
+
+        async def op(conn: asyncpg.Connection) -> dict[str, set[int]]:
+            rows = await conn.fetch(
+                "SELECT user_id, id FROM herald.notifications "
+                "WHERE id = ANY($1::bigint[]) AND read_at IS NOT NULL", list(wanted))
+            found: dict[str, set[int]] = {}
+            for r in rows:
+                if r["id"] in ids_by_user.get(r["user_id"], ()):
+                    found.setdefault(r["user_id"], set()).add(r["id"])
+            return found
 
         return await self._retrying(op)
 

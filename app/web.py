@@ -13,6 +13,8 @@ from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
 from app.handlers.pages import DevSendHandler, InboxHandler, LoginHandler, LogoutHandler
 from app.handlers.ws import SocketHandler
+from app.hub import Hub
+from app.logs import log_request
 from app.metrics import Metrics
 from app.node import Node
 from app.store import Store
@@ -27,15 +29,18 @@ def make_app(
     metrics: Metrics,
     bus_connected: Callable[[], bool],
     draining: Callable[[], bool],
+    queue_usage: Callable[[], float],
+    hub: Hub,
 ) -> tornado.web.Application:
     common = {"config": config, "metrics": metrics}
     routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]] = [
-        (r"/ws", SocketHandler, {"node": node, **common}),
+        (r"/ws", SocketHandler, {"node": node, "hub": hub, **common}),
         (r"/api/notifications", NotificationsHandler, {"store": store, **common}),
         (r"/api/notifications/read", ReadHandler, {"node": node, **common}),
         (r"/healthz", HealthzHandler, {"node_name": node.name}),
         (r"/readyz", ReadyzHandler,
-         {"store": store, "bus_connected": bus_connected, "draining": draining}),
+         {"store": store, "bus_connected": bus_connected, "draining": draining,
+          "queue_usage": queue_usage, "queue_max": config.notify_queue_max}),
         (r"/metrics", MetricsHandler, {"metrics": metrics}),
         (r"/", InboxHandler, {"config": config}),
     ]
@@ -54,4 +59,5 @@ def make_app(
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
     )

@@ -47,7 +47,8 @@ class NotificationsHandler(JsonHandler):
             self.metrics.refused.labels("api_key").inc()
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
         try:
-            items = protocol.parse_publish(self.request.body, self.config.max_publish_batch)
+            items = protocol.parse_publish(self.request.body, self.config.max_publish_batch,
+                                           self.request.headers.get("Idempotency-Key"))
         except protocol.ProtocolError as err:
             self.metrics.refused.labels("publish_body").inc()
             raise ApiError(400, err.code, err.message) from None
@@ -59,16 +60,18 @@ class NotificationsHandler(JsonHandler):
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable; nothing was inserted "
                            "unless the commit had already completed, retry later") from None
-        self.metrics.published.inc(len(inserted))
+        created = sum(not n.duplicate for n in inserted)
+        self.metrics.published.inc(created)
         self.write_json(
             {
                 "notifications": [
                     {"id": n.id, "seq": n.seq, "user_id": n.user_id,
-                     "created_at": protocol.iso(n.created_at)}
+                     "created_at": protocol.iso(n.created_at), "duplicate": n.duplicate}
                     for n in inserted
                 ]
             },
-            status=201,
+            # 200 when the whole request was a replay of one already done.
+            status=201 if created else 200,
         )
 
     async def get(self) -> None:

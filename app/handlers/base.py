@@ -74,7 +74,7 @@ class JsonHandler(tornado.web.RequestHandler):
                 self.metrics.refused.labels("origin").inc()
                 raise ApiError(403, "forbidden_origin", f"origin {origin} is not allowed")
         try:
-            return auth.verify_token(self.config.secret, token).user
+            return self.config.tokens.verify(token).user
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             raise ApiError(401, "unauthorized", str(err)) from None

@@ -25,17 +25,23 @@ class ReadyzHandler(JsonHandler):
     and the node is not draining; 503 with the failing checks otherwise."""
 
     def initialize(
-        self, store: Store, bus_connected: Callable[[], bool], draining: Callable[[], bool]
+        self, store: Store, bus_connected: Callable[[], bool], draining: Callable[[], bool],
+        queue_usage: Callable[[], float], queue_max: float,
     ) -> None:
         self.store, self.bus_connected, self.draining = store, bus_connected, draining
+        self.queue_usage, self.queue_max = queue_usage, queue_max
 
     async def get(self) -> None:
-        checks = {"database": True, "listen": self.bus_connected(), "draining": self.draining()}
+        checks: dict[str, object] = {
+            "database": True, "listen": self.bus_connected(), "draining": self.draining(),
+            "notify_queue_usage": self.queue_usage(),
+        }
         try:
             await self.store.ping()
         except CONNECTION_ERRORS + (asyncio.TimeoutError, Exception):
             checks["database"] = False
-        ready = checks["database"] and checks["listen"] and not checks["draining"]
+        ready = (checks["database"] and checks["listen"] and not checks["draining"]
+                 and self.queue_usage() <= self.queue_max)
         self.write_json({"status": "ready" if ready else "unavailable", **checks},
                         status=200 if ready else 503)
 

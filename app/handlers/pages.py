@@ -43,7 +43,7 @@ class LoginHandler(InboxHandler):
     def post(self) -> None:
         user = self.get_body_argument("user", "").strip()
         try:
-            token = auth.mint_token(self.config.secret, user, self.config.token_ttl)
+            token = self.config.tokens.mint(user, self.config.token_ttl)
         except ValueError as err:
             self.set_status(400)
             self.render("login.html", error=str(err))

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import tornado.websocket
 
 from app import auth, protocol
 from app.config import Config
-from app.hub import ClientGone
+from app.hub import ClientGone, Hub
 from app.metrics import Metrics
 from app.node import DB_ERRORS, Node
 
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 class SocketHandler(tornado.websocket.WebSocketHandler):
     """A client connection; implements ``app.hub.Client`` (``user``, ``cursor``, ``send``)."""
 
-    def initialize(self, node: Node, config: Config, metrics: Metrics) -> None:
-        self.node, self.config, self.metrics = node, config, metrics
+    def initialize(self, node: Node, hub: Hub, config: Config, metrics: Metrics) -> None:
+        self.node, self.hub, self.config, self.metrics = node, hub, config, metrics
+        self.conn_id = uuid.uuid4().hex[:12]
+        self._counted = False
         self.user: str = ""
         self.cursor = 0
         self._timers: list[asyncio.TimerHandle] = []
@@ -53,6 +56,13 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         return None  # per-message deflate costs ~300 KB of zlib state per socket
 
     def open(self) -> None:
+        self.hub.sockets += 1
+        self._counted = True
+        if self.hub.sockets > self.config.max_connections:
+            self.metrics.refused.labels("node_full").inc()
+            self.fail("node_full", "this node is at its connection limit; try another",
+                      protocol.CLOSE_NODE_FULL)
+            return
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.config.hello_timeout, self._hello_timeout))
 
@@ -115,12 +125,20 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     async def _hello(self, hello: protocol.Hello) -> None:
         token = hello.token or self.get_cookie(auth.COOKIE_NAME)
         try:
-            claims = auth.verify_token(self.config.secret, token)
+            claims = self.config.tokens.verify(token)
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
             return
+        if len(self.hub.clients(claims.user)) >= self.config.max_connections_per_user:
+            self.metrics.refused.labels("user_connections").inc()
+            self.fail("too_many_connections",
+                      f"at most {self.config.max_connections_per_user} connections per user",
+                      protocol.CLOSE_TOO_MANY_CONNECTIONS)
+            return
         self.user = claims.user
+        log.info("session start", extra={"user": self.user, "conn": self.conn_id,
+                                         "last_seq": hello.last_seq})
         for timer in self._timers:
             timer.cancel()
         loop = asyncio.get_running_loop()
@@ -186,6 +204,9 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     def fail(self, code: str, message: str, close_code: int) -> None:
         """Send an error frame, then close with ``close_code``."""
+        log.info("session refused" if not self.user else "session failed",
+                 extra={"user": self.user or None, "conn": self.conn_id, "code": close_code,
+                        "reason": code})
         self._send_quietly(protocol.error(code, message))
         self.close(close_code, message[:120])
 
@@ -202,6 +223,12 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self._closing = True
+        if self._counted:
+            self._counted = False
+            self.hub.sockets -= 1
+        if self.user:
+            log.info("session end", extra={"user": self.user, "conn": self.conn_id,
+                                           "code": self.close_code, "cursor": self.cursor})
         for timer in self._timers:
             timer.cancel()
         if self._registered:
