@@ -43,6 +43,7 @@ class Config:
     ws_ping_interval: float = 25.0
     max_frame_bytes: int = 64 * 1024
     max_pending_bytes: int = 1024 * 1024
+    slow_consumer_timeout: float = 30.0
     frame_rate: float = 50.0
     frame_burst: int = 200
     max_publish_batch: int = 1000
@@ -139,6 +140,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ws_ping_interval": ("HERALD_WS_PING_INTERVAL", _positive_float),
     "max_frame_bytes": ("HERALD_MAX_FRAME_BYTES", _positive_int),
     "max_pending_bytes": ("HERALD_MAX_PENDING_BYTES", _positive_int),
+    "slow_consumer_timeout": ("HERALD_SLOW_CONSUMER_TIMEOUT", _positive_float),
     "frame_rate": ("HERALD_FRAME_RATE", _positive_float),
     "frame_burst": ("HERALD_FRAME_BURST", _positive_int),
     "max_publish_batch": ("HERALD_MAX_PUBLISH_BATCH", _positive_int),

@@ -6,6 +6,12 @@ its cursor advances. Whoever fetched the rows (live fan-out, replay, catch-up), 
 whatever order those fetches finish, a client can get neither a duplicate nor a gap.
 Sending is synchronous (it only appends to the socket's write buffer), so one delivery
 call is never interleaved with another.
+
+Backpressure falls out of the same rule: when a connection's write buffer is full
+(``ready()`` is false) delivery to it simply stops, and the connection is told to
+``pause()``; once its buffer drains it asks the node for a fetch from its cursor. A
+replay of thousands of rows therefore never piles up in memory, and a client that
+never drains is closed by its own stall timer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ class Client(Protocol):
 
     def send(self, text: str) -> None:
         """Queue one text frame; raise ``ClientGone`` if the socket is closed."""
+
+    def ready(self) -> bool:
+        """False while the socket's write buffer is above its high-water mark."""
+
+    def pause(self) -> None:
+        """Delivery stopped for backpressure: resume (fetch from the cursor) once drained."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -76,6 +88,9 @@ class Hub:
             if seq <= client.cursor:
                 continue
             if seq != client.cursor + 1:
+                break
+            if not client.ready():
+                client.pause()
                 break
             try:
                 client.send(text)

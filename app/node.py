@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _CATCH_UP = object()  # sentinel: re-read the table for every local user
 _WAKE = object()  # sentinel: run a round to retry what failed
+_RESUME = object()  # (_RESUME, user): a paused connection drained; fetch from its cursor
 
 DB_ERRORS = CONNECTION_ERRORS + (asyncpg.PostgresError,)
 
@@ -68,6 +69,7 @@ class Node:
 
     async def _round(self, items: Sequence[Any]) -> None:
         catch_up = False
+        resumed: set[str] = set()
         wanted: dict[str, int] = {}
         reads: list[protocol.ReadEvent] = []
         for item in items:
@@ -75,6 +77,9 @@ class Node:
                 catch_up = True
                 continue
             if item is _WAKE:
+                continue
+            if isinstance(item, tuple) and item[0] is _RESUME:
+                resumed.add(item[1])
                 continue
             try:
                 event = protocol.parse_bus_event(item)
@@ -92,7 +97,7 @@ class Node:
                 if self._hub.clients(event.user):
                     reads.append(event)
 
-        replay_users = set(self._retry_users)
+        replay_users = set(self._retry_users) | resumed
         if catch_up:
             replay_users.update(self._hub.users())
         live_users = set()
@@ -190,6 +195,11 @@ class Node:
             self._metrics.replayed.inc(len(sent))
             if len(rows) < self._fetch_limit or client.cursor == before:
                 return
+
+    def resume(self, client: Client) -> None:
+        """``client`` drained its write buffer after a backpressure pause: fetch from its
+        cursor in the next round."""
+        self._queue.put_nowait((_RESUME, client.user))
 
     def close_session(self, client: Client) -> None:
         self._hub.remove(client)

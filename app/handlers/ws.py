@@ -40,6 +40,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._closing = False
         self._ack_to = 0  # highest seq the client acknowledged
         self._ack_task: asyncio.Task[None] | None = None
+        self._last_write: "asyncio.Future[None] | None" = None
+        self._paused: asyncio.TimerHandle | None = None
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -180,9 +182,10 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     # --- app.hub.Client -----------------------------------------------------------------
 
     def send(self, text: str) -> None:
-        """Queue a frame. Raises ``ClientGone`` if the socket is closed or was just closed
-        for holding more than ``max_pending_bytes`` unsent (a client that stopped reading
-        must not grow the node's memory; it resumes from its cursor when it reconnects)."""
+        """Queue a frame. Raises ``ClientGone`` if the socket is closed, or was just closed
+        for holding more than ``max_pending_bytes`` unsent (the hub stops delivering at
+        half of that, so only frames outside the cursor flow — pongs, read pushes — or a
+        client that stopped reading can get here)."""
         if self._closing or self.ws_connection is None or self.ws_connection.is_closing():
             raise ClientGone()
         try:
@@ -190,10 +193,35 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         except tornado.websocket.WebSocketClosedError:
             raise ClientGone() from None
         future.add_done_callback(_ignore_closed)
+        self._last_write = future
         if self._pending_bytes() > self.config.max_pending_bytes:
-            self.metrics.refused.labels("slow_consumer").inc()
-            self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer: too much unsent data")
+            self._slow_consumer()
             raise ClientGone()
+
+    def ready(self) -> bool:
+        return self._paused is None and self._pending_bytes() < self.config.max_pending_bytes // 2
+
+    def pause(self) -> None:
+        """Wait for the write buffer to drain, then ask for the rest from the cursor; a
+        client that drains nothing for ``slow_consumer_timeout`` seconds is closed."""
+        if self._paused is not None or self._last_write is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._paused = loop.call_later(self.config.slow_consumer_timeout, self._slow_consumer)
+        self._last_write.add_done_callback(self._drained)
+
+    def _drained(self, future: "asyncio.Future[None]") -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if not self._closing:
+            self.node.resume(self)
+
+    def _slow_consumer(self) -> None:
+        self.metrics.refused.labels("slow_consumer").inc()
+        log.info("slow consumer", extra={"user": self.user, "conn": self.conn_id,
+                                         "code": protocol.CLOSE_SLOW_CONSUMER})
+        self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer: too much unsent data")
 
     def _pending_bytes(self) -> int:
         stream = getattr(self.ws_connection, "stream", None)
@@ -223,6 +251,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         self._closing = True
+        if self._paused is not None:
+            self._paused.cancel()
         if self._counted:
             self._counted = False
             self.hub.sockets -= 1
