@@ -86,13 +86,15 @@ def parse_ids(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def parse_read_request(frame: Mapping[str, Any]) -> Read:
-    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them."""
-    if frame.get("all") is True and "ids" not in frame:
+def parse_read_request(frame: Mapping[str, Any], envelope: frozenset[str] = frozenset()) -> Read:
+    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them, nothing else (besides
+    the ``envelope`` keys, e.g. a frame's ``type``)."""
+    keys = set(frame) - envelope
+    if keys == {"all"} and frame["all"] is True:
         return Read(ids=(), all=True)
-    if "all" in frame and frame.get("all") is not False:
+    if keys != {"ids"}:
         raise ProtocolError("malformed", 'give either "ids": [...] or "all": true')
-    return Read(ids=parse_ids(frame.get("ids")), all=False)
+    return Read(ids=parse_ids(frame["ids"]), all=False)
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -115,7 +117,7 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if kind == "ack":
         return Ack(seq=_seq(frame.get("seq"), "seq"))
     if kind == "read":
-        return parse_read_request(frame)
+        return parse_read_request(frame, frozenset({"type"}))
     if kind == "ping":
         return Ping()
     raise ProtocolError("malformed", f"unknown frame type {kind!r}"[:200])
@@ -294,9 +296,14 @@ def parse_publish(
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         raise ProtocolError("invalid_json", "request body is not valid JSON") from None
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= models.IDEMPOTENCY_KEY_MAX:
+        raise ProtocolError("invalid_request", "the Idempotency-Key header must be 1-"
+                            f"{models.IDEMPOTENCY_KEY_MAX} characters")
     if isinstance(parsed, dict):
-        if idempotency_key is not None and "idempotency_key" not in parsed:
-            parsed["idempotency_key"] = idempotency_key
+        if idempotency_key is not None:
+            if parsed.setdefault("idempotency_key", idempotency_key) != idempotency_key:
+                raise ProtocolError("invalid_request", "the Idempotency-Key header and the "
+                                    "body's idempotency_key differ")
         return [_publish_item(parsed, "notification")]
     if idempotency_key is not None:
         raise ProtocolError("invalid_request", "the Idempotency-Key header is for a single "

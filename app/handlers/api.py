@@ -12,13 +12,14 @@ from app.node import DB_ERRORS, Node
 from app.store import NewNotification, Store
 
 MAX_HISTORY_PAGE = 200
+HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread"})
 
 
 def _int_arg(
     handler: JsonHandler, name: str, default: int | None, low: int, high: int
 ) -> int | None:
     raw = handler.get_query_argument(name, None)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -76,11 +77,15 @@ class NotificationsHandler(JsonHandler):
 
     async def get(self) -> None:
         user = self.current_user_id()
+        unknown = sorted(set(self.request.query_arguments) - HISTORY_PARAMETERS)
+        if unknown:  # a typo'd parameter would otherwise silently mean "the default"
+            raise ApiError(400, "invalid_request",
+                           f"unknown query parameter(s): {', '.join(unknown)[:200]}")
         # Larger pages are clamped, not refused: asking for "a lot" is a fair request.
-        limit = min(_int_arg(self, "limit", 50, 1, protocol.MAX_SEQ) or 50, MAX_HISTORY_PAGE)
+        limit = min(_int_arg(self, "limit", 50, 1, 10**100) or 50, MAX_HISTORY_PAGE)
         before = _int_arg(self, "before_seq", None, 1, protocol.MAX_SEQ)
         unread_raw = self.get_query_argument("unread", "false").lower()
-        if unread_raw not in ("true", "false", "1", "0", ""):
+        if unread_raw not in ("true", "false", "1", "0"):
             raise ApiError(400, "invalid_request", "unread must be true or false")
         assert limit is not None
         try:
