@@ -4,7 +4,6 @@ invalid input rejected."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
