@@ -69,12 +69,13 @@ class Hub:
     def count(self) -> int:
         return sum(len(c) for c in self._by_user.values())
 
-    def cursor_floor(self, user: str) -> int | None:
-        """The lowest cursor among ``user``'s connections (where a fetch must start)."""
-        clients = self._by_user.get(user)
-        if not clients:
-            return None
-        return min(c.cursor for c in clients)
+    def cursor_floor(self, user: str, ready_only: bool = False) -> int | None:
+        """The lowest cursor among ``user``'s connections (where a fetch must start);
+        with ``ready_only``, among those not paused for backpressure — rows for a paused
+        connection would only be fetched to be dropped, and it asks again when drained."""
+        cursors = [c.cursor for c in self._by_user.get(user, ())
+                   if not ready_only or c.ready()]
+        return min(cursors) if cursors else None
 
     def deliver_to(self, client: Client, frames: Sequence[tuple[int, str]]) -> list[int]:
         """Send ``client`` the frames that continue its cursor; return the seqs sent.

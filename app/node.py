@@ -136,7 +136,8 @@ class Node:
     ) -> None:
         """Fetch every row above each user's lowest local cursor and deliver it, page by
         page, until the users are caught up."""
-        floors = {u: f for u in users if (f := self._hub.cursor_floor(u)) is not None}
+        floors = {u: f for u in users
+                  if (f := self._hub.cursor_floor(u, ready_only=True)) is not None}
         while floors:
             rows = await self._store.fetch_after(floors, self._fetch_limit)
             by_user: dict[str, list[asyncpg.Record]] = defaultdict(list)
@@ -152,7 +153,7 @@ class Node:
                     created = {r["seq"]: r["created_at"].timestamp() for r in user_rows}
                     for seq in sent:
                         self._metrics.latency.observe(max(0.0, now - created[seq]))
-                floor = self._hub.cursor_floor(user)
+                floor = self._hub.cursor_floor(user, ready_only=True)
                 # A full page means there may be more; continue only if progress was made.
                 if len(user_rows) == self._fetch_limit and floor is not None:
                     if floor > floors[user]:
