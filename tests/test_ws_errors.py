@@ -56,8 +56,8 @@ async def test_bad_tokens_close_with_4401(make_node, clients, user, kind) -> Non
 async def test_token_expiry_closes_an_open_socket(make_node, clients, user) -> None:
     node = await make_node()
     client = await clients(node.port)
-    await client.hello(auth.mint_token(SECRET, user, ttl=1))
-    code, frames = await client.closed(timeout=5)
+    await client.hello(auth.mint_token(SECRET, user, ttl=3))
+    code, frames = await client.closed(timeout=8)
     assert code == 4401 and frames[-1]["code"] == "token_expired"
 
 

@@ -15,11 +15,18 @@ MAX_HISTORY_PAGE = 200
 HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread"})
 
 
+def _single_arg(handler: JsonHandler, name: str) -> str | None:
+    values = handler.get_query_arguments(name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_request", f"{name} is given more than once")
+    return values[0] if values else None
+
+
 def _int_arg(
     handler: JsonHandler, name: str, default: int | None, low: int, high: int
 ) -> int | None:
-    raw = handler.get_query_argument(name, None)
-    if raw is None:
+    raw = _single_arg(handler, name)
+    if raw is None or raw == "":  # "?limit=&before_seq=" means "the defaults"
         return default
     try:
         value = int(raw)
@@ -84,8 +91,8 @@ class NotificationsHandler(JsonHandler):
         # Larger pages are clamped, not refused: asking for "a lot" is a fair request.
         limit = min(_int_arg(self, "limit", 50, 1, 10**100) or 50, MAX_HISTORY_PAGE)
         before = _int_arg(self, "before_seq", None, 1, protocol.MAX_SEQ)
-        unread_raw = self.get_query_argument("unread", "false").lower()
-        if unread_raw not in ("true", "false", "1", "0"):
+        unread_raw = (_single_arg(self, "unread") or "false").lower()
+        if unread_raw not in ("true", "false", "1", "0", ""):
             raise ApiError(400, "invalid_request", "unread must be true or false")
         assert limit is not None
         try:
