@@ -8,9 +8,12 @@ jittered backoff after any close and resumes from the last seq it saw.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import random
+import socket
 import time
 from typing import Awaitable, Callable, Sequence
 
@@ -119,6 +122,31 @@ class Fleet:
         for client in self.clients:
             counts[client.node] = counts.get(client.node, 0) + 1
         return counts
+
+
+def stalled_client(port: int, token: str, host: str = "127.0.0.1") -> socket.socket:
+    """A raw WebSocket client (blocking socket, tiny receive buffer) that says hello and
+    then never reads again: the slow consumer every push server must survive."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError("closed during the WebSocket handshake")
+        response += chunk
+    if b" 101 " not in response.split(b"\r\n", 1)[0]:
+        raise ConnectionError(response.split(b"\r\n", 1)[0].decode(errors="replace"))
+    payload = json.dumps({"type": "hello", "token": token}).encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
+    return sock
 
 
 Send = Callable[[str, str], Awaitable[int]]

@@ -1,8 +1,8 @@
 """Memory under slow consumers: 200 WebSockets that say hello and never read again, while
 10,000 notifications (9 KB bodies) flow to them; then 20 such sockets and 20,000
-notifications (9 MB each, far beyond what the kernel's socket buffers absorb). Reports the node's RSS before and after,
-with Herald's pending-bytes limit and with the limit raised so high that it never acts
-(Tornado's default behaviour: an unbounded write buffer per socket).
+notifications (9 MB each, far beyond what the kernel's socket buffers absorb). Reports
+the node's RSS before and after, with Herald's pending-bytes limit and with the limit
+raised so high that it never acts (Tornado's default: an unbounded write buffer).
 
     .venv/bin/python bench/slow_consumers.py
 """
@@ -10,8 +10,6 @@ with Herald's pending-bytes limit and with the limit raised so high that it neve
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import socket
 import subprocess
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import auth, db, schema  # noqa: E402
+from app.loadgen import stalled_client  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123"
 BODY = 9000
@@ -37,24 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def stalled(port: int, user: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    payload = json.dumps({"type": "hello", "token": auth.mint_token(SECRET, user)}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
-    return sock
 
 
 def rss_mb(pid: int) -> float:
@@ -76,7 +57,8 @@ def run(url: str, max_pending: int, label: str, users: int, total: int) -> None:
             except OSError:
                 time.sleep(0.1)
         prefix = f"slow-{label}-{time.time_ns()}"
-        socks = [stalled(port, f"{prefix}-{i}") for i in range(users)]
+        socks = [stalled_client(port, auth.mint_token(SECRET, f"{prefix}-{i}"))
+                 for i in range(users)]
         time.sleep(1)
         before = rss_mb(proc.pid)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from app import auth
+from app.loadgen import stalled_client
 from tests.conftest import API_KEY, SECRET, insert, token_for
 from tests.helpers import WsClient, wait_for
 from tests.proxy import PgProxy
@@ -154,34 +154,11 @@ async def test_connections_per_node_are_limited(make_node, clients, user) -> Non
 # --- slow consumers -----------------------------------------------------------------
 
 
-def _stalled_client(port: int, token: str) -> socket.socket:
-    """A raw WebSocket client that says hello and then never reads again."""
-    import base64
-    import os
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert b" 101 " in response
-    payload = json.dumps({"type": "hello", "token": token}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
-    return sock
-
-
 async def test_a_client_that_stops_reading_is_cut_and_others_are_served(
     make_node, clients, sql, user
 ) -> None:
     node = await make_node(max_pending_bytes=256 * 1024, slow_consumer_timeout=1.0)
-    stalled = await asyncio.to_thread(_stalled_client, node.port, token_for(user + "-slow"))
+    stalled = await asyncio.to_thread(stalled_client, node.port, token_for(user + "-slow"))
     try:
         reader = await clients(node.port)
         await reader.hello(token_for(user))
