@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 class FleetClient:
     def __init__(self, url: str, user: str, token: Callable[[str], str], checker: Checker,
-                 ack: bool = True) -> None:
+                 ack: bool = True, latency: Callable[[float], None] | None = None) -> None:
         self.url, self.user, self._token, self._checker, self._ack = url, user, token, checker, ack
+        self._latency = latency  # called with receive time - data.sent, when present
         self.cursor: int | None = None
         self.node = ""
         self.nodes_seen: list[str] = []
@@ -91,6 +92,9 @@ class FleetClient:
         elif kind == "notification":
             seq = frame["seq"]
             self._checker.received(self.user, seq)
+            sent = (frame.get("data") or {}).get("sent")
+            if self._latency is not None and isinstance(sent, (int, float)):
+                self._latency(time.time() - sent)
             self.cursor = seq
             if self._ack and self._conn is not None:
                 self._conn.write_message(json.dumps({"type": "ack", "seq": seq}))

@@ -1,0 +1,157 @@
+"""Herald under the benchmark workload: 3 nodes, U users with one socket each (user i on
+node i mod 3, connected directly), a publisher of single-row INSERTs from 16 connections,
+each carrying its send time. Measures delivered/s, lost/duplicated/out of order, latency
+percentiles (HdrHistogram), node RSS per connection and CPU per process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from hdrh.histogram import HdrHistogram
+
+from app import auth, db
+from app.checker import Checker
+from app.cluster import free_port
+from app.loadgen import FleetClient, Publisher, sql_sender
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret-0123456789abcdef0123"
+
+
+@dataclass
+class ScenarioResult:
+    system: str
+    users: int
+    name: str
+    sent: int
+    delivered_per_s: float
+    lost: int
+    duplicated: int
+    out_of_order: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu: dict[str, float] = field(default_factory=dict)  # process group -> CPU seconds
+
+
+class HeraldNodes:
+    def __init__(self, url: str, count: int = 3) -> None:
+        self.url, self.ports = url, [free_port() for _ in range(count)]
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        for i, port in enumerate(self.ports):
+            env = {**os.environ, "HERALD_DATABASE_URL": self.url, "HERALD_SECRET": SECRET,
+                   "HERALD_PORT": str(port), "HERALD_NODE": f"node-{i + 1}",
+                   "HERALD_HOST": "127.0.0.1", "HERALD_MAX_CONNECTIONS_PER_USER": "5",
+                   "HERALD_LOG_FORMAT": "text"}
+            self.procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "app.cli", "serve", "--log-level", "WARNING",
+                cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL))
+        for port in self.ports:
+            for _ in range(300):
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            await proc.wait()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+def rss_mb(pids: list[int]) -> float:
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+
+
+async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, float]],
+                        log=print) -> tuple[list[ScenarioResult], dict[str, float]]:
+    """Run ``scenarios`` (name, count, rate per second; rate 0 = as fast as possible)."""
+    nodes = HeraldNodes(url)
+    await nodes.start()
+    results: list[ScenarioResult] = []
+    memory: dict[str, float] = {}
+    pool = await db.create_pool(url, "bench-publisher", min_size=16, max_size=16)
+    try:
+        rss_before = rss_mb(nodes.pids())
+        histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        checker = Checker()
+        prefix = f"b{time.time_ns() % 10**8}"
+        names = [f"{prefix}-u{i}" for i in range(users)]
+        clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[i % 3]}/ws", name,
+                               lambda u: auth.mint_token(SECRET, u, 36000), checker,
+                               latency=lambda s: histogram.record_value(max(1, int(s * 1e6))))
+                   for i, name in enumerate(names)]
+        started = time.monotonic()
+        for i in range(0, users, 200):
+            for client in clients[i:i + 200]:
+                client.start()
+            await asyncio.gather(*(c.live.wait() for c in clients[i:i + 200]))
+        log(f"herald U={users}: {users} sockets live in {time.monotonic() - started:.1f}s")
+        await asyncio.sleep(1)
+        rss_after = rss_mb(nodes.pids())
+        memory = {"rss_mb": rss_after, "kb_per_connection":
+                  (rss_after - rss_before) * 1024 / users}
+        for name, count, rate in scenarios:
+            checker = Checker()
+            histogram.reset()
+            for client in clients:
+                client._checker = checker
+            pids = {"nodes": nodes.pids(), "postgres": postgres_pids(), "bench": [os.getpid()]}
+            cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+            publisher = Publisher(sql_sender(pool), checker, names)
+            t0 = time.monotonic()
+            await publisher.run(rate or 1e9, count / (rate or 1e9))
+            deadline = time.monotonic() + 30
+            while checker.received_count() < checker.committed_count() and \
+                    time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            elapsed = time.monotonic() - t0
+            await asyncio.sleep(0.3)
+            report = checker.report()
+            cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}
+            result = ScenarioResult(
+                "Herald", users, name, report.committed, report.received / elapsed,
+                report.total("lost"), report.total("duplicated"), report.total("out_of_order"),
+                histogram.get_value_at_percentile(50) / 1000,
+                histogram.get_value_at_percentile(90) / 1000,
+                histogram.get_value_at_percentile(99) / 1000,
+                histogram.get_max_value() / 1000, cpu)
+            log(f"herald U={users} {name}: {result}")
+            results.append(result)
+        for client in clients:
+            await client.stop()
+    finally:
+        await pool.close()
+        await nodes.stop()
+    return results, memory
