@@ -45,6 +45,8 @@ class Node:
         self._retry_users: set[str] = set()
         self._retry_reads: list[protocol.ReadEvent] = []
         self._retry_delay = 0.1
+        self._acks: dict[str, int] = {}  # user -> highest acked seq not yet written
+        self._ack_writer: asyncio.Task[None] | None = None
 
     # --- bus side ---------------------------------------------------------------------
 
@@ -205,11 +207,40 @@ class Node:
     def close_session(self, client: Client) -> None:
         self._hub.remove(client)
 
-    async def ack(self, client: Client, seq: int) -> None:
-        """Mark delivered up to ``seq``, but never past what this connection was sent."""
+    def ack(self, client: Client, seq: int) -> None:
+        """Mark delivered up to ``seq``, but never past what this connection was sent.
+
+        Acks are merged per user and written by one task, one UPDATE for every user acked
+        since the last one: with thousands of sockets acking each frame, the database
+        sees a handful of statements per second instead of one per notification."""
         up_to = min(seq, client.cursor)
-        if up_to > 0:
-            await self._store.mark_delivered(client.user, up_to)
+        if up_to <= self._acks.get(client.user, 0):
+            return
+        self._acks[client.user] = up_to
+        if self._ack_writer is None or self._ack_writer.done():
+            self._ack_writer = asyncio.create_task(self._write_acks())
+
+    async def _write_acks(self) -> None:
+        delay = 0.1
+        while self._acks:
+            batch, self._acks = self._acks, {}
+            try:
+                await self._store.mark_delivered_many(batch)
+                delay = 0.1
+            except DB_ERRORS as err:
+                # Put them back (newer acks win) and try again: delivered_at is a record,
+                # not a delivery mechanism, so a late write loses nothing.
+                log.warning("node: writing acks failed (%s); retrying", type(err).__name__)
+                for user, seq in batch.items():
+                    if seq > self._acks.get(user, 0):
+                        self._acks[user] = seq
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def flush_acks(self) -> None:
+        """Wait until every ack received so far is written (shutdown, tests)."""
+        while self._ack_writer is not None and not self._ack_writer.done():
+            await asyncio.shield(self._ack_writer)
 
     async def read(self, user: str, ids: Sequence[int], all: bool) -> int:
         """Mark rows read; the trigger's bus event pushes the change to every node."""

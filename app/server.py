@@ -98,6 +98,11 @@ class HeraldServer:
                                        self.config.shutdown_grace)
             except asyncio.TimeoutError:
                 log.warning("some HTTP connections did not close within the grace period")
+        if self.node is not None:
+            try:
+                await asyncio.wait_for(self.node.flush_acks(), self.config.shutdown_grace)
+            except Exception:  # the database may be the reason we are stopping
+                log.warning("acks not written before shutdown")
         if self._bus is not None:
             await self._bus.stop()
         if self._worker is not None:

@@ -280,17 +280,20 @@ class Store:
 
         return await self._retrying(op)
 
-    async def mark_delivered(self, user: str, up_to_seq: int) -> int:
-        """Set ``delivered_at`` on every undelivered row of ``user`` up to ``up_to_seq``."""
+    async def mark_delivered_many(self, up_to: Mapping[str, int]) -> int:
+        """Set ``delivered_at`` on every undelivered row of each user up to its seq, in
+        one statement (the partial index on undelivered rows keeps it cheap)."""
+        users = list(up_to)
 
         async def op(conn: asyncpg.Connection) -> int:
             status = await conn.execute(
                 """
-                UPDATE herald.notifications SET delivered_at = now()
-                WHERE user_id = $1 AND seq <= $2 AND delivered_at IS NULL
+                UPDATE herald.notifications n SET delivered_at = now()
+                FROM unnest($1::text[], $2::bigint[]) AS a(user_id, up_to)
+                WHERE n.user_id = a.user_id AND n.seq <= a.up_to AND n.delivered_at IS NULL
                 """,
-                user,
-                up_to_seq,
+                users,
+                [up_to[u] for u in users],
             )
             return int(status.split()[-1])
 

@@ -38,8 +38,6 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._refilled = time.monotonic()
         self._registered = False
         self._closing = False
-        self._ack_to = 0  # highest seq the client acknowledged
-        self._ack_task: asyncio.Task[None] | None = None
         self._last_write: "asyncio.Future[None] | None" = None
         self._paused: asyncio.TimerHandle | None = None
 
@@ -97,7 +95,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.fail(err.code, err.message, protocol.CLOSE_MALFORMED)
             return
         # Acks are exempt: a client acks what the server pushes, so their rate is ours,
-        # and they are coalesced into at most one UPDATE in flight per connection.
+        # and the node merges them into one UPDATE per round for all its connections.
         if not isinstance(frame, protocol.Ack) and not self._rate_ok():
             self.metrics.refused.labels("rate_limited").inc()
             self.fail("rate_limited", "too many frames; slow down", protocol.CLOSE_RATE_LIMITED)
@@ -113,7 +111,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             if isinstance(frame, protocol.Ping):
                 self.send(protocol.pong())
             elif isinstance(frame, protocol.Ack):
-                self._ack(frame.seq)
+                self.node.ack(self, frame.seq)
             elif isinstance(frame, protocol.Read):
                 await self.node.read(self.user, frame.ids, frame.all)
             else:
@@ -154,26 +152,6 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.fail("unavailable", "database unavailable; reconnect shortly", 1011)
         except ClientGone:
             self.node.close_session(self)
-
-    def _ack(self, seq: int) -> None:
-        self._ack_to = max(self._ack_to, seq)
-        if self._ack_task is None:
-            self._ack_task = asyncio.create_task(self._flush_acks())
-
-    async def _flush_acks(self) -> None:
-        """Write acknowledgements until caught up; acks that arrive meanwhile are merged
-        into the next UPDATE instead of queueing one each."""
-        done = 0
-        try:
-            while self._ack_to > done:
-                target = self._ack_to
-                await self.node.ack(self, target)
-                done = target
-        except DB_ERRORS as err:
-            log.warning("ws: ack for %s failed: %s", self.user, err)
-            self._send_quietly(protocol.error("unavailable", "database unavailable; ack again"))
-        finally:
-            self._ack_task = None
 
     def _token_expired(self) -> None:
         self.fail("token_expired", "token expired; reconnect with a fresh token",
