@@ -4,8 +4,8 @@ workload, written to docs/benchmarks.md (+ docs/benchmarks.png).
     .venv/bin/python -m bench --database-url postgresql://postgres@127.0.0.1/herald_bench
     .venv/bin/python -m bench --users 1000,10000
 
-Work in progress (issue 5): the Socket.IO peer, the replay storm and bulk fan-out
-scenarios are not written yet.
+Work in progress (issue 5): the replay storm and bulk fan-out scenarios and the chart are
+not written yet.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import asyncpg
 import psutil
 
 from app import schema
-from bench import ceiling
-from bench.herald_load import run_scenarios
+from bench import ceiling, herald_load, socketio_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = [("warm-up 4,000 @ 1,000/s", 4000, 1000.0), ("10,000 @ 500/s", 10000, 500.0),
@@ -65,22 +64,25 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{tps[c]:,.0f}" for c in ceiling.CLIENTS)
                      + " |")
     lines.append("")
+    systems = [("Herald", herald_load.run_scenarios),
+               ("Socket.IO 4 + @socket.io/postgres-adapter 0.5", socketio_load.run_scenarios)]
     for users in (int(u) for u in args.users.split(",")):
-        results, memory = asyncio.run(run_scenarios(
-            args.database_url, users, QUICK if args.quick else SCENARIOS))
-        lines += [f"## Herald, U = {users:,} (3 nodes, user i on node i mod 3)", "",
-                  f"Nodes' RSS {memory['rss_mb']:.0f} MB in total, "
-                  f"{memory['kb_per_connection']:.1f} KB per connection.", "",
-                  "| scenario | sent | delivered/s | lost | dup | out of order | p50 ms | "
-                  "p90 ms | p99 ms | max ms | CPU s nodes / postgres / bench |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in results:
-            lines.append(
-                f"| {r.name} | {r.sent:,} | {r.delivered_per_s:,.0f} | {r.lost} | "
-                f"{r.duplicated} | {r.out_of_order} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | "
-                f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {r.cpu['nodes']:.1f} / "
-                f"{r.cpu['postgres']:.1f} / {r.cpu['bench']:.1f} |")
-        lines.append("")
+        for system, run_scenarios in systems:
+            results, memory = asyncio.run(run_scenarios(
+                args.database_url, users, QUICK if args.quick else SCENARIOS))
+            lines += [f"## {system}, U = {users:,} (3 nodes, user i on node i mod 3)", "",
+                      f"Nodes' RSS {memory['rss_mb']:.0f} MB in total, "
+                      f"{memory['kb_per_connection']:.1f} KB per connection.", "",
+                      "| scenario | sent | delivered/s | lost | dup | out of order | p50 ms | "
+                      "p90 ms | p99 ms | max ms | CPU s nodes / postgres / bench |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in results:
+                lines.append(
+                    f"| {r.name} | {r.sent:,} | {r.delivered_per_s:,.0f} | {r.lost} | "
+                    f"{r.duplicated} | {r.out_of_order} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | "
+                    f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {r.cpu['nodes']:.1f} / "
+                    f"{r.cpu['postgres']:.1f} / {r.cpu['bench']:.1f} |")
+            lines.append("")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -42,6 +42,40 @@ class ScenarioResult:
     cpu: dict[str, float] = field(default_factory=dict)  # process group -> CPU seconds
 
 
+class Window:
+    """Latency histogram plus the delivery window: first send to last receive, so that
+    delivered/s does not count process start-up (the peer's publisher is a process)."""
+
+    def __init__(self) -> None:
+        self.histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.histogram.reset()
+        self.first_sent = float("inf")
+        self.last_received = 0.0
+
+    def record(self, latency: float) -> None:
+        now = time.time()
+        self.histogram.record_value(max(1, int(latency * 1e6)))
+        self.first_sent = min(self.first_sent, now - latency)
+        self.last_received = max(self.last_received, now)
+
+    def rate(self, received: int) -> float:
+        span = self.last_received - self.first_sent
+        return received / span if span > 0 else 0.0
+
+    def result(self, system: str, users: int, name: str, report: Checker,
+               cpu: dict[str, float]) -> "ScenarioResult":
+        r = report.report()
+        h = self.histogram
+        return ScenarioResult(
+            system, users, name, r.committed, self.rate(r.received), r.total("lost"),
+            r.total("duplicated"), r.total("out_of_order"),
+            h.get_value_at_percentile(50) / 1000, h.get_value_at_percentile(90) / 1000,
+            h.get_value_at_percentile(99) / 1000, h.get_max_value() / 1000, cpu)
+
+
 class HeraldNodes:
     def __init__(self, url: str, count: int = 3) -> None:
         self.url, self.ports = url, [free_port() for _ in range(count)]
@@ -104,13 +138,13 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
     pool = await db.create_pool(url, "bench-publisher", min_size=16, max_size=16)
     try:
         rss_before = rss_mb(nodes.pids())
-        histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        window = Window()
         checker = Checker()
         prefix = f"b{time.time_ns() % 10**8}"
         names = [f"{prefix}-u{i}" for i in range(users)]
         clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[i % 3]}/ws", name,
                                lambda u: auth.mint_token(SECRET, u, 36000), checker,
-                               latency=lambda s: histogram.record_value(max(1, int(s * 1e6))))
+                               latency=window.record)
                    for i, name in enumerate(names)]
         started = time.monotonic()
         for i in range(0, users, 200):
@@ -124,29 +158,20 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                   (rss_after - rss_before) * 1024 / users}
         for name, count, rate in scenarios:
             checker = Checker()
-            histogram.reset()
+            window.reset()
             for client in clients:
                 client._checker = checker
             pids = {"nodes": nodes.pids(), "postgres": postgres_pids(), "bench": [os.getpid()]}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             publisher = Publisher(sql_sender(pool), checker, names)
-            t0 = time.monotonic()
             await publisher.run(rate or 1e9, count / (rate or 1e9))
             deadline = time.monotonic() + 30
             while checker.received_count() < checker.committed_count() and \
                     time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            elapsed = time.monotonic() - t0
             await asyncio.sleep(0.3)
-            report = checker.report()
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}
-            result = ScenarioResult(
-                "Herald", users, name, report.committed, report.received / elapsed,
-                report.total("lost"), report.total("duplicated"), report.total("out_of_order"),
-                histogram.get_value_at_percentile(50) / 1000,
-                histogram.get_value_at_percentile(90) / 1000,
-                histogram.get_value_at_percentile(99) / 1000,
-                histogram.get_max_value() / 1000, cpu)
+            result = window.result("Herald", users, name, checker, cpu)
             log(f"herald U={users} {name}: {result}")
             results.append(result)
         for client in clients:
