@@ -128,6 +128,69 @@ def rss_mb(pids: list[int]) -> float:
     return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 
 
+async def _until_delivered(checker: Checker, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while checker.received_count() < checker.committed_count():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def bulk_fan_out(pool, clients: list[FleetClient], log=print) -> dict[str, float]:
+    """One INSERT … SELECT with one row per online user: seconds from the statement's
+    start until every row is on its socket."""
+    checker = Checker()
+    for client in clients:
+        client._checker = checker
+    users = [c.user for c in clients]
+    started = time.monotonic()
+    rows = await pool.fetch(
+        "INSERT INTO herald.notifications (user_id, title) "
+        "SELECT u, 'bulk' FROM unnest($1::text[]) u RETURNING user_id, seq", users)
+    for row in rows:
+        checker.committed(row["user_id"], row["seq"])
+    complete = await _until_delivered(checker)
+    seconds = time.monotonic() - started
+    report = checker.report()
+    log(f"bulk fan-out of {len(rows)} rows: {seconds:.2f}s complete={complete} "
+        f"{report.summary()}")
+    return {"bulk_rows": len(rows), "bulk_seconds": seconds,
+            "bulk_ok": float(complete and report.ok)}
+
+
+async def replay_storm(pool, clients: list[FleetClient], nodes: "HeraldNodes", log=print,
+                       missed: int = 100) -> dict[str, float]:
+    """Every client goes away, ``missed`` rows per user are committed, then all of them
+    reconnect at once with their cursors: seconds until every missed row arrived."""
+    for client in clients:
+        await client.stop()
+    checker = Checker()
+    users = [c.user for c in clients]
+    rows = await pool.fetch(
+        "INSERT INTO herald.notifications (user_id, title) "
+        "SELECT u, 'missed' FROM unnest($1::text[]) u, generate_series(1, $2) "
+        "RETURNING user_id, seq", users, missed)
+    for row in rows:
+        checker.committed(row["user_id"], row["seq"])
+    fresh = []
+    for old in clients:
+        client = FleetClient(old.url, old.user, old._token, checker)
+        client.cursor = old.cursor
+        fresh.append(client)
+    started = time.monotonic()
+    for client in fresh:
+        client.start()
+    complete = await _until_delivered(checker)
+    seconds = time.monotonic() - started
+    report = checker.report()
+    log(f"replay storm: {len(fresh)} clients, {len(rows)} rows in {seconds:.2f}s "
+        f"complete={complete} {report.summary()}")
+    clients[:] = fresh
+    return {"storm_rows": len(rows), "storm_seconds": seconds,
+            "storm_ok": float(complete and report.ok)}
+
+
 async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, float]],
                         log=print) -> tuple[list[ScenarioResult], dict[str, float]]:
     """Run ``scenarios`` (name, count, rate per second; rate 0 = as fast as possible)."""
@@ -174,6 +237,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             result = window.result("Herald", users, name, checker, cpu)
             log(f"herald U={users} {name}: {result}")
             results.append(result)
+        memory.update(await bulk_fan_out(pool, clients, log))
+        memory.update(await replay_storm(pool, clients, nodes, log))
         for client in clients:
             await client.stop()
     finally:
