@@ -128,7 +128,8 @@ def rss_mb(pids: list[int]) -> float:
     return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 
 
-async def _until_delivered(checker: Checker, timeout: float = 120) -> bool:
+async def until_delivered(checker: Checker, timeout: float = 120) -> bool:
+    """Wait until every committed notification was received; False on timeout."""
     deadline = time.monotonic() + timeout
     while checker.received_count() < checker.committed_count():
         if time.monotonic() > deadline:
@@ -150,7 +151,7 @@ async def bulk_fan_out(pool, clients: list[FleetClient], log=print) -> dict[str,
         "SELECT u, 'bulk' FROM unnest($1::text[]) u RETURNING user_id, seq", users)
     for row in rows:
         checker.committed(row["user_id"], row["seq"])
-    complete = await _until_delivered(checker)
+    complete = await until_delivered(checker)
     seconds = time.monotonic() - started
     report = checker.report()
     log(f"bulk fan-out of {len(rows)} rows: {seconds:.2f}s complete={complete} "
@@ -181,7 +182,7 @@ async def replay_storm(pool, clients: list[FleetClient], nodes: "HeraldNodes", l
     started = time.monotonic()
     for client in fresh:
         client.start()
-    complete = await _until_delivered(checker)
+    complete = await until_delivered(checker)
     seconds = time.monotonic() - started
     report = checker.report()
     log(f"replay storm: {len(fresh)} clients, {len(rows)} rows in {seconds:.2f}s "
@@ -228,11 +229,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             publisher = Publisher(sql_sender(pool), checker, names)
             await publisher.run(rate or 1e9, count / (rate or 1e9))
-            deadline = time.monotonic() + 30
-            while checker.received_count() < checker.committed_count() and \
-                    time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)
+            await until_delivered(checker, timeout=30)
+            await asyncio.sleep(0.3)  # let stray duplicates show up
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}
             result = window.result("Herald", users, name, checker, cpu)
             log(f"herald U={users} {name}: {result}")

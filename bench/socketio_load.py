@@ -17,7 +17,14 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from app.checker import Checker
 from app.cluster import free_port
-from bench.herald_load import ScenarioResult, Window, cpu_seconds, postgres_pids, rss_mb
+from bench.herald_load import (
+    ScenarioResult,
+    Window,
+    cpu_seconds,
+    postgres_pids,
+    rss_mb,
+    until_delivered,
+)
 
 PEER = Path(__file__).resolve().parent / "socketio_peer"
 CACHE = Path.home() / ".cache" / "herald-bench" / "socketio"
@@ -118,11 +125,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                 if " " in line:
                     user, seq = line.split()
                     checker.committed(user, int(seq))
-            deadline = time.monotonic() + 30
-            while checker.received_count() < checker.committed_count() and \
-                    time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)
+            await until_delivered(checker, timeout=30)
+            await asyncio.sleep(0.3)  # let stray duplicates show up
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in groups.items()}
             result = window.result("Socket.IO + postgres-adapter", users, name, checker, cpu)
             log(f"socket.io U={users} {name}: {result}")
