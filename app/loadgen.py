@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class FleetClient:
     def __init__(self, url: str, user: str, token: Callable[[str], str], checker: Checker,
                  ack: bool = True, latency: Callable[[float], None] | None = None) -> None:
-        self.url, self.user, self._token, self._checker, self._ack = url, user, token, checker, ack
+        self.url, self.user, self._token, self.checker, self._ack = url, user, token, checker, ack
         self._latency = latency  # called with receive time - data.sent, when present
         self.cursor: int | None = None
         self.node = ""
@@ -91,7 +91,7 @@ class FleetClient:
             self.live.set()
         elif kind == "notification":
             seq = frame["seq"]
-            self._checker.received(self.user, seq)
+            self.checker.received(self.user, seq)
             sent = (frame.get("data") or {}).get("sent")
             if self._latency is not None and isinstance(sent, (int, float)):
                 self._latency(time.time() - sent)
@@ -163,7 +163,7 @@ class Publisher:
 
     def __init__(self, send: Send, checker: Checker, users: Sequence[str],
                  concurrency: int = 16) -> None:
-        self._send, self._checker, self._users = send, checker, list(users)
+        self._send, self.checker, self._users = send, checker, list(users)
         self._slots = asyncio.Semaphore(concurrency)
         self.sent = 0
         self.failures = 0
@@ -181,7 +181,7 @@ class Publisher:
                     log.debug("publish failed (%s); retrying", err)
                     await asyncio.sleep(0.05)
                     continue
-                self._checker.committed(user, seq)
+                self.checker.committed(user, seq)
                 self.sent += 1
                 return
         finally:

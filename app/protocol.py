@@ -97,16 +97,22 @@ def parse_read_request(frame: Mapping[str, Any], envelope: frozenset[str] = froz
     return Read(ids=parse_ids(frame["ids"]), all=False)
 
 
+def _json_object(text: str | bytes, code: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, or ``ProtocolError(code, ...)``."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise ProtocolError(code, f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(code, f"{what} must be a JSON object")
+    return value
+
+
 def parse_client_frame(text: str | bytes) -> ClientFrame:
     """Parse one client text frame. Raises ``ProtocolError`` for anything off-contract."""
     if isinstance(text, bytes):
         raise ProtocolError("malformed", "binary frames are not supported; send JSON text")
-    try:
-        frame = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("malformed", "frame is not valid JSON") from None
-    if not isinstance(frame, dict):
-        raise ProtocolError("malformed", "frame must be a JSON object")
+    frame = _json_object(text, "malformed", "frame")
     kind = frame.get("type")
     if kind == "hello":
         token = frame.get("token")
@@ -201,12 +207,7 @@ def parse_bus_event(payload: str) -> BusEvent:
     """Strictly parse a NOTIFY payload. Any database role can NOTIFY on any channel, so a
     payload is only ever a hint: rows are re-read from the table before anything is sent.
     Raises ``ProtocolError`` for anything the triggers would not have written."""
-    try:
-        event = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise ProtocolError("bad_bus_payload", "not JSON") from None
-    if not isinstance(event, dict):
-        raise ProtocolError("bad_bus_payload", "not an object")
+    event = _json_object(payload, "bad_bus_payload", "payload")
     kind = event.get("k")
     if kind == "new":
         users = event.get("u")

@@ -143,7 +143,7 @@ async def bulk_fan_out(pool, clients: list[FleetClient], log=print) -> dict[str,
     start until every row is on its socket."""
     checker = Checker()
     for client in clients:
-        client._checker = checker
+        client.checker = checker
     users = [c.user for c in clients]
     started = time.monotonic()
     rows = await pool.fetch(
@@ -224,7 +224,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             checker = Checker()
             window.reset()
             for client in clients:
-                client._checker = checker
+                client.checker = checker
             pids = {"nodes": nodes.pids(), "postgres": postgres_pids(), "bench": [os.getpid()]}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             publisher = Publisher(sql_sender(pool), checker, names)

@@ -246,7 +246,8 @@ def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
                                     "WHERE table_schema = 'herald'")
             schemas = await conn.fetchval(
                 "SELECT count(*) FROM pg_namespace WHERE nspname = 'herald'")
-            await schema.check_at_head(conn) if rows else None
+            if rows:
+                await schema.check_at_head(conn)
             return {r["table_name"] for r in rows} | ({"<schema>"} if schemas else set())
         finally:
             await conn.close()
