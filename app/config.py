@@ -55,6 +55,8 @@ class Config:
     max_connections_per_user: int = 20
     notify_queue_max: float = 0.5
     log_format: str = "json"
+    relay_threshold: float = 1000.0
+    relay_interval: float = 0.005
 
     @property
     def tokens(self) -> Tokens:
@@ -72,6 +74,13 @@ def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
         raise ValueError("must be > 0")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number >= 0")
     return number
 
 
@@ -152,6 +161,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_connections_per_user": ("HERALD_MAX_CONNECTIONS_PER_USER", _positive_int),
     "notify_queue_max": ("HERALD_NOTIFY_QUEUE_MAX", _fraction),
     "log_format": ("HERALD_LOG_FORMAT", _log_format),
+    "relay_threshold": ("HERALD_RELAY_THRESHOLD", _non_negative_float),
+    "relay_interval": ("HERALD_RELAY_INTERVAL", _positive_float),
 }
 
 

@@ -45,6 +45,14 @@ class Metrics:
         self.bus_events = Counter(
             "herald_bus_events", "NOTIFY payloads received", ["kind"], registry=r
         )
+        self.relay_leader = Gauge(
+            "herald_relay_leader", "1 while this node is the elected relay", registry=r
+        )
+        self.relay_batched = Gauge(
+            "herald_relay_batched",
+            "1 while this node's relay announces new rows (writers do not NOTIFY)",
+            registry=r,
+        )
         self.notify_queue = Gauge(
             "herald_notify_queue_usage",
             "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use",

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Index,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -65,6 +66,9 @@ notifications = Table(
     # Optional, unique per user: a retried publish with the same key is skipped by the
     # assign_seq trigger before it takes a seq (revision 0002).
     Column("idempotency_key", Text, nullable=True),
+    # How the row is announced (revision 0003): NULL = by its own transaction's NOTIFY at
+    # COMMIT; otherwise the inserting transaction's id, for the relay to find it.
+    Column("relay_xid", BigInteger, nullable=True),
     UniqueConstraint("user_id", "seq"),
     CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
     CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),
@@ -102,6 +106,13 @@ Index(
     postgresql_where=text("delivered_at IS NULL"),
 )
 
+# The relay's scan of rows left to it: only those rows are in the index.
+Index(
+    "ix_notifications_relay_xid",
+    notifications.c.relay_xid,
+    postgresql_where=text("relay_xid IS NOT NULL"),
+)
+
 # One row per user; its row lock serialises that user's inserts so seq order is commit order,
 # and because the increment is part of the inserting transaction a rollback leaves no gap.
 user_counters = Table(
@@ -109,4 +120,16 @@ user_counters = Table(
     metadata,
     Column("user_id", Text, primary_key=True),
     Column("last_seq", BigInteger, nullable=False),
+)
+
+# One row: while batched_until is in the future the elected relay announces new rows and
+# the insert trigger sends no NOTIFY (see app/relay.py).
+relay = Table(
+    "relay",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("batched_until", DateTime(timezone=True), nullable=False,
+           server_default=text("'-infinity'")),
+    Column("holder", Text, nullable=True),
+    CheckConstraint("id = 1", name="single_row"),
 )

@@ -89,7 +89,10 @@ class Node:
                 self._metrics.refused.labels("bus_payload").inc()
                 log.warning("bus: ignored payload (%s): %.200r", err.message, item)
                 continue
-            if isinstance(event, protocol.NewEvent):
+            if isinstance(event, protocol.SyncEvent):
+                self._metrics.bus_events.labels("sync").inc()
+                catch_up = True
+            elif isinstance(event, protocol.NewEvent):
                 self._metrics.bus_events.labels("new").inc()
                 for user, seq in event.users.items():
                     if seq > wanted.get(user, 0):

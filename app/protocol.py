@@ -196,7 +196,12 @@ class ReadEvent:
     all: bool
 
 
-BusEvent = Union[NewEvent, ReadEvent]
+@dataclass(frozen=True)
+class SyncEvent:
+    """A new relay leads: re-read the table for every connected user (app/relay.py)."""
+
+
+BusEvent = Union[NewEvent, ReadEvent, SyncEvent]
 
 
 def _valid_user(value: Any) -> bool:
@@ -227,6 +232,8 @@ def parse_bus_event(payload: str) -> BusEvent:
         if not isinstance(ids, list) or not all(_is_int(i) and i > 0 for i in ids):
             raise ProtocolError("bad_bus_payload", "read: bad ids")
         return ReadEvent(user=user, ids=tuple(ids), all=False)
+    if kind == "sync" and len(event) == 1:
+        return SyncEvent()
     raise ProtocolError("bad_bus_payload", "unknown kind")
 
 

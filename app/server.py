@@ -19,6 +19,7 @@ from app.config import Config
 from app.hub import Hub
 from app.metrics import Metrics
 from app.node import Node
+from app.relay import Relay
 from app.store import Store
 from app.web import make_app
 
@@ -37,6 +38,7 @@ class HeraldServer:
         self.draining = False
         self._pool: object = None
         self._bus: Bus | None = None
+        self.relay: Relay | None = None
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.node: Node | None = None
@@ -68,6 +70,14 @@ class HeraldServer:
         self.metrics.bus_connected.set_function(lambda: 1 if bus.connected else 0)
         self.metrics.notify_queue.set_function(lambda: bus.queue_usage)
         await bus.start()
+        # Every node stands for relay; one leads (app/relay.py). Started after LISTEN is up
+        # so this node hears its own sync.
+        self.relay = relay = Relay(self.database_url, name,
+                                   threshold=self.config.relay_threshold,
+                                   interval=self.config.relay_interval)
+        self.metrics.relay_leader.set_function(lambda: 1 if relay.leader else 0)
+        self.metrics.relay_batched.set_function(lambda: 1 if relay.batched else 0)
+        relay.start()
         app = make_app(
             self.config, node, store, self.metrics,
             bus_connected=lambda: bus.connected, draining=lambda: self.draining,
@@ -103,6 +113,8 @@ class HeraldServer:
                 await asyncio.wait_for(self.node.flush_acks(), self.config.shutdown_grace)
             except Exception:  # the database may be the reason we are stopping
                 log.warning("acks not written before shutdown")
+        if self.relay is not None:
+            await self.relay.stop()
         if self._bus is not None:
             await self._bus.stop()
         if self._worker is not None:

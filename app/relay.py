@@ -1,0 +1,164 @@
+"""The relay: one elected node announces new rows when inserts come fast.
+
+Why it exists: a transaction that NOTIFYs holds a database-wide lock from COMMIT through
+its WAL flush, so notifying commits cannot share a flush and run one at a time. Above
+``threshold`` inserts per second the relay takes NOTIFY out of the writers' commits:
+
+* it sets a short *lease* in ``herald.relay``; while the lease holds, the insert trigger
+  stamps rows with their transaction id (``relay_xid``) instead of notifying;
+* every ``interval`` seconds it calls ``herald.relay_poll(since)``, which announces, one
+  NOTIFY per chunk of users, every stamped row whose transaction was still running in the
+  snapshot ``since``, and returns the next snapshot;
+* below ``threshold / 2`` for ``calm_seconds`` it ends the lease, and the triggers notify
+  at COMMIT again, which is the fastest path when commits are few.
+
+Election: every node runs a ``Relay``; the one holding a session advisory lock on its own
+connection leads, the others retry every ``standby_interval``. A leader that dies loses
+the lock with its connection and stops renewing the lease, so within ``lease`` seconds
+writers notify directly again; the next leader first takes a snapshot and then sends
+``{"k":"sync"}``, on which every node re-reads the table for its connected users, so rows
+stamped for the dead leader are delivered too. Per-user order never depends on any of
+this: pointers only say "fetch from your cursor", and seq order is commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Awaitable, Callable
+
+import asyncpg
+
+from app import db, models
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x6865_7261_6C64  # "herald": the advisory lock that elects the relay
+SYNC_PAYLOAD = '{"k":"sync"}'
+
+
+class Relay:
+    def __init__(
+        self,
+        dsn: str,
+        node: str,
+        *,
+        threshold: float = 1000.0,
+        interval: float = 0.005,
+        idle_interval: float = 0.1,
+        lease: float = 3.0,
+        calm_seconds: float = 2.0,
+        standby_interval: float = 1.0,
+        connect: Callable[[str, str], Awaitable[asyncpg.Connection]] = db.connect,
+    ) -> None:
+        self._dsn = dsn
+        self._node = node
+        self.threshold = threshold  # inserts/s above which NOTIFY leaves the commits
+        self._interval = interval  # seconds between polls while batched
+        self._idle_interval = idle_interval  # ... while writers notify themselves
+        self._lease = lease
+        self.calm_seconds = calm_seconds
+        self._standby_interval = standby_interval
+        self._connect = connect
+        self._task: asyncio.Task[None] | None = None
+        self.leader = False
+        self.batched = False
+        self.rate = 0.0  # inserts per second, as last measured by the leader
+        self.announced = 0  # users announced by this node's polls, for metrics and tests
+        self.elections = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="herald-relay")
+
+    async def stop(self) -> None:
+        """Stop; a leader ends its lease first so writers notify directly at once."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connect(self._dsn, f"herald:{self._node}:relay"[:63])
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY,
+                                              timeout=10):
+                    await asyncio.sleep(self._standby_interval)
+                self.leader = True
+                self.elections += 1
+                log.info("relay: %s leads", self._node)
+                await self._lead(conn)
+            except asyncio.CancelledError:
+                if conn is not None and self.leader:
+                    await self._end_lease(conn)
+                raise
+            except Exception as err:  # connection lost or refused: stand by again
+                log.warning("relay: %s (%s)", type(err).__name__, err)
+            finally:
+                self.leader = self.batched = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()  # releases the advisory lock with the session
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        # Snapshot first, then sync: a row committed before the snapshot is seen by every
+        # node's catch-up (which starts after the sync arrives), any later one by a poll.
+        since = await conn.fetchval("SELECT pg_current_snapshot()::text", timeout=10)
+        await conn.execute("SELECT pg_notify($1, $2)", models.CHANNEL, SYNC_PAYLOAD,
+                           timeout=10)
+        await self._end_lease(conn)  # a predecessor's lease is not ours to keep
+        last_id: int | None = None
+        measured_at = time.monotonic()
+        renewed_at = calm_since = 0.0
+        while True:
+            row = await conn.fetchrow(
+                "SELECT next::text, announced, last_id "
+                "FROM herald.relay_poll($1::text::pg_snapshot)", since, timeout=10)
+            since = row["next"]
+            self.announced += row["announced"]
+            now = time.monotonic()
+            if last_id is None:
+                last_id = row["last_id"]
+            elif now - measured_at >= 0.1:
+                self.rate = (row["last_id"] - last_id) / (now - measured_at)
+                last_id, measured_at = row["last_id"], now
+                if self.rate >= self.threshold:
+                    calm_since = now
+                    if not self.batched or now - renewed_at > self._lease / 3:
+                        await self._set_lease(conn, self._lease)
+                        if not self.batched:
+                            log.info("relay: %.0f inserts/s, batching", self.rate)
+                        self.batched, renewed_at = True, now
+                elif self.batched:
+                    if self.rate >= self.threshold / 2:
+                        calm_since = now
+                    if now - calm_since >= self.calm_seconds:
+                        await self._end_lease(conn)
+                        log.info("relay: %.0f inserts/s, writers notify again", self.rate)
+                        self.batched = False
+                    elif now - renewed_at > self._lease / 3:
+                        await self._set_lease(conn, self._lease)
+                        renewed_at = now
+            # While direct, keep polling slowly: a transaction that read the lease just
+            # before it ended still has stamped rows to announce.
+            await asyncio.sleep(self._interval if self.batched else self._idle_interval)
+
+    async def _set_lease(self, conn: asyncpg.Connection, seconds: float) -> None:
+        await conn.execute(
+            "UPDATE herald.relay SET batched_until = clock_timestamp() + make_interval("
+            "secs => $1), holder = $2 WHERE id = 1", seconds, self._node, timeout=10)
+
+    async def _end_lease(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute(
+                "UPDATE herald.relay SET batched_until = '-infinity', holder = $1 WHERE id = 1",
+                self._node, timeout=5)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError):
+            pass  # the lease runs out by itself
