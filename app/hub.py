@@ -121,8 +121,8 @@ class Hub:
         return count
 
     def close_all(self, code: int, reason: str, clients: Iterable[Client] | None = None) -> None:
-        for client in list(clients if clients is not None else self._all()):
+        for client in list(clients if clients is not None else self.all_clients()):
             client.close(code, reason)
 
-    def _all(self) -> list[Client]:
+    def all_clients(self) -> list[Client]:
         return [c for clients in self._by_user.values() for c in clients]

@@ -17,6 +17,7 @@ from app import db, models, protocol, schema
 from app.bus import Bus
 from app.config import Config
 from app.hub import Hub
+from app.keepalive import Keepalive
 from app.metrics import Metrics
 from app.node import Node
 from app.relay import Relay
@@ -39,6 +40,7 @@ class HeraldServer:
         self._pool: object = None
         self._bus: Bus | None = None
         self.relay: Relay | None = None
+        self._keepalive: Keepalive | None = None
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.node: Node | None = None
@@ -78,6 +80,8 @@ class HeraldServer:
         self.metrics.relay_leader.set_function(lambda: 1 if relay.leader else 0)
         self.metrics.relay_batched.set_function(lambda: 1 if relay.batched else 0)
         relay.start()
+        self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval)
+        self._keepalive.start()
         app = make_app(
             self.config, node, store, self.metrics,
             bus_connected=lambda: bus.connected, draining=lambda: self.draining,
@@ -113,6 +117,8 @@ class HeraldServer:
                 await asyncio.wait_for(self.node.flush_acks(), self.config.shutdown_grace)
             except Exception:  # the database may be the reason we are stopping
                 log.warning("acks not written before shutdown")
+        if self._keepalive is not None:
+            await self._keepalive.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._bus is not None:

@@ -54,8 +54,6 @@ def make_app(
         routes,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
-        websocket_ping_interval=config.ws_ping_interval,
-        websocket_ping_timeout=config.ws_ping_interval,
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
         default_handler_class=NotFoundHandler,

@@ -19,7 +19,7 @@ from hdrh.histogram import HdrHistogram
 from app import auth, db
 from app.checker import Checker
 from app.cluster import free_port
-from app.loadgen import FleetClient, Publisher, sql_sender
+from app.loadgen import FleetClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef0123"
@@ -128,6 +128,25 @@ def rss_mb(pids: list[int]) -> float:
     return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 
 
+async def run_publisher(argv: list[str], cwd: Path, env: dict[str, str],
+                        checker: Checker) -> float:
+    """Run a publisher process (``user seq`` lines, ``cpu S``, ``done``); record every
+    committed row in ``checker`` and return the publisher's own CPU seconds."""
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await proc.communicate()
+    lines = stdout.decode().split("\n")
+    assert proc.returncode == 0 and "done" in lines, f"publisher failed: {argv}"
+    cpu = 0.0
+    for line in lines:
+        if line.startswith("cpu "):
+            cpu = float(line.split()[1])
+        elif " " in line:
+            user, seq = line.split()
+            checker.committed(user, int(seq))
+    return cpu
+
+
 async def until_delivered(checker: Checker, timeout: float = 120) -> bool:
     """Wait until every committed notification was received; False on timeout."""
     deadline = time.monotonic() + timeout
@@ -227,11 +246,13 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                 client.checker = checker
             pids = {"nodes": nodes.pids(), "postgres": postgres_pids(), "bench": [os.getpid()]}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
-            publisher = Publisher(sql_sender(pool), checker, names)
-            await publisher.run(rate or 1e9, count / (rate or 1e9))
+            publisher_cpu = await run_publisher(
+                [sys.executable, "-m", "bench.publisher", url, prefix, str(users), str(count),
+                 str(rate)], ROOT, dict(os.environ), checker)
             await until_delivered(checker, timeout=30)
             await asyncio.sleep(0.3)  # let stray duplicates show up
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}
+            cpu["publisher"] = round(publisher_cpu, 2)
             result = window.result("Herald", users, name, checker, cpu)
             log(f"herald U={users} {name}: {result}")
             results.append(result)

@@ -23,6 +23,7 @@ from bench.herald_load import (
     cpu_seconds,
     postgres_pids,
     rss_mb,
+    run_publisher,
     until_delivered,
 )
 
@@ -114,20 +115,13 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                 client.checker = checker
             groups = {"nodes": pids, "postgres": postgres_pids(), "bench": [os.getpid()]}
             cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
-            publisher = await asyncio.create_subprocess_exec(
-                "node", "publisher.js", prefix, str(users), str(count), str(rate),
-                cwd=cache, env=env, stdout=asyncio.subprocess.PIPE)
-            groups["bench"].append(publisher.pid)
-            stdout, _ = await publisher.communicate()
-            lines = stdout.decode().split("\n")
-            assert "done" in lines, "publisher did not finish"
-            for line in lines:
-                if " " in line:
-                    user, seq = line.split()
-                    checker.committed(user, int(seq))
+            publisher_cpu = await run_publisher(
+                ["node", "publisher.js", prefix, str(users), str(count), str(rate)],
+                cache, env, checker)
             await until_delivered(checker, timeout=30)
             await asyncio.sleep(0.3)  # let stray duplicates show up
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in groups.items()}
+            cpu["publisher"] = round(publisher_cpu, 2)
             result = window.result("Socket.IO + postgres-adapter", users, name, checker, cpu)
             log(f"socket.io U={users} {name}: {result}")
             results.append(result)

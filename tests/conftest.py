@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,6 +100,18 @@ def make_config(**overrides: Any) -> Config:
     return Config(**values)
 
 
+async def relay_settled(server: HeraldServer) -> None:
+    """The first node of a test is elected relay and its sync makes every node re-read
+    the table once: let that round finish, so tests that count rounds or fault-recovery
+    paths see only what they cause."""
+    sync = server.metrics.bus_events.labels("sync")
+    deadline = time.monotonic() + 10
+    while sync._value.get() < 1:
+        assert time.monotonic() < deadline, "no relay was elected"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+
+
 NodeFactory = Callable[..., Awaitable[HeraldServer]]
 
 
@@ -111,6 +124,8 @@ async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
         url = overrides.pop("database_url", database_url)
         server = HeraldServer(make_config(node=name, **overrides), url)
         await server.start()
+        if not nodes:
+            await relay_settled(server)
         nodes.append(server)
         return server
 

@@ -252,7 +252,7 @@ def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
         finally:
             await conn.close()
 
-    assert asyncio.run(tables()) == {"notifications", "user_counters", "<schema>"}
+    assert asyncio.run(tables()) == {"notifications", "user_counters", "relay", "<schema>"}
     check = subprocess.run([*alembic, "check"], cwd=ROOT, env=env, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr  # models match the migration
@@ -262,7 +262,7 @@ def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
     herald = subprocess.run([sys.executable, "-m", "app.cli", "migrate", "--database-url", url],
                             cwd="/", env=os.environ, capture_output=True, text=True)
     assert herald.returncode == 0, herald.stderr
-    assert asyncio.run(tables()) == {"notifications", "user_counters", "<schema>"}
+    assert asyncio.run(tables()) == {"notifications", "user_counters", "relay", "<schema>"}
 
 
 async def test_schema_check_refuses_a_database_not_at_head(

@@ -11,7 +11,9 @@ import jwt
 import pytest
 
 from app import auth
+from app.loadgen import stalled_client
 from tests.conftest import SECRET, insert, token_for
+from tests.helpers import wait_for
 
 
 def _forge(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:
@@ -184,3 +186,20 @@ async def test_node_shutdown_closes_sockets_with_1001(make_node, clients, user) 
     code, _ = await client.closed()
     await stopping
     assert code == 1001
+
+
+async def test_keepalive_closes_a_peer_that_stops_answering_pings(make_node, clients,
+                                                                   user) -> None:
+    """One node-wide sweep pings every socket; a client that never answers (here: a raw
+    socket that said hello and stopped reading) is closed, a live one is kept."""
+    node = await make_node("node-a", ws_ping_interval=0.3)
+    live = await clients(node.port)
+    await live.hello(token_for(user))
+    silent = await asyncio.to_thread(stalled_client, node.port, token_for(f"{user}-silent"))
+    try:
+        await wait_for(lambda: node.hub.count() == 2, timeout=5)
+        await wait_for(lambda: node.hub.count() == 1, timeout=15)
+        assert node.hub.clients(user)  # the one that answers pings is still there
+        await live.sync()
+    finally:
+        silent.close()

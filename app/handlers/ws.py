@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import tornado.httputil
 import tornado.websocket
 
 from app import auth, protocol
@@ -27,13 +28,22 @@ log = logging.getLogger(__name__)
 class SocketHandler(tornado.websocket.WebSocketHandler):
     """A client connection; implements ``app.hub.Client`` (``user``, ``cursor``, ``send``)."""
 
+    # Slots keep our state out of the instance dict: Tornado puts 27 attributes there,
+    # and past 30 a dict stops sharing its keys with the other instances (1.3 KB/socket).
+    __slots__ = ("node", "hub", "config", "metrics", "conn_id", "_counted", "user", "cursor",
+                 "_hello_timer", "_cookie_token", "expires_at", "last_pong", "_tokens",
+                 "_refilled", "_registered", "_closing", "_last_write", "_paused")
+
     def initialize(self, node: Node, hub: Hub, config: Config, metrics: Metrics) -> None:
         self.node, self.hub, self.config, self.metrics = node, hub, config, metrics
         self.conn_id = uuid.uuid4().hex[:12]
         self._counted = False
         self.user: str = ""
         self.cursor = 0
-        self._timers: list[asyncio.TimerHandle] = []
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._cookie_token: str | None = None
+        self.expires_at = float("inf")  # the token's exp; app.keepalive closes us then
+        self.last_pong = 0.0
         self._tokens = float(config.frame_burst)
         self._refilled = time.monotonic()
         self._registered = False
@@ -64,7 +74,15 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                       protocol.CLOSE_NODE_FULL)
             return
         loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(self.config.hello_timeout, self._hello_timeout))
+        self._hello_timer = loop.call_later(self.config.hello_timeout, self._hello_timeout)
+        self._shed_handshake()
+
+    def _shed_handshake(self) -> None:
+        """Drop what only the HTTP upgrade needed (request and response headers are about
+        3 KB a socket): keep the login cookie's token for the hello, nothing else."""
+        self._cookie_token = self.get_cookie(auth.COOKIE_NAME)
+        self.request.headers = _NO_HEADERS
+        self._headers = _NO_HEADERS
 
     def _hello_timeout(self) -> None:
         if not self.user:
@@ -123,7 +141,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             pass
 
     async def _hello(self, hello: protocol.Hello) -> None:
-        token = hello.token or self.get_cookie(auth.COOKIE_NAME)
+        token = hello.token or self._cookie_token
         try:
             claims = self.config.tokens.verify(token)
         except auth.AuthError as err:
@@ -139,11 +157,11 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self.user = claims.user
         log.info("session start", extra={"user": self.user, "conn": self.conn_id,
                                          "last_seq": hello.last_seq})
-        for timer in self._timers:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        expires_in = max(0.0, claims.expires_at - time.time())
-        self._timers = [loop.call_later(expires_in, self._token_expired)]
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        self.expires_at = claims.expires_at  # app.keepalive enforces it
+        self.last_pong = time.monotonic()
         self._registered = True
         try:
             await self.node.open_session(self, hello.last_seq)
@@ -153,9 +171,26 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         except ClientGone:
             self.node.close_session(self)
 
-    def _token_expired(self) -> None:
+    # --- app.keepalive.Kept -------------------------------------------------------------
+
+    def expire(self) -> None:
+        self.expires_at = float("inf")  # once
         self.fail("token_expired", "token expired; reconnect with a fresh token",
                   protocol.CLOSE_UNAUTHORIZED)
+
+    def ping_now(self) -> None:
+        if not self._closing and self.ws_connection is not None:
+            try:
+                self.ping()
+            except tornado.websocket.WebSocketClosedError:
+                pass
+
+    def on_pong(self, data: bytes) -> None:
+        self.last_pong = time.monotonic()
+
+    def close_dead(self) -> None:
+        log.info("dead peer", extra={"user": self.user, "conn": self.conn_id})
+        self.close(protocol.CLOSE_GOING_AWAY, "ping timed out")
 
     # --- app.hub.Client -----------------------------------------------------------------
 
@@ -237,10 +272,14 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         if self.user:
             log.info("session end", extra={"user": self.user, "conn": self.conn_id,
                                            "code": self.close_code, "cursor": self.cursor})
-        for timer in self._timers:
-            timer.cancel()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         if self._registered:
             self.node.close_session(self)
+
+
+# Shared by every socket once its upgrade is done; nothing writes headers after that.
+_NO_HEADERS = tornado.httputil.HTTPHeaders()
 
 
 def _ignore_closed(future: "asyncio.Future[None]") -> None:

@@ -1,7 +1,7 @@
 // Publishes through the adapter from a non-listening Server (the emitter package 0.1.1
 // drops every message with adapter 0.5.0: its documents lack `nsp`).
 // args: prefix users count rate(0 = as fast as possible, bounded in flight)
-// stdout: one "user seq" line per emit, then "done".
+// stdout: one "user seq" line per emit, then "cpu SECONDS" (its own), then "done".
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/postgres-adapter");
 const { Pool } = require("pg");
@@ -34,6 +34,8 @@ async function main() {
   while (pool.waitingCount > 0 || pool.totalCount - pool.idleCount > 1) {
     await new Promise((r) => setTimeout(r, 10));
   }
+  const cpu = process.cpuUsage();
+  out.push(`cpu ${(cpu.user + cpu.system) / 1e6}`);
   process.stdout.write(out.join("\n") + "\ndone\n");
   await new Promise((r) => setTimeout(r, 200));
   process.exit(0);
