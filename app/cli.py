@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import asyncpg
@@ -59,6 +60,15 @@ def _add_cluster(sub: "argparse._SubParsersAction[_Parser]") -> None:
     cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     cluster.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
     _config_flags(cluster, "database_url", "secret", "api_key", "data_dir")
+
+
+def _add_bench(sub: "argparse._SubParsersAction[_Parser]") -> None:
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks (Herald, the Socket.IO peer, pgbench ceiling)",
+        description="Run bench/ from a source checkout (pip install -e '.[bench]') and write "
+        "docs/benchmarks.md and its chart. Everything else goes to `python -m bench`.",
+        add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="acknowledge what is printed (marks it delivered)")
     _config_flags(tail, "database_url", "secret", "port", "data_dir")
     _add_cluster(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -318,14 +329,32 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
+def cmd_bench(args: argparse.Namespace) -> int:
+    checkout = Path(__file__).resolve().parent.parent  # bench/ sits beside app/, unpackaged
+    if (checkout / "bench" / "__main__.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as err:
+        raise CliError(f"herald bench needs a source checkout with the bench extra "
+                       f"(pip install -e '.[bench]'): {err}") from None
+    bench_main(args.rest)
+    return 0
+
+
+COMMANDS = {"bench": cmd_bench, "serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
             "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Every option after "bench" belongs to bench/'s own parser (see `herald bench -h`).
+        args = argparse.Namespace(command="bench", rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, CliError, schema.SchemaError) as err:

@@ -12,7 +12,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import asyncpg
 import psutil
 from hdrh.histogram import HdrHistogram
 
@@ -22,6 +24,7 @@ from app.cluster import free_port
 from app.loadgen import FleetClient
 
 ROOT = Path(__file__).resolve().parent.parent
+Log = Callable[[str], object]
 SECRET = "bench-secret-0123456789abcdef0123"
 
 
@@ -40,6 +43,7 @@ class ScenarioResult:
     p99_ms: float
     max_ms: float
     cpu: dict[str, float] = field(default_factory=dict)  # process group -> CPU seconds
+    relayed: float | None = None  # Herald: share of rows announced by the relay
 
 
 class Window:
@@ -157,7 +161,8 @@ async def until_delivered(checker: Checker, timeout: float = 120) -> bool:
     return True
 
 
-async def bulk_fan_out(pool, clients: list[FleetClient], log=print) -> dict[str, float]:
+async def bulk_fan_out(pool: asyncpg.Pool, clients: list[FleetClient],
+                       log: Log = print) -> dict[str, float]:
     """One INSERT … SELECT with one row per online user: seconds from the statement's
     start until every row is on its socket."""
     checker = Checker()
@@ -179,7 +184,8 @@ async def bulk_fan_out(pool, clients: list[FleetClient], log=print) -> dict[str,
             "bulk_ok": float(complete and report.ok)}
 
 
-async def replay_storm(pool, clients: list[FleetClient], nodes: "HeraldNodes", log=print,
+async def replay_storm(pool: asyncpg.Pool, clients: list[FleetClient], nodes: "HeraldNodes",
+                       log: Log = print,
                        missed: int = 100) -> dict[str, float]:
     """Every client goes away, ``missed`` rows per user are committed, then all of them
     reconnect at once with their cursors: seconds until every missed row arrived."""
@@ -212,13 +218,13 @@ async def replay_storm(pool, clients: list[FleetClient], nodes: "HeraldNodes", l
 
 
 async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, float]],
-                        log=print) -> tuple[list[ScenarioResult], dict[str, float]]:
+                        log: Log = print) -> tuple[list[ScenarioResult], dict[str, float]]:
     """Run ``scenarios`` (name, count, rate per second; rate 0 = as fast as possible)."""
     nodes = HeraldNodes(url)
     await nodes.start()
     results: list[ScenarioResult] = []
     memory: dict[str, float] = {}
-    pool = await db.create_pool(url, "bench-publisher", min_size=16, max_size=16)
+    pool = await db.create_pool(url, "bench-driver", min_size=2, max_size=4)
     try:
         rss_before = rss_mb(nodes.pids())
         window = Window()
@@ -246,6 +252,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                 client.checker = checker
             pids = {"nodes": nodes.pids(), "postgres": postgres_pids(), "bench": [os.getpid()]}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+            first_id = await pool.fetchval("SELECT coalesce(max(id), 0) FROM "
+                                            "herald.notifications")
             publisher_cpu = await run_publisher(
                 [sys.executable, "-m", "bench.publisher", url, prefix, str(users), str(count),
                  str(rate)], ROOT, dict(os.environ), checker)
@@ -254,10 +262,16 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}
             cpu["publisher"] = round(publisher_cpu, 2)
             result = window.result("Herald", users, name, checker, cpu)
+            result.relayed = await pool.fetchval(
+                "SELECT avg((relay_xid IS NOT NULL)::int)::float8 FROM herald.notifications "
+                "WHERE id > $1 AND user_id LIKE $2", first_id, f"{prefix}-%")
             log(f"herald U={users} {name}: {result}")
             results.append(result)
         memory.update(await bulk_fan_out(pool, clients, log))
-        memory.update(await replay_storm(pool, clients, nodes, log))
+        # The storm is 1,000 users (100 missed rows each) whatever U is, as specified.
+        storm = clients[:1000]
+        memory.update(await replay_storm(pool, storm, nodes, log))
+        clients[:1000] = storm
         for client in clients:
             await client.stop()
     finally:

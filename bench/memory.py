@@ -14,7 +14,7 @@ from app.checker import Checker
 from app.cluster import free_port
 from app.loadgen import FleetClient
 from bench import socketio_load
-from bench.herald_load import SECRET, HeraldNodes, Window, rss_mb
+from bench.herald_load import SECRET, HeraldNodes, Log, Window, rss_mb
 
 
 async def _open(clients: list, batch: int = 250) -> float:
@@ -27,7 +27,7 @@ async def _open(clients: list, batch: int = 250) -> float:
     return time.monotonic() - started
 
 
-async def herald(url: str, sockets: int, log=print) -> dict[str, float]:
+async def herald(url: str, sockets: int, log: Log = print) -> dict[str, float]:
     nodes = HeraldNodes(url, count=1)
     await nodes.start()
     try:
@@ -50,7 +50,7 @@ async def herald(url: str, sockets: int, log=print) -> dict[str, float]:
     return result
 
 
-async def peer(url: str, sockets: int, log=print) -> dict[str, float]:
+async def peer(url: str, sockets: int, log: Log = print) -> dict[str, float]:
     cache = socketio_load.install()
     port = free_port()
     proc = subprocess.Popen(["node", "server.js"], cwd=cache,

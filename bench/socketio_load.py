@@ -18,6 +18,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from app.checker import Checker
 from app.cluster import free_port
 from bench.herald_load import (
+    Log,
     ScenarioResult,
     Window,
     cpu_seconds,
@@ -81,7 +82,7 @@ class EioClient:
 
 
 async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, float]],
-                        log=print) -> tuple[list[ScenarioResult], dict[str, float]]:
+                        log: Log = print) -> tuple[list[ScenarioResult], dict[str, float]]:
     cache = install()
     env = {**os.environ, "DATABASE_URL": url}
     ports = [free_port() for _ in range(3)]
