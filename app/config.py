@@ -55,7 +55,7 @@ class Config:
     max_connections_per_user: int = 20
     notify_queue_max: float = 0.5
     log_format: str = "json"
-    relay_threshold: float = 1000.0
+    relay_threshold: float = 250.0
     relay_interval: float = 0.005
 
     @property

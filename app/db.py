@@ -37,6 +37,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool. asyncpg's default sends ``RESET ALL; UNLISTEN *;
+    pg_advisory_unlock_all(); CLOSE ALL`` on *every* release, one more round trip per
+    query (13% of a node's time at 500 notifications/s). Pool connections here never
+    LISTEN, lock, open cursors or change session settings (SET LOCAL only), so only an
+    abandoned transaction needs undoing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(dsn: str, application_name: str, **kwargs: Any) -> asyncpg.Pool:
     """Open the node's query pool. Raises ``OSError``/``asyncpg`` errors if unreachable."""
     pool = await asyncpg.create_pool(
@@ -48,6 +58,7 @@ async def create_pool(dsn: str, application_name: str, **kwargs: Any) -> asyncpg
         timeout=kwargs.pop("timeout", 10),
         # A silently dead connection would otherwise hang a query forever.
         command_timeout=kwargs.pop("command_timeout", 15),
+        reset=kwargs.pop("reset", _reset),
         **kwargs,
     )
     assert pool is not None

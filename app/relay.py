@@ -45,7 +45,7 @@ class Relay:
         dsn: str,
         node: str,
         *,
-        threshold: float = 1000.0,
+        threshold: float = 250.0,
         interval: float = 0.005,
         idle_interval: float = 0.1,
         lease: float = 3.0,
