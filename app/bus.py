@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 
-from app import db
+from app import db, tasks
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,7 @@ class Bus:
         await asyncio.wait_for(asyncio.shield(self._first), timeout)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(self._task)
         await self._drop()
 
     def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import time
 from typing import Protocol
 
+from app import tasks
 from app.hub import Hub
 
 
@@ -45,12 +46,7 @@ class Keepalive:
         self._task = asyncio.create_task(self._run(), name="herald-keepalive")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -21,6 +21,7 @@ import asyncpg
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
+from app import tasks
 from app.checker import Checker
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,7 @@ class FleetClient:
         self._stopping = True
         if self._conn is not None:
             self._conn.close()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(self._task)
 
     def cut(self) -> None:
         """Drop the TCP connection without a close frame, as a network cut would."""

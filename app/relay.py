@@ -31,7 +31,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from app import db, models
+from app import db, models, tasks
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,7 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop; a leader ends its lease first so writers notify directly at once."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(self._task)
 
     async def _run(self) -> None:
         backoff = 0.1

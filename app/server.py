@@ -13,7 +13,7 @@ import socket
 import tornado.httpserver
 import tornado.netutil
 
-from app import db, models, protocol, schema
+from app import db, models, protocol, schema, tasks
 from app.bus import Bus
 from app.config import Config
 from app.hub import Hub
@@ -123,12 +123,7 @@ class HeraldServer:
             await self.relay.stop()
         if self._bus is not None:
             await self._bus.stop()
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        await tasks.cancel(self._worker)
         if self._pool is not None:
             await self._pool.close()  # type: ignore[attr-defined]
 
