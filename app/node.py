@@ -34,7 +34,8 @@ DB_ERRORS = CONNECTION_ERRORS + (asyncpg.PostgresError,)
 
 class Node:
     def __init__(
-        self, name: str, store: Store, hub: Hub, metrics: Metrics, fetch_limit: int = 500
+        self, name: str, store: Store, hub: Hub, metrics: Metrics, fetch_limit: int = 500,
+        ack_interval: float = 0.05,
     ) -> None:
         self.name = name
         self._store = store
@@ -46,6 +47,9 @@ class Node:
         self._retry_reads: list[protocol.ReadEvent] = []
         self._retry_delay = 0.1
         self._acks: dict[str, int] = {}  # user -> highest acked seq not yet written
+        # At most one ack UPDATE per interval: each is a commit (a WAL flush) competing
+        # with the writers' inserts, and a socket acks every frame.
+        self._ack_interval = ack_interval
         self._ack_writer: asyncio.Task[None] | None = None
 
     # --- bus side ---------------------------------------------------------------------
@@ -230,6 +234,7 @@ class Node:
             try:
                 await self._store.mark_delivered_many(batch)
                 delay = 0.1
+                await asyncio.sleep(self._ack_interval)  # let the next batch gather
             except DB_ERRORS as err:
                 # Put them back (newer acks win) and try again: delivered_at is a record,
                 # not a delivery mechanism, so a late write loses nothing.

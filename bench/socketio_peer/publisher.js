@@ -36,8 +36,7 @@ async function main() {
   }
   const cpu = process.cpuUsage();
   out.push(`cpu ${(cpu.user + cpu.system) / 1e6}`);
-  process.stdout.write(out.join("\n") + "\ndone\n");
-  await new Promise((r) => setTimeout(r, 200));
-  process.exit(0);
+  // Exit only once the pipe took everything: a busy reader must not lose the tail.
+  process.stdout.write(out.join("\n") + "\ndone\n", () => process.exit(0));
 }
 main();
