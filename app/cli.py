@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Sequence
 
 import asyncpg
 
-from app import __version__, db, protocol, schema
+from app import __version__, db, gcpolicy, protocol, schema, tasks
 from app.config import Config, ConfigError, load_config
 from app.logs import setup_logging
 
@@ -160,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         server = HeraldServer(config, url)
         await server.start()
+        collector = asyncio.create_task(gcpolicy.freeze_periodically())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,6 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"herald: dev login at {where}/login", file=sys.stderr, flush=True)
         await stop.wait()
         print("herald: shutting down", file=sys.stderr, flush=True)
+        await tasks.cancel(collector)
         await server.stop()
 
     asyncio.run(run())

@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 
 class FleetClient:
     def __init__(self, url: str, user: str, token: Callable[[str], str], checker: Checker,
-                 ack: bool = True, latency: Callable[[float], None] | None = None) -> None:
+                 ack: bool = True, latency: Callable[[float], None] | None = None,
+                 ack_delay: float = 0.02) -> None:
         self.url, self.user, self._token, self.checker, self._ack = url, user, token, checker, ack
+        # Acks are cumulative ("everything up to seq is shown"), so a burst of frames needs
+        # one ack, sent ``ack_delay`` after its first frame, not one per frame.
+        self._ack_delay = ack_delay
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._latency = latency  # called with receive time - data.sent, when present
         self.cursor: int | None = None
         self.node = ""
@@ -47,6 +52,8 @@ class FleetClient:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         if self._conn is not None:
             self._conn.close()
         await tasks.cancel(self._task)
@@ -92,8 +99,18 @@ class FleetClient:
             if self._latency is not None and isinstance(sent, (int, float)):
                 self._latency(time.time() - sent)
             self.cursor = seq
-            if self._ack and self._conn is not None:
-                self._conn.write_message(json.dumps({"type": "ack", "seq": seq}))
+            if self._ack and self._ack_timer is None:
+                self._ack_timer = asyncio.get_running_loop().call_later(
+                    self._ack_delay, self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_timer = None
+        conn = self._conn
+        if conn is not None and self.cursor is not None:
+            try:
+                conn.write_message(json.dumps({"type": "ack", "seq": self.cursor}))
+            except WebSocketClosedError:
+                pass  # reconnecting: the next session starts from the cursor anyway
 
 
 class Fleet:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"Nodes' RSS {extra['rss_mb']:.0f} MB in total, "
                       f"{extra['kb_per_connection']:.1f} KB per connection.", ""]
             lines += _scenario_table(results)
-            lines += _extras(extra, users)
+            lines += _extras(extra)
             all_results.extend(results)
     chart(all_results, out.with_suffix(".png"))
     lines += [f"![latency and throughput]({out.with_suffix('.png').name})", ""]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out}")
 
 
-def _extras(extra: dict[str, float], users: int) -> list[str]:
+def _extras(extra: dict[str, float]) -> list[str]:
     ok = {1.0: "0 lost, 0 duplicated, 0 out of order", 0.0: "INCOMPLETE"}
     lines = []
     if "bulk_seconds" in extra:
@@ -163,7 +163,7 @@ def _extras(extra: dict[str, float], users: int) -> list[str]:
                   f"online user): all delivered in {extra['bulk_seconds']:.2f} s "
                   f"({ok[extra['bulk_ok']]}).", ""]
     if "storm_seconds" in extra:
-        lines += [f"Replay storm ({users:,} clients reconnect at once, "
+        lines += [f"Replay storm ({extra['storm_clients']:,.0f} clients reconnect at once, "
                   f"{extra['storm_rows']:,.0f} missed rows): all replayed in "
                   f"{extra['storm_seconds']:.2f} s ({ok[extra['storm_ok']]}).", ""]
     return lines

@@ -6,6 +6,7 @@ percentiles (HdrHistogram), node RSS per connection and CPU per process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -213,7 +214,7 @@ async def replay_storm(pool: asyncpg.Pool, clients: list[FleetClient], nodes: "H
     log(f"replay storm: {len(fresh)} clients, {len(rows)} rows in {seconds:.2f}s "
         f"complete={complete} {report.summary()}")
     clients[:] = fresh
-    return {"storm_rows": len(rows), "storm_seconds": seconds,
+    return {"storm_clients": len(fresh), "storm_rows": len(rows), "storm_seconds": seconds,
             "storm_ok": float(complete and report.ok)}
 
 
@@ -242,6 +243,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             await asyncio.gather(*(c.live.wait() for c in clients[i:i + 200]))
         log(f"herald U={users}: {users} sockets live in {time.monotonic() - started:.1f}s")
         await asyncio.sleep(1)
+        gc.freeze()  # the load client too: its full collections would pause every socket
         rss_after = rss_mb(nodes.pids())
         memory = {"rss_mb": rss_after, "kb_per_connection":
                   (rss_after - rss_before) * 1024 / users}
@@ -274,6 +276,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
         clients[:1000] = storm
         for client in clients:
             await client.stop()
+        gc.unfreeze()
     finally:
         await pool.close()
         await nodes.stop()

@@ -6,6 +6,7 @@ to ~/.cache/herald-bench/socketio, never into the repository."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -107,6 +108,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                 asyncio.gather(*(c.live.wait() for c in clients[i:i + 200])), 60)
         log(f"socket.io U={users}: live in {time.monotonic() - started:.1f}s")
         await asyncio.sleep(1)
+        gc.freeze()  # the load client too: its full collections would pause every socket
         memory = {"rss_mb": rss_mb(pids),
                   "kb_per_connection": (rss_mb(pids) - rss_before) * 1024 / users}
         for name, count, rate in scenarios:
@@ -128,6 +130,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             results.append(result)
         for client in clients:
             await client.stop()
+        gc.unfreeze()
     finally:
         for proc in nodes:
             proc.terminate()
