@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import platform
 import resource
@@ -48,12 +50,15 @@ def chart(results: list[herald_load.ScenarioResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted({r.name for r in results}, key=[r.name for r in results].index)
+    def key(r: herald_load.ScenarioResult) -> str:
+        return f"{r.name}\nU={r.users:,}"
+
+    labels = sorted({key(r) for r in results}, key=[key(r) for r in results].index)
     systems = sorted({r.system for r in results}, key=[r.system for r in results].index)
-    fig, (lat, rate) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (lat, rate) = plt.subplots(1, 2, figsize=(15, 5))
     width = 0.8 / max(1, len(systems))
     for i, system in enumerate(systems):
-        mine = {r.name: r for r in results if r.system == system}
+        mine = {key(r): r for r in results if r.system == system}
         xs = [j + i * width for j in range(len(labels))]
         lat.bar(xs, [mine[n].p99_ms if n in mine else 0 for n in labels], width,
                 label=f"{system} p99", alpha=0.45)
@@ -63,7 +68,7 @@ def chart(results: list[herald_load.ScenarioResult], path: Path) -> None:
                  label=system)
     for axis, title in ((lat, "latency (ms, log)"), (rate, "delivered / s")):
         axis.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(labels))])
-        axis.set_xticklabels(labels, rotation=15, fontsize=8)
+        axis.set_xticklabels(labels, rotation=30, fontsize=7, ha="right")
         axis.set_title(title)
         axis.legend(fontsize=7)
     lat.set_yscale("log")
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             lines += _extras(extra)
             all_results.extend(results)
     chart(all_results, out.with_suffix(".png"))
+    # The raw figures, for other charts or comparisons between runs.
+    out.with_suffix(".json").write_text(json.dumps(
+        [dataclasses.asdict(r) for r in all_results], indent=1) + "\n")
     lines += [f"![latency and throughput]({out.with_suffix('.png').name})", ""]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
