@@ -68,6 +68,8 @@ class Relay:
         self.rate = 0.0  # inserts per second, as last measured by the leader
         self.announced = 0  # users announced by this node's polls, for metrics and tests
         self.elections = 0
+        self._renewed_at = 0.0  # monotonic time the lease was last set
+        self._calm_since = 0.0  # monotonic time the rate was last at or above threshold / 2
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="herald-relay")
@@ -111,7 +113,7 @@ class Relay:
         await self._end_lease(conn)  # a predecessor's lease is not ours to keep
         last_id: int | None = None
         measured_at = time.monotonic()
-        renewed_at = calm_since = 0.0
+        self._renewed_at = self._calm_since = 0.0
         while True:
             row = await conn.fetchrow(
                 "SELECT next::text, announced, last_id "
@@ -124,26 +126,35 @@ class Relay:
             elif now - measured_at >= 0.1:
                 self.rate = (row["last_id"] - last_id) / (now - measured_at)
                 last_id, measured_at = row["last_id"], now
-                if self.rate >= self.threshold:
-                    calm_since = now
-                    if not self.batched or now - renewed_at > self._lease / 3:
-                        await self._set_lease(conn, self._lease)
-                        if not self.batched:
-                            log.info("relay: %.0f inserts/s, batching", self.rate)
-                        self.batched, renewed_at = True, now
-                elif self.batched:
-                    if self.rate >= self.threshold / 2:
-                        calm_since = now
-                    if now - calm_since >= self.calm_seconds:
-                        await self._end_lease(conn)
-                        log.info("relay: %.0f inserts/s, writers notify again", self.rate)
-                        self.batched = False
-                    elif now - renewed_at > self._lease / 3:
-                        await self._set_lease(conn, self._lease)
-                        renewed_at = now
+                await self._steer(conn, now)
             # While direct, keep polling slowly: a transaction that read the lease just
             # before it ended still has stamped rows to announce.
             await asyncio.sleep(self._interval if self.batched else self._idle_interval)
+
+    def _wants_batching(self, now: float) -> bool:
+        """Batch at ``threshold``; once batching, stop only after ``calm_seconds`` below
+        half of it (hysteresis, so a rate near the threshold does not flap)."""
+        if self.rate >= self.threshold:
+            self._calm_since = now
+            return True
+        if not self.batched:
+            return False
+        if self.rate >= self.threshold / 2:
+            self._calm_since = now
+        return now - self._calm_since < self.calm_seconds
+
+    async def _steer(self, conn: asyncpg.Connection, now: float) -> None:
+        """Set, renew or end the lease after a rate measurement."""
+        batch = self._wants_batching(now)
+        if batch and (not self.batched or now - self._renewed_at > self._lease / 3):
+            await self._set_lease(conn, self._lease)
+            self._renewed_at = now
+            if not self.batched:
+                log.info("relay: %.0f inserts/s, batching", self.rate)
+        elif not batch and self.batched:
+            await self._end_lease(conn)
+            log.info("relay: %.0f inserts/s, writers notify again", self.rate)
+        self.batched = batch
 
     async def _set_lease(self, conn: asyncpg.Connection, seconds: float) -> None:
         await conn.execute(

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import asyncpg
 import psutil
@@ -152,6 +152,19 @@ async def run_publisher(argv: list[str], cwd: Path, env: dict[str, str],
     return cpu
 
 
+async def open_clients(clients: Sequence[FleetClient | Any], batch: int = 200,
+                       timeout: float = 120) -> float:
+    """Start ``clients`` ``batch`` at a time, each batch live before the next; return the
+    seconds taken. Works for any client with ``start()`` and a ``live`` event."""
+    started = time.monotonic()
+    for i in range(0, len(clients), batch):
+        for client in clients[i:i + batch]:
+            client.start()
+        await asyncio.wait_for(
+            asyncio.gather(*(c.live.wait() for c in clients[i:i + batch])), timeout)
+    return time.monotonic() - started
+
+
 async def until_delivered(checker: Checker, timeout: float = 120) -> bool:
     """Wait until every committed notification was received; False on timeout."""
     deadline = time.monotonic() + timeout
@@ -236,12 +249,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
                                lambda u: auth.mint_token(SECRET, u, 36000), checker,
                                latency=window.record)
                    for i, name in enumerate(names)]
-        started = time.monotonic()
-        for i in range(0, users, 200):
-            for client in clients[i:i + 200]:
-                client.start()
-            await asyncio.gather(*(c.live.wait() for c in clients[i:i + 200]))
-        log(f"herald U={users}: {users} sockets live in {time.monotonic() - started:.1f}s")
+        seconds = await open_clients(clients)
+        log(f"herald U={users}: {users} sockets live in {seconds:.1f}s")
         await asyncio.sleep(1)
         gc.freeze()  # the load client too: its full collections would pause every socket
         rss_after = rss_mb(nodes.pids())

@@ -14,17 +14,7 @@ from app.checker import Checker
 from app.cluster import free_port
 from app.loadgen import FleetClient
 from bench import socketio_load
-from bench.herald_load import SECRET, HeraldNodes, Log, Window, rss_mb
-
-
-async def _open(clients: list, batch: int = 250) -> float:
-    started = time.monotonic()
-    for i in range(0, len(clients), batch):
-        for client in clients[i:i + batch]:
-            client.start()
-        await asyncio.wait_for(
-            asyncio.gather(*(c.live.wait() for c in clients[i:i + batch])), 120)
-    return time.monotonic() - started
+from bench.herald_load import SECRET, HeraldNodes, Log, Window, open_clients, rss_mb
 
 
 async def herald(url: str, sockets: int, log: Log = print) -> dict[str, float]:
@@ -38,7 +28,7 @@ async def herald(url: str, sockets: int, log: Log = print) -> dict[str, float]:
         clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[0]}/ws", f"{prefix}-u{i}",
                                lambda u: auth.mint_token(SECRET, u, 36000), checker)
                    for i in range(sockets)]
-        seconds = await _open(clients)
+        seconds = await open_clients(clients, batch=250)
         await asyncio.sleep(2)
         after = rss_mb(nodes.pids())
         await asyncio.gather(*(c.stop() for c in clients))
@@ -62,7 +52,7 @@ async def peer(url: str, sockets: int, log: Log = print) -> dict[str, float]:
         before = rss_mb([proc.pid])
         clients = [socketio_load.EioClient(port, f"p-u{i}", Checker(), Window())
                    for i in range(sockets)]
-        seconds = await _open(clients)
+        seconds = await open_clients(clients, batch=250)
         await asyncio.sleep(2)
         after = rss_mb([proc.pid])
         for client in clients:

@@ -23,6 +23,7 @@ from bench.herald_load import (
     ScenarioResult,
     Window,
     cpu_seconds,
+    open_clients,
     postgres_pids,
     rss_mb,
     run_publisher,
@@ -100,13 +101,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
         prefix = f"s{time.time_ns() % 10**8}"
         clients = [EioClient(ports[i % 3], f"{prefix}-u{i}", checker, window)
                    for i in range(users)]
-        started = time.monotonic()
-        for i in range(0, users, 200):
-            for client in clients[i:i + 200]:
-                client.start()
-            await asyncio.wait_for(
-                asyncio.gather(*(c.live.wait() for c in clients[i:i + 200])), 60)
-        log(f"socket.io U={users}: live in {time.monotonic() - started:.1f}s")
+        seconds = await open_clients(clients)
+        log(f"socket.io U={users}: live in {seconds:.1f}s")
         await asyncio.sleep(1)
         gc.freeze()  # the load client too: its full collections would pause every socket
         memory = {"rss_mb": rss_mb(pids),
