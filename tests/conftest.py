@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from app import auth, db, schema
 from app.config import Config
 from app.server import HeraldServer
-from tests.helpers import WsClient
+from tests.helpers import WsClient, wait_for
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 API_KEY = "test-api-key"
@@ -105,10 +104,7 @@ async def relay_settled(server: HeraldServer) -> None:
     the table once: let that round finish, so tests that count rounds or fault-recovery
     paths see only what they cause."""
     sync = server.metrics.bus_events.labels("sync")
-    deadline = time.monotonic() + 10
-    while sync._value.get() < 1:
-        assert time.monotonic() < deadline, "no relay was elected"
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: sync._value.get() >= 1, timeout=10, interval=0.01)
     await asyncio.sleep(0.2)
 
 
