@@ -111,7 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--body", default=None)
     send.add_argument("--data", default=None, help="a JSON object")
     send.add_argument("--link", default=None, help="http(s) URL or /path")
+    send.add_argument("--category", default=None, help="a label of 1-64 characters")
+    send.add_argument("--expires-at", default=None, metavar="WHEN",
+                      help="ISO 8601 date-time after which it is never pushed, listed or "
+                      "counted (e.g. 2026-12-01T18:00:00Z)")
     _config_flags(send, "database_url", "data_dir")
+
+    prune = sub.add_parser(
+        "prune", help="delete old and expired notifications now (one pass)",
+        description="Delete, in small batches, every notification created more than DAYS "
+        "days ago (--older-than, else HERALD_RETENTION_DAYS; neither = none by age) and "
+        "every expired one. Prints how many rows were deleted. Per-user seqs never "
+        "restart.")
+    prune.add_argument("--older-than", default=None, metavar="DAYS",
+                       help="age in days (a positive number, e.g. 30 or 0.5)")
+    _config_flags(prune, "database_url", "data_dir")
 
     tail = sub.add_parser("tail", help="print USER's notifications live",
                           description="Connect to a node as USER and print notifications "
@@ -212,7 +226,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     except ValueError:
         raise CliError("--data must be a JSON object, e.g. '{\"order_id\": 1001}'") from None
     item = {"user_id": args.user, "title": args.title, "body": args.body, "data": data,
-            "link": args.link}
+            "link": args.link, "category": args.category, "expires_at": args.expires_at}
     try:
         (valid,) = protocol.parse_publish(json.dumps(item).encode(), 1)
     except protocol.ProtocolError as err:
@@ -232,17 +246,53 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from app.retention import PruneBusy, prune_pass
+    from app.store import Store
+
+    config = _load(args, ["database_url", "data_dir", "retention_days"])
+    days: float | None = config.retention_days or None
+    if args.older_than is not None:
+        try:
+            days = float(args.older_than)
+        except ValueError:
+            days = -1
+        if not 0 < days < float("inf"):
+            raise CliError("--older-than must be a positive number of days, e.g. 30")
+    url = _database(config)
+
+    async def run() -> tuple[int, int]:
+        pool = await db.create_pool(url, "herald:prune", min_size=1, max_size=1)
+        try:
+            result = await prune_pass(Store(pool), days, batch=config.prune_batch,
+                                      pause=config.prune_pause)
+        except PruneBusy as err:
+            raise CliError(str(err)) from None
+        finally:
+            await pool.close()
+        return result.old, result.expired
+
+    old, expired = asyncio.run(run())
+    age = f"created more than {days:g} days ago" if days else "by age: none (no --older-than)"
+    print(f"deleted {old + expired} rows ({old} {age}, {expired} expired)")
+    return 0
+
+
 # --- tail -------------------------------------------------------------------------------
 
 
 def _describe(frame: dict[str, Any]) -> str:
     line = f"#{frame['seq']}  {frame['created_at']}  {frame['title']}"
+    if frame.get("category"):
+        line += f"  [{frame['category']}]"
     if frame.get("body"):
         line += f" — {frame['body']}"
     if frame.get("data"):
         line += "  " + json.dumps(frame["data"], ensure_ascii=False)
     if frame.get("link"):
         line += f"  <{frame['link']}>"
+    if frame.get("expires_at"):
+        line += f"  (expires {frame['expires_at']})"
     return line
 
 
@@ -277,9 +327,10 @@ async def _tail(config: Config, args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
             elif kind == "notification":
                 print(_describe(frame), flush=True)
-            elif kind == "read":
-                print(f"herald tail: read {frame.get('ids') or 'all'} "
-                      f"({frame['unread']} unread)", file=sys.stderr, flush=True)
+            elif kind in protocol.CHANGE_KINDS:
+                what = f"all up to #{frame['seq']}" if frame.get("all") else frame["ids"]
+                print(f"herald tail: {kind} {what} ({frame['unread']} unread)",
+                      file=sys.stderr, flush=True)
             elif kind == "error":
                 print(f"herald tail: {frame['code']}: {frame['message']}", file=sys.stderr)
             if kind == "welcome":
@@ -345,7 +396,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"bench": cmd_bench, "serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
-            "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster}
+            "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster, "prune": cmd_prune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

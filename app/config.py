@@ -57,6 +57,10 @@ class Config:
     log_format: str = "json"
     relay_threshold: float = 250.0
     relay_interval: float = 0.005
+    retention_days: float = 0.0
+    prune_interval: float = 60.0
+    prune_batch: int = 1000
+    prune_pause: float = 0.1
 
     @property
     def tokens(self) -> Tokens:
@@ -163,6 +167,10 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("HERALD_LOG_FORMAT", _log_format),
     "relay_threshold": ("HERALD_RELAY_THRESHOLD", _non_negative_float),
     "relay_interval": ("HERALD_RELAY_INTERVAL", _positive_float),
+    "retention_days": ("HERALD_RETENTION_DAYS", _non_negative_float),
+    "prune_interval": ("HERALD_PRUNE_INTERVAL", _positive_float),
+    "prune_batch": ("HERALD_PRUNE_BATCH", _positive_int),
+    "prune_pause": ("HERALD_PRUNE_PAUSE", _non_negative_float),
 }
 
 

@@ -1,11 +1,15 @@
 """This node's live sockets: user → connections, ordered delivery, per-connection cursor.
 
 The hub never talks to the database. Its one delivery rule keeps every guarantee local
-and simple: a connection is sent the row with seq ``cursor + 1`` and nothing else, then
-its cursor advances. Whoever fetched the rows (live fan-out, replay, catch-up), and in
-whatever order those fetches finish, a client can get neither a duplicate nor a gap.
-Sending is synchronous (it only appends to the socket's write buffer), so one delivery
-call is never interleaved with another.
+and simple. Every frame comes with ``prev``, the seq below it that the fetch proved to
+be its predecessor: the fetch started at ``prev`` (or returned the row ``prev``) and,
+because per-user seq order is commit order, no row between ``prev`` and ``seq`` exists
+or ever will (deleted, expired, or never committed). A connection with cursor ``c`` is
+sent a frame only when ``prev <= c < seq``, then its cursor becomes ``seq``. Whoever
+fetched the rows (live fan-out, replay, catch-up), and in whatever order those fetches
+finish, a client can get neither a duplicate nor a gap among the rows that exist, and a
+deleted row never holds it up. Sending is synchronous (it only appends to the socket's
+write buffer), so one delivery call is never interleaved with another.
 
 Backpressure falls out of the same rule: when a connection's write buffer is full
 (``ready()`` is false) delivery to it simply stops, and the connection is told to
@@ -17,9 +21,17 @@ never drains is closed by its own stall timer.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 log = logging.getLogger(__name__)
+
+
+class Frame(NamedTuple):
+    """A notification frame ready to send: ``(prev, seq, text)``; see the module doc."""
+
+    prev: int
+    seq: int
+    text: str
 
 
 class ClientGone(Exception):
@@ -77,18 +89,19 @@ class Hub:
                    if not ready_only or c.ready()]
         return min(cursors) if cursors else None
 
-    def deliver_to(self, client: Client, frames: Sequence[tuple[int, str]]) -> list[int]:
+    def deliver_to(self, client: Client, frames: Sequence[Frame]) -> list[int]:
         """Send ``client`` the frames that continue its cursor; return the seqs sent.
 
-        ``frames`` are (seq, text) in ascending seq order. Frames at or below the cursor
-        were already sent; a frame past cursor + 1 would open a gap, so delivery stops
-        there and a later fetch (which always starts at the cursor) fills it in.
+        ``frames`` are in ascending seq order. Frames at or below the cursor were already
+        sent; a frame whose ``prev`` is above the cursor would open a gap (this fetch
+        says nothing about the rows in between), so delivery stops there and a later
+        fetch, which always starts at the cursor, fills it in.
         """
         sent: list[int] = []
-        for seq, text in frames:
+        for prev, seq, text in frames:
             if seq <= client.cursor:
                 continue
-            if seq != client.cursor + 1:
+            if prev > client.cursor:
                 break
             if not client.ready():
                 client.pause()
@@ -102,7 +115,7 @@ class Hub:
             sent.append(seq)
         return sent
 
-    def deliver(self, user: str, frames: Sequence[tuple[int, str]]) -> list[int]:
+    def deliver(self, user: str, frames: Sequence[Frame]) -> list[int]:
         """``deliver_to`` every connection of ``user``; return all seqs sent."""
         sent: list[int] = []
         for client in self.clients(user):

@@ -58,6 +58,11 @@ class Metrics:
             "pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use",
             registry=r,
         )
+        self.pruned = Counter(
+            "herald_pruned",
+            "Rows deleted by this node's retention passes (old or expired)",
+            registry=r,
+        )
         self.refused = Counter(
             "herald_refused",
             "Frames, connections and requests refused, by reason",

@@ -34,6 +34,7 @@ TITLE_MAX = 1000
 BODY_MAX = 10_000
 LINK_MAX = 2048
 DATA_MAX_BYTES = 16_384
+CATEGORY_MAX = 64
 
 # Only absolute http(s) URLs or same-site paths: a javascript: link would be an XSS vector
 # in every client that renders it, and '//host' is an off-site link dressed as a path.
@@ -66,9 +67,15 @@ notifications = Table(
     # Optional, unique per user: a retried publish with the same key is skipped by the
     # assign_seq trigger before it takes a seq (revision 0002).
     Column("idempotency_key", Text, nullable=True),
-    # How the row is announced (revision 0003): NULL = by its own transaction's NOTIFY at
-    # COMMIT; otherwise the inserting transaction's id, for the relay to find it.
-    Column("relay_xid", BigInteger, nullable=True),
+    # Lifecycle (revision 0004): an optional label, a time after which the row is never
+    # pushed, listed or counted, and the time the user archived it.
+    Column("category", Text, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("archived_at", DateTime(timezone=True), nullable=True),
+    # The transaction that last changed read_at or archived_at between NULL and a time
+    # (set by the stamp_change trigger); bus events of the change carry it, so a node
+    # can tell a real change from a forged or stale announcement.
+    Column("changed_xid", BigInteger, nullable=True),
     UniqueConstraint("user_id", "seq"),
     CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
     CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),
@@ -82,6 +89,8 @@ notifications = Table(
         f"char_length(idempotency_key) BETWEEN 1 AND {IDEMPOTENCY_KEY_MAX}",
         name="idempotency_key_length",
     ),
+    CheckConstraint(f"char_length(category) BETWEEN 1 AND {CATEGORY_MAX}",
+                    name="category_length"),
 )
 
 # Unread count and the unread-only history page.
@@ -106,11 +115,12 @@ Index(
     postgresql_where=text("delivered_at IS NULL"),
 )
 
-# The relay's scan of rows left to it: only those rows are in the index.
+# Retention: the oldest rows first, and the rows that have an expiry.
+Index("ix_notifications_created_at", notifications.c.created_at)
 Index(
-    "ix_notifications_relay_xid",
-    notifications.c.relay_xid,
-    postgresql_where=text("relay_xid IS NOT NULL"),
+    "ix_notifications_expires_at",
+    notifications.c.expires_at,
+    postgresql_where=text("expires_at IS NOT NULL"),
 )
 
 # One row per user; its row lock serialises that user's inserts so seq order is commit order,
@@ -132,4 +142,15 @@ relay = Table(
            server_default=text("'-infinity'")),
     Column("holder", Text, nullable=True),
     CheckConstraint("id = 1", name="single_row"),
+)
+
+# Rows left to the relay (revision 0005): one (user, highest seq) pointer per user per
+# INSERT statement made under the lease, deleted by the relay as it announces them.
+# UNLOGGED: pointers are hints; after a crash or failover every node re-reads anyway.
+relay_pending = Table(
+    "relay_pending",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    prefixes=["UNLOGGED"],
 )

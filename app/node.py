@@ -14,22 +14,86 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import asyncpg
 
 from app import protocol
-from app.hub import Client, Hub
+from app.hub import Client, Frame, Hub
 from app.metrics import Metrics
-from app.store import CONNECTION_ERRORS, Store
+from app.store import DB_ERRORS, RowState, Store
 
 log = logging.getLogger(__name__)
 
-_CATCH_UP = object()  # sentinel: re-read the table for every local user
-_WAKE = object()  # sentinel: run a round to retry what failed
-_RESUME = object()  # (_RESUME, user): a paused connection drained; fetch from its cursor
 
-DB_ERRORS = CONNECTION_ERRORS + (asyncpg.PostgresError,)
+# --- what the worker's queue carries ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A raw NOTIFY payload; parsed by the worker, not in the bus callback."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """LISTEN is (back) in place: re-read the table for every local user."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A connection of ``user`` drained its buffer after a backpressure pause."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run a round for what the last one failed to do."""
+
+
+Event = Union[Payload, CatchUp, Resume, Retry]
+
+
+@dataclass
+class Plan:
+    """What one round does: fetch for ``replay`` users from their cursors (no latency
+    measured), fetch for ``live`` users (new rows announced), push ``changes``."""
+
+    replay: set[str] = field(default_factory=set)
+    live: set[str] = field(default_factory=set)
+    changes: list[protocol.ChangeEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.replay or self.live or self.changes)
+
+
+def _confirms(change: protocol.ChangeEvent, state: RowState | None) -> bool:
+    """Whether the row's current ``state`` is what ``change`` says it became, by that
+    very transaction (so a later change, or none at all, makes the event stale)."""
+    if state is None or state.user_id != change.user or state.changed_xid != change.xid:
+        return False
+    if change.kind == "read":
+        return state.read
+    if change.kind == "unread":
+        return not state.read
+    if change.kind == "archive":
+        return state.archived
+    return not state.archived  # unarchive
+
+
+def frames_after(after: int, rows: Iterable[asyncpg.Record]) -> list[Frame]:
+    """Notification frames for one user's rows as fetched from cursor ``after``: each
+    row's ``prev`` is the row before it in the fetch, the first one's is ``after``."""
+    frames = []
+    prev = after
+    for row in rows:
+        seq = row["seq"]
+        frames.append(Frame(prev, seq, protocol.notification(row)))
+        prev = seq
+    return frames
 
 
 class Node:
@@ -42,9 +106,8 @@ class Node:
         self._hub = hub
         self._metrics = metrics
         self._fetch_limit = fetch_limit
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._retry_users: set[str] = set()
-        self._retry_reads: list[protocol.ReadEvent] = []
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._failed = Plan()  # what the last round could not do, for the next one
         self._retry_delay = 0.1
         self._acks: dict[str, int] = {}  # user -> highest acked seq not yet written
         # At most one ack UPDATE per interval: each is a commit (a WAL flush) competing
@@ -56,73 +119,29 @@ class Node:
 
     def enqueue(self, payload: str) -> None:
         """The bus callback: only enqueue (it runs inside asyncpg's protocol callback)."""
-        self._queue.put_nowait(payload)
+        self._queue.put_nowait(Payload(payload))
 
     def on_listening(self, reconnected: bool) -> None:
         """LISTEN is (again) in place: read the table for every local user, since NOTIFYs
         sent while it was down are gone for good."""
         if reconnected:
             self._metrics.bus_reconnects.inc()
-        self._queue.put_nowait(_CATCH_UP)
+        self._queue.put_nowait(CatchUp())
 
     async def run(self) -> None:
         """The worker: process queued events in rounds until cancelled."""
         while True:
-            items = [await self._queue.get()]
-            while not self._queue.empty() and len(items) < 10_000:
-                items.append(self._queue.get_nowait())
-            await self._round(items)
+            events = [await self._queue.get()]
+            while not self._queue.empty() and len(events) < 10_000:
+                events.append(self._queue.get_nowait())
+            await self._round(events)
 
-    async def _round(self, items: Sequence[Any]) -> None:
-        catch_up = False
-        resumed: set[str] = set()
-        wanted: dict[str, int] = {}
-        reads: list[protocol.ReadEvent] = []
-        for item in items:
-            if item is _CATCH_UP:
-                catch_up = True
-                continue
-            if item is _WAKE:
-                continue
-            if isinstance(item, tuple) and item[0] is _RESUME:
-                resumed.add(item[1])
-                continue
-            try:
-                event = protocol.parse_bus_event(item)
-            except protocol.ProtocolError as err:
-                self._metrics.refused.labels("bus_payload").inc()
-                log.warning("bus: ignored payload (%s): %.200r", err.message, item)
-                continue
-            if isinstance(event, protocol.SyncEvent):
-                self._metrics.bus_events.labels("sync").inc()
-                catch_up = True
-            elif isinstance(event, protocol.NewEvent):
-                self._metrics.bus_events.labels("new").inc()
-                for user, seq in event.users.items():
-                    if seq > wanted.get(user, 0):
-                        wanted[user] = seq
-            else:
-                self._metrics.bus_events.labels("read").inc()
-                if self._hub.clients(event.user):
-                    reads.append(event)
-
-        replay_users = set(self._retry_users) | resumed
-        if catch_up:
-            replay_users.update(self._hub.users())
-        live_users = set()
-        for user, seq in wanted.items():
-            floor = self._hub.cursor_floor(user)
-            if floor is not None and floor < seq and user not in replay_users:
-                live_users.add(user)
-        reads = self._retry_reads + reads
-        self._retry_users, self._retry_reads = set(), []
+    async def _round(self, events: Sequence[Event]) -> None:
+        plan = self._plan(events)
+        if not plan:
+            return
         try:
-            if replay_users:
-                await self.fetch_and_deliver(replay_users, self._metrics.replayed)
-            if live_users:
-                await self.fetch_and_deliver(live_users, self._metrics.delivered, latency=True)
-            if reads:
-                await self._push_reads(reads)
+            await self._execute(plan)
             self._retry_delay = 0.1
         except Exception as err:
             # The rows are safe in the table and the cursors say where each client is:
@@ -133,12 +152,57 @@ class Node:
                 log.warning("node: delivery round failed (%s); retrying", type(err).__name__)
             else:
                 log.exception("node: delivery round failed unexpectedly; retrying")
-            self._retry_users |= replay_users | live_users
-            self._retry_reads = reads
+            self._failed = Plan(replay=plan.replay | plan.live, changes=plan.changes)
             asyncio.get_running_loop().call_later(
-                self._retry_delay, self._queue.put_nowait, _WAKE
+                self._retry_delay, self._queue.put_nowait, Retry()
             )
             self._retry_delay = min(self._retry_delay * 2, 5.0)
+
+    def _plan(self, events: Sequence[Event]) -> Plan:
+        """Parse and merge a batch of events into one round's work: users are fetched
+        once per round however many pointers named them."""
+        plan, self._failed = self._failed, Plan()
+        catch_up = False
+        wanted: dict[str, int] = {}  # user -> highest seq announced
+        for event in events:
+            if isinstance(event, CatchUp):
+                catch_up = True
+            elif isinstance(event, Resume):
+                plan.replay.add(event.user)
+            elif isinstance(event, Payload):
+                try:
+                    bus_event = protocol.parse_bus_event(event.text)
+                except protocol.ProtocolError as err:
+                    self._metrics.refused.labels("bus_payload").inc()
+                    log.warning("bus: ignored payload (%s): %.200r", err.message, event.text)
+                    continue
+                if isinstance(bus_event, protocol.SyncEvent):
+                    self._metrics.bus_events.labels("sync").inc()
+                    catch_up = True
+                elif isinstance(bus_event, protocol.NewEvent):
+                    self._metrics.bus_events.labels("new").inc()
+                    for user, seq in bus_event.users.items():
+                        if seq > wanted.get(user, 0):
+                            wanted[user] = seq
+                else:
+                    self._metrics.bus_events.labels(bus_event.kind).inc()
+                    if self._hub.clients(bus_event.user):
+                        plan.changes.append(bus_event)
+        if catch_up:
+            plan.replay.update(self._hub.users())
+        for user, seq in wanted.items():
+            floor = self._hub.cursor_floor(user)
+            if floor is not None and floor < seq and user not in plan.replay:
+                plan.live.add(user)
+        return plan
+
+    async def _execute(self, plan: Plan) -> None:
+        if plan.replay:
+            await self.fetch_and_deliver(plan.replay, self._metrics.replayed)
+        if plan.live:
+            await self.fetch_and_deliver(plan.live, self._metrics.delivered, latency=True)
+        if plan.changes:
+            await self._push_changes(plan.changes)
 
     async def fetch_and_deliver(
         self, users: set[str], counter: Any, latency: bool = False
@@ -155,8 +219,7 @@ class Node:
             next_floors: dict[str, int] = {}
             now = time.time()
             for user, user_rows in by_user.items():
-                frames = [(r["seq"], protocol.notification(r)) for r in user_rows]
-                sent = self._hub.deliver(user, frames)
+                sent = self._hub.deliver(user, frames_after(floors[user], user_rows))
                 counter.inc(len(sent))
                 if latency and sent:
                     created = {r["seq"]: r["created_at"].timestamp() for r in user_rows}
@@ -169,18 +232,28 @@ class Node:
                         next_floors[user] = floor
             floors = next_floors
 
-    async def _push_reads(self, reads: Sequence[protocol.ReadEvent]) -> None:
-        counts = await self._store.unread_counts({r.user for r in reads})
-        claimed: dict[str, list[int]] = defaultdict(list)
-        for event in reads:
-            claimed[event.user].extend(event.ids)
-        verified = await self._store.read_ids(claimed)
-        for event in reads:
-            ids = [i for i in event.ids if i in verified.get(event.user, ())]
-            if not ids and not event.all:
-                continue  # a forged or stale event: nothing it names is read
-            frame = protocol.read(ids, counts.get(event.user, 0), all=event.all)
-            self._hub.broadcast(event.user, frame)
+    async def _push_changes(self, changes: Sequence[protocol.ChangeEvent]) -> None:
+        """Push each change to the user's sockets, with the new unread count, but only
+        as far as the table confirms it: payloads may be forged, and a change may have
+        been overtaken by a later one (then only the later one is pushed)."""
+        states = await self._store.states(i for c in changes for i in c.ids)
+        read_alls = [c for c in changes if c.all_up_to is not None]
+        holding = await self._store.read_all_holds(
+            [(c.user, c.all_up_to or 0, c.xid) for c in read_alls])
+        confirmed = {id(read_alls[i]) for i in holding}
+        counts = await self._store.unread_counts({c.user for c in changes})
+        for change in changes:
+            unread = counts.get(change.user, 0)
+            if change.all_up_to is not None:
+                if id(change) not in confirmed:
+                    continue  # forged or undone since: not every row up to it is read
+                frame = protocol.changed("read", (), unread, all_up_to=change.all_up_to)
+            else:
+                ids = [i for i in change.ids if _confirms(change, states.get(i))]
+                if not ids:
+                    continue  # a forged or stale event: nothing it names is so
+                frame = protocol.changed(change.kind, ids, unread)
+            self._hub.broadcast(change.user, frame)
 
     # --- client side ------------------------------------------------------------------
 
@@ -199,9 +272,7 @@ class Node:
         while True:
             before = client.cursor
             rows = await self._store.fetch_after({client.user: before}, self._fetch_limit)
-            sent = self._hub.deliver_to(
-                client, [(r["seq"], protocol.notification(r)) for r in rows]
-            )
+            sent = self._hub.deliver_to(client, frames_after(before, rows))
             self._metrics.replayed.inc(len(sent))
             if len(rows) < self._fetch_limit or client.cursor == before:
                 return
@@ -209,7 +280,7 @@ class Node:
     def resume(self, client: Client) -> None:
         """``client`` drained its write buffer after a backpressure pause: fetch from its
         cursor in the next round."""
-        self._queue.put_nowait((_RESUME, client.user))
+        self._queue.put_nowait(Resume(client.user))
 
     def close_session(self, client: Client) -> None:
         self._hub.remove(client)
@@ -250,11 +321,13 @@ class Node:
         while self._ack_writer is not None and not self._ack_writer.done():
             await asyncio.shield(self._ack_writer)
 
-    async def read(self, user: str, ids: Sequence[int], all: bool) -> int:
-        """Mark rows read; the trigger's bus event pushes the change to every node."""
-        if all:
+    async def change(self, user: str, change: protocol.Change) -> int:
+        """Apply a lifecycle change (read, unread, archive, unarchive) to ``user``'s rows;
+        the trigger's bus event pushes it to every socket of the user on every node.
+        Returns the number of rows changed."""
+        if change.all:
             return await self._store.mark_all_read(user)
-        return await self._store.mark_read(user, ids)
+        return await self._store.change(user, change.kind, change.ids)
 
     async def unread(self, user: str) -> int:
         counts: Mapping[str, int] = await self._store.unread_counts([user])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence, Union
 
 from app import models
@@ -49,10 +49,18 @@ class Ack:
     seq: int
 
 
+# Lifecycle changes a client may ask for; each is pushed to every socket of the user.
+CHANGE_KINDS = ("read", "unread", "archive", "unarchive")
+
+
 @dataclass(frozen=True)
-class Read:
+class Change:
+    """``read`` / ``unread`` / ``archive`` / ``unarchive`` of ``ids``; ``all`` (read only)
+    means every row of the user."""
+
+    kind: str
     ids: tuple[int, ...]
-    all: bool
+    all: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Ping:
     pass
 
 
-ClientFrame = Union[Hello, Ack, Read, Ping]
+ClientFrame = Union[Hello, Ack, Change, Ping]
 
 
 def _is_int(value: Any) -> bool:
@@ -86,15 +94,18 @@ def parse_ids(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def parse_read_request(frame: Mapping[str, Any], envelope: frozenset[str] = frozenset()) -> Read:
-    """``{"ids": [...]}`` or ``{"all": true}``: exactly one of them, nothing else (besides
-    the ``envelope`` keys, e.g. a frame's ``type``)."""
+def parse_change_request(
+    kind: str, frame: Mapping[str, Any], envelope: frozenset[str] = frozenset()
+) -> Change:
+    """``{"ids": [...]}``, or for ``read`` also ``{"all": true}``: exactly one of them,
+    nothing else (besides the ``envelope`` keys, e.g. a frame's ``type``)."""
     keys = set(frame) - envelope
-    if keys == {"all"} and frame["all"] is True:
-        return Read(ids=(), all=True)
+    if kind == "read" and keys == {"all"} and frame["all"] is True:
+        return Change(kind, ids=(), all=True)
     if keys != {"ids"}:
-        raise ProtocolError("malformed", 'give either "ids": [...] or "all": true')
-    return Read(ids=parse_ids(frame["ids"]), all=False)
+        raise ProtocolError("malformed", 'give either "ids": [...] or "all": true'
+                            if kind == "read" else 'give "ids": [...]')
+    return Change(kind, ids=parse_ids(frame["ids"]))
 
 
 def _json_object(text: str | bytes, code: str, what: str) -> dict[str, Any]:
@@ -122,8 +133,8 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         return Hello(token=token or None, last_seq=None if last is None else _seq(last, "last_seq"))
     if kind == "ack":
         return Ack(seq=_seq(frame.get("seq"), "seq"))
-    if kind == "read":
-        return parse_read_request(frame, frozenset({"type"}))
+    if kind in CHANGE_KINDS:
+        return parse_change_request(kind, frame, frozenset({"type"}))
     if kind == "ping":
         return Ping()
     raise ProtocolError("malformed", f"unknown frame type {kind!r}"[:200])
@@ -155,8 +166,11 @@ def notification_fields(row: Mapping[str, Any]) -> dict[str, Any]:
         "body": row["body"],
         "data": row["data"],
         "link": row["link"],
+        "category": row["category"],
         "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
         "read": row["read_at"] is not None,
+        "archived": row["archived_at"] is not None,
     }
 
 
@@ -164,10 +178,14 @@ def notification(row: Mapping[str, Any]) -> str:
     return _dumps({"type": "notification", **notification_fields(row)})
 
 
-def read(ids: Sequence[int], unread: int, all: bool = False) -> str:
-    frame: dict[str, Any] = {"type": "read", "ids": list(ids), "unread": unread}
-    if all:
+def changed(kind: str, ids: Sequence[int], unread: int, all_up_to: int | None = None) -> str:
+    """The push of a lifecycle change to every socket of the user. A read-all says
+    ``"all": true`` and ``"seq"``: every row up to that seq is read (rows that arrived
+    later are not)."""
+    frame: dict[str, Any] = {"type": kind, "ids": list(ids), "unread": unread}
+    if all_up_to is not None:
         frame["all"] = True
+        frame["seq"] = all_up_to
     return _dumps(frame)
 
 
@@ -190,10 +208,16 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
-class ReadEvent:
+class ChangeEvent:
+    """Rows of ``user`` changed lifecycle state (``kind`` is one of ``CHANGE_KINDS``) in
+    transaction ``xid`` (the rows' ``changed_xid``). A read-all carries no ids but
+    ``all_up_to``: the highest seq it marked read."""
+
+    kind: str
     user: str
     ids: tuple[int, ...]
-    all: bool
+    xid: int
+    all_up_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +225,7 @@ class SyncEvent:
     """A new relay leads: re-read the table for every connected user (app/relay.py)."""
 
 
-BusEvent = Union[NewEvent, ReadEvent, SyncEvent]
+BusEvent = Union[NewEvent, ChangeEvent, SyncEvent]
 
 
 def _valid_user(value: Any) -> bool:
@@ -222,16 +246,23 @@ def parse_bus_event(payload: str) -> BusEvent:
             if not _valid_user(user) or not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
                 raise ProtocolError("bad_bus_payload", "new: bad user or seq")
         return NewEvent(users=dict(users))
-    if kind == "read":
+    if kind in CHANGE_KINDS:
         user = event.get("u")
         if not isinstance(user, str) or not _valid_user(user):
-            raise ProtocolError("bad_bus_payload", "read: bad user")
-        if event.get("all") is True:
-            return ReadEvent(user=user, ids=(), all=True)
+            raise ProtocolError("bad_bus_payload", f"{kind}: bad user")
+        xid = event.get("x")
+        if not isinstance(xid, int) or isinstance(xid, bool) or not 1 <= xid <= MAX_SEQ:
+            raise ProtocolError("bad_bus_payload", f"{kind}: bad x")
+        if kind == "read" and set(event) == {"k", "u", "all", "seq", "x"} and event["all"] is True:
+            seq = event["seq"]
+            if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
+                raise ProtocolError("bad_bus_payload", "read: bad seq")
+            return ChangeEvent(kind, user, ids=(), xid=xid, all_up_to=seq)
         ids = event.get("ids")
-        if not isinstance(ids, list) or not all(_is_int(i) and i > 0 for i in ids):
-            raise ProtocolError("bad_bus_payload", "read: bad ids")
-        return ReadEvent(user=user, ids=tuple(ids), all=False)
+        if (set(event) != {"k", "u", "ids", "x"} or not isinstance(ids, list) or not ids
+                or not all(_is_int(i) and 1 <= i <= MAX_SEQ for i in ids)):
+            raise ProtocolError("bad_bus_payload", f"{kind}: bad ids")
+        return ChangeEvent(kind, user, ids=tuple(ids), xid=xid)
     if kind == "sync" and len(event) == 1:
         return SyncEvent()
     raise ProtocolError("bad_bus_payload", "unknown kind")
@@ -239,7 +270,22 @@ def parse_bus_event(payload: str) -> BusEvent:
 
 # --- HTTP publish body ----------------------------------------------------------------
 
-PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link", "idempotency_key"})
+PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link", "idempotency_key",
+                            "category", "expires_at"})
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """An ISO 8601 date-time (``Z`` or an offset; none means UTC), as an aware datetime.
+    Raises ``ValueError``."""
+    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+        raise ValueError("not an ISO 8601 date-time")
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
 
 
 def _publish_item(item: Any, where: str) -> dict[str, Any]:
@@ -290,8 +336,26 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
             "invalid_request",
             f"{where}.idempotency_key must be a string of 1-{models.IDEMPOTENCY_KEY_MAX} chars",
         )
+    category = item.get("category")
+    if category is not None and (
+        not isinstance(category, str) or not 1 <= len(category) <= models.CATEGORY_MAX
+    ):
+        raise ProtocolError(
+            "invalid_request",
+            f"{where}.category must be a string of 1-{models.CATEGORY_MAX} chars",
+        )
+    expires_at = item.get("expires_at")
+    if expires_at is not None:
+        try:
+            expires_at = parse_timestamp(expires_at)
+        except (ValueError, OverflowError):
+            raise ProtocolError(
+                "invalid_request",
+                f"{where}.expires_at must be an ISO 8601 date-time, e.g. "
+                "2026-12-01T18:00:00Z",
+            ) from None
     return {"user_id": user, "title": title, "body": body, "data": data, "link": link,
-            "idempotency_key": key}
+            "idempotency_key": key, "category": category, "expires_at": expires_at}
 
 
 def parse_publish(

@@ -4,11 +4,12 @@ Why it exists: a transaction that NOTIFYs holds a database-wide lock from COMMIT
 its WAL flush, so notifying commits cannot share a flush and run one at a time. Above
 ``threshold`` inserts per second the relay takes NOTIFY out of the writers' commits:
 
-* it sets a short *lease* in ``herald.relay``; while the lease holds, the insert trigger
-  stamps rows with their transaction id (``relay_xid``) instead of notifying;
-* every ``interval`` seconds it calls ``herald.relay_poll(since)``, which announces, one
-  NOTIFY per chunk of users, every stamped row whose transaction was still running in the
-  snapshot ``since``, and returns the next snapshot;
+* it sets a short *lease* in ``herald.relay``; while the lease holds, each INSERT
+  statement leaves a pointer per user (highest seq) in ``herald.relay_pending`` instead
+  of notifying (revision 0005);
+* every ``interval`` seconds it calls ``herald.relay_poll()``, which deletes the pointers
+  of committed transactions and announces them, one NOTIFY per chunk of users, in the
+  same transaction: each pointer is announced once, whatever the commit order;
 * below ``threshold / 2`` for ``calm_seconds`` it ends the lease, and the triggers notify
   at COMMIT again, which is the fastest path when commits are few.
 
@@ -51,6 +52,7 @@ class Relay:
         lease: float = 3.0,
         calm_seconds: float = 2.0,
         standby_interval: float = 1.0,
+        vacuum_interval: float = 2.0,
         connect: Callable[[str, str], Awaitable[asyncpg.Connection]] = db.connect,
     ) -> None:
         self._dsn = dsn
@@ -61,6 +63,9 @@ class Relay:
         self._lease = lease
         self.calm_seconds = calm_seconds
         self._standby_interval = standby_interval
+        # The pointer table is a queue: each poll leaves dead rows behind, which the next
+        # poll's scan would wade through until autovacuum (a minute away) came by.
+        self._vacuum_interval = vacuum_interval
         self._connect = connect
         self._task: asyncio.Task[None] | None = None
         self.leader = False
@@ -105,22 +110,24 @@ class Relay:
             backoff = min(backoff * 2, 5.0)
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
-        # Snapshot first, then sync: a row committed before the snapshot is seen by every
-        # node's catch-up (which starts after the sync arrives), any later one by a poll.
-        since = await conn.fetchval("SELECT pg_current_snapshot()::text", timeout=10)
         await conn.execute("SELECT pg_notify($1, $2)", models.CHANNEL, SYNC_PAYLOAD,
                            timeout=10)
         await self._end_lease(conn)  # a predecessor's lease is not ours to keep
         last_id: int | None = None
-        measured_at = time.monotonic()
+        measured_at = vacuumed_at = time.monotonic()
+        polled = 0  # pointers taken since the last vacuum
         self._renewed_at = self._calm_since = 0.0
         while True:
-            row = await conn.fetchrow(
-                "SELECT next::text, announced, last_id "
-                "FROM herald.relay_poll($1::text::pg_snapshot)", since, timeout=10)
-            since = row["next"]
+            row = await conn.fetchrow("SELECT announced, last_id FROM herald.relay_poll()",
+                                      timeout=10)
             self.announced += row["announced"]
+            polled += row["announced"]
             now = time.monotonic()
+            if polled and now - vacuumed_at >= self._vacuum_interval:
+                # Only the table's owner may; otherwise PostgreSQL skips it with a warning
+                # and autovacuum (threshold 1,000 dead rows for this table) does the job.
+                await conn.execute("VACUUM herald.relay_pending", timeout=10)
+                vacuumed_at, polled = now, 0
             if last_id is None:
                 last_id = row["last_id"]
             elif now - measured_at >= 0.1:
@@ -128,7 +135,7 @@ class Relay:
                 last_id, measured_at = row["last_id"], now
                 await self._steer(conn, now)
             # While direct, keep polling slowly: a transaction that read the lease just
-            # before it ended still has stamped rows to announce.
+            # before it ended still has pointers to announce.
             await asyncio.sleep(self._interval if self.batched else self._idle_interval)
 
     def _wants_batching(self, now: float) -> bool:

@@ -21,6 +21,7 @@ from app.keepalive import Keepalive
 from app.metrics import Metrics
 from app.node import Node
 from app.relay import Relay
+from app.retention import Pruner
 from app.store import Store
 from app.web import make_app
 
@@ -41,6 +42,7 @@ class HeraldServer:
         self._bus: Bus | None = None
         self.relay: Relay | None = None
         self._keepalive: Keepalive | None = None
+        self.pruner: Pruner | None = None
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.node: Node | None = None
@@ -80,6 +82,11 @@ class HeraldServer:
         self.metrics.relay_leader.set_function(lambda: 1 if relay.leader else 0)
         self.metrics.relay_batched.set_function(lambda: 1 if relay.batched else 0)
         relay.start()
+        # Retention runs on the relay's leader only: one pruning node per cluster.
+        self.pruner = Pruner(store, self.config.retention_days, lambda: relay.leader,
+                             self.metrics.pruned.inc, interval=self.config.prune_interval,
+                             batch=self.config.prune_batch, pause=self.config.prune_pause)
+        self.pruner.start()
         self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval)
         self._keepalive.start()
         app = make_app(
@@ -119,6 +126,8 @@ class HeraldServer:
                 log.warning("acks not written before shutdown")
         if self._keepalive is not None:
             await self._keepalive.stop()
+        if self.pruner is not None:
+            await self.pruner.stop()
         if self.relay is not None:
             await self.relay.stop()
         if self._bus is not None:

@@ -32,7 +32,29 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
-ROW_COLUMNS = "id, user_id, seq, title, body, data, link, created_at, delivered_at, read_at"
+# Any failure of a statement: the connection's, or the database refusing it.
+DB_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS + (asyncpg.PostgresError,)
+
+ROW_COLUMNS = ("id, user_id, seq, title, body, data, link, category, created_at, expires_at, "
+               "delivered_at, read_at, archived_at")
+
+# A row past its expires_at is never pushed, replayed, listed or counted.
+LIVE = "(expires_at IS NULL OR expires_at > now())"
+# What the unread count counts (SPEC, Lifecycle).
+UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {LIVE}"
+
+# Lifecycle changes a user can make: kind -> (assignment, rows it changes). The
+# notify_changed trigger (revision 0004) announces each one to every node.
+CHANGES: dict[str, tuple[str, str]] = {
+    "read": ("read_at = now()", "read_at IS NULL"),
+    "unread": ("read_at = NULL", "read_at IS NOT NULL"),
+    "archive": ("archived_at = now()", "archived_at IS NULL"),
+    "unarchive": ("archived_at = NULL", "archived_at IS NOT NULL"),
+}
+
+# Only one pruner at a time in the whole cluster (nodes and `herald prune`): each batch
+# takes this transaction-scoped advisory lock, or skips.
+PRUNE_LOCK_KEY = 0x6865_7261_6C65  # "herale"
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,8 @@ class NewNotification:
     data: Mapping[str, Any] | None = None
     link: str | None = None
     idempotency_key: str | None = None
+    category: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,27 @@ class Inserted:
     user_id: str
     created_at: datetime
     duplicate: bool = False  # the idempotency key was already used: this is the original
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    rows: list[asyncpg.Record]  # newest first
+    unread: int
+    last_seq: int  # the user's newest seq, read in the same snapshot as ``rows``
+
+
+@dataclass(frozen=True)
+class Pruned:
+    old: int  # rows created before the cutoff
+    expired: int
+
+
+@dataclass(frozen=True)
+class RowState:
+    user_id: str
+    read: bool
+    archived: bool
+    changed_xid: int | None  # the transaction that made the last lifecycle change
 
 
 @dataclass(frozen=True)
@@ -101,10 +146,11 @@ class Store:
             rows = await conn.fetch(
                 """
                 INSERT INTO herald.notifications (user_id, title, body, data, link,
-                                                  idempotency_key)
-                SELECT u, t, b, coalesce(d, '{}'::jsonb), l, k
+                                                  idempotency_key, category, expires_at)
+                SELECT u, t, b, coalesce(d, '{}'::jsonb), l, k, c, e
                 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-                            $6::text[]) WITH ORDINALITY AS x(u, t, b, d, l, k, n)
+                            $6::text[], $7::text[], $8::timestamptz[])
+                     WITH ORDINALITY AS x(u, t, b, d, l, k, c, e, n)
                 ORDER BY n
                 RETURNING id, seq, user_id, created_at, idempotency_key
                 """,
@@ -114,6 +160,8 @@ class Store:
                 [None if i.data is None else dict(i.data) for i in items],
                 [i.link for i in items],
                 [i.idempotency_key for i in items],
+                [i.category for i in items],
+                [i.expires_at for i in items],
             )
             if all(i.idempotency_key is None for i in items):
                 return [Inserted(r["id"], r["seq"], r["user_id"], r["created_at"])
@@ -168,13 +216,13 @@ class Store:
 
         async def op(conn: asyncpg.Connection) -> SessionStart:
             row = await conn.fetchrow(
-                """
+                f"""
                 SELECT coalesce((SELECT last_seq FROM herald.user_counters
                                  WHERE user_id = $1), 0) AS last_seq,
                        (SELECT min(seq) FROM herald.notifications
                         WHERE user_id = $1 AND delivered_at IS NULL) AS first_undelivered,
                        (SELECT count(*) FROM herald.notifications
-                        WHERE user_id = $1 AND read_at IS NULL) AS unread
+                        WHERE user_id = $1 AND {UNREAD}) AS unread
                 """,
                 user,
             )
@@ -192,9 +240,13 @@ class Store:
     async def fetch_after(
         self, cursors: Mapping[str, int], limit: int = 500
     ) -> list[asyncpg.Record]:
-        """Rows with ``seq > cursors[user]``, at most ``limit`` per user, ordered by
-        (user, seq). Because per-user seq order is commit order, each user's rows form an
-        unbroken run starting at cursor + 1."""
+        """Rows with ``seq > cursors[user]`` that have not expired, at most ``limit`` per
+        user, ordered by (user, seq).
+
+        Per-user seq order is commit order, so no row below a returned seq can still
+        appear: a user's rows here are *every* row that will ever exist between the
+        cursor and the last one returned. A seq missing among them was deleted, rolled
+        back into a reused seq, or expired, for good (app/hub.py relies on this)."""
         if not cursors:
             return []
         users = list(cursors)
@@ -206,7 +258,7 @@ class Store:
                     SELECT r.* FROM unnest($1::text[], $2::bigint[]) AS c(user_id, after)
                     CROSS JOIN LATERAL (
                         SELECT {ROW_COLUMNS} FROM herald.notifications n
-                        WHERE n.user_id = c.user_id AND n.seq > c.after
+                        WHERE n.user_id = c.user_id AND n.seq > c.after AND {LIVE}
                         ORDER BY n.seq LIMIT $3
                     ) r
                     ORDER BY r.user_id, r.seq
@@ -220,28 +272,39 @@ class Store:
         return await self._retrying(op)
 
     async def history(
-        self, user: str, limit: int, before_seq: int | None, unread_only: bool
-    ) -> tuple[list[asyncpg.Record], int]:
-        """A page of ``user``'s notifications, newest first, and their unread count."""
+        self, user: str, limit: int, before_seq: int | None, unread_only: bool,
+        archived: bool = False, category: str | None = None,
+    ) -> HistoryPage:
+        """A page of ``user``'s live (unexpired) notifications, newest first: archived
+        ones only with ``archived``, otherwise only those not archived; optionally only
+        unread ones, or one ``category``. With the unread count and the user's newest
+        seq, all read in one snapshot, so a client that opens its socket with that seq
+        as its cursor gets exactly what came after the page."""
 
-        async def op(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
-            rows = await conn.fetch(
-                f"""
-                SELECT {ROW_COLUMNS} FROM herald.notifications
-                WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-                  AND (NOT $3 OR read_at IS NULL)
-                ORDER BY seq DESC LIMIT $4
-                """,
-                user,
-                before_seq,
-                unread_only,
-                limit,
-            )
-            unread = await conn.fetchval(
-                "SELECT count(*) FROM herald.notifications WHERE user_id = $1 AND read_at IS NULL",
-                user,
-            )
-            return list(rows), int(unread)
+        async def op(conn: asyncpg.Connection) -> HistoryPage:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rows = await conn.fetch(
+                    f"""
+                    SELECT {ROW_COLUMNS} FROM herald.notifications
+                    WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                      AND (NOT $3 OR read_at IS NULL)
+                      AND (archived_at IS NOT NULL) = $4
+                      AND ($5::text IS NULL OR category = $5)
+                      AND {LIVE}
+                    ORDER BY seq DESC LIMIT $6
+                    """,
+                    user, before_seq, unread_only, archived, category, limit,
+                )
+                totals = await conn.fetchrow(
+                    f"""
+                    SELECT (SELECT count(*) FROM herald.notifications
+                            WHERE user_id = $1 AND {UNREAD}) AS unread,
+                           coalesce((SELECT last_seq FROM herald.user_counters
+                                     WHERE user_id = $1), 0) AS last_seq
+                    """,
+                    user,
+                )
+            return HistoryPage(list(rows), int(totals["unread"]), int(totals["last_seq"]))
 
         return await self._retrying(op)
 
@@ -250,9 +313,9 @@ class Store:
 
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             rows = await conn.fetch(
-                """
+                f"""
                 SELECT u, (SELECT count(*) FROM herald.notifications n
-                           WHERE n.user_id = u AND n.read_at IS NULL) AS unread
+                           WHERE n.user_id = u AND {UNREAD}) AS unread
                 FROM unnest($1::text[]) AS u
                 """,
                 users,
@@ -261,22 +324,43 @@ class Store:
 
         return await self._retrying(op)
 
-    async def read_ids(self, ids_by_user: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
-        """Of the given ids, those that really are read and belong to that user (bus
-        payloads are untrusted: anyone may NOTIFY on the channel)."""
-        wanted = {i for ids in ids_by_user.values() for i in ids}
+    async def states(self, ids: Iterable[int]) -> dict[int, RowState]:
+        """The current lifecycle state of each existing row among ``ids``: bus payloads
+        are untrusted (anyone may NOTIFY on the channel), so a change is pushed only if
+        the table says it is so."""
+        wanted = list(set(ids))
         if not wanted:
             return {}
 
-        async def op(conn: asyncpg.Connection) -> dict[str, set[int]]:
+        async def op(conn: asyncpg.Connection) -> dict[int, RowState]:
             rows = await conn.fetch(
-                "SELECT user_id, id FROM herald.notifications "
-                "WHERE id = ANY($1::bigint[]) AND read_at IS NOT NULL", list(wanted))
-            found: dict[str, set[int]] = {}
-            for r in rows:
-                if r["id"] in ids_by_user.get(r["user_id"], ()):
-                    found.setdefault(r["user_id"], set()).add(r["id"])
-            return found
+                "SELECT id, user_id, read_at IS NOT NULL AS read, "
+                "archived_at IS NOT NULL AS archived, changed_xid "
+                "FROM herald.notifications WHERE id = ANY($1::bigint[])", wanted)
+            return {r["id"]: RowState(r["user_id"], r["read"], r["archived"], r["changed_xid"])
+                    for r in rows}
+
+        return await self._retrying(op)
+
+    async def read_all_holds(self, claims: Sequence[tuple[str, int, int]]) -> set[int]:
+        """Of the read-all claims ``(user, up to seq, xid)`` given, the indexes of those
+        the table confirms: transaction ``xid`` marked some row of the user read, and
+        every row of the user up to that seq is read."""
+        if not claims:
+            return set()
+
+        async def op(conn: asyncpg.Connection) -> set[int]:
+            rows = await conn.fetch(
+                """
+                SELECT c.i FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+                                WITH ORDINALITY AS c(u, s, x, i)
+                WHERE EXISTS (SELECT 1 FROM herald.notifications n
+                              WHERE n.user_id = c.u AND n.changed_xid = c.x)
+                  AND NOT EXISTS (SELECT 1 FROM herald.notifications n
+                                  WHERE n.user_id = c.u AND n.seq <= c.s AND n.read_at IS NULL)
+                """,
+                [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims])
+            return {int(r["i"]) - 1 for r in rows}
 
         return await self._retrying(op)
 
@@ -299,15 +383,18 @@ class Store:
 
         return await self._retrying(op)
 
-    async def mark_read(self, user: str, ids: Sequence[int]) -> int:
-        """Mark ``user``'s rows among ``ids`` read; ids of other users are ignored.
-        The notify_read trigger announces the change to every node."""
+    async def change(self, user: str, kind: str, ids: Sequence[int]) -> int:
+        """Apply lifecycle change ``kind`` (a key of ``CHANGES``) to ``user``'s rows among
+        ``ids``; ids of other users and rows already in that state are left alone. The
+        notify_changed trigger announces the change to every node. Returns the number of
+        rows changed."""
+        assignment, applies = CHANGES[kind]
 
         async def op(conn: asyncpg.Connection) -> int:
             status = await conn.execute(
-                """
-                UPDATE herald.notifications SET read_at = now()
-                WHERE user_id = $1 AND id = ANY($2::bigint[]) AND read_at IS NULL
+                f"""
+                UPDATE herald.notifications SET {assignment}
+                WHERE user_id = $1 AND id = ANY($2::bigint[]) AND {applies}
                 """,
                 user,
                 list(ids),
@@ -317,7 +404,8 @@ class Store:
         return await self._retrying(op)
 
     async def mark_all_read(self, user: str) -> int:
-        """Mark all of ``user``'s rows read; the bus event says ``all`` instead of ids."""
+        """Mark all of ``user``'s rows read; the bus event says ``all`` (and the highest
+        seq it marked) instead of listing ids."""
 
         async def op(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
@@ -330,5 +418,38 @@ class Store:
                     user,
                 )
             return int(status.split()[-1])
+
+        return await self._retrying(op)
+
+    async def prune(self, older_than: datetime | None, limit: int) -> Pruned | None:
+        """Delete at most ``limit`` rows created before ``older_than`` (if given) and at
+        most ``limit`` expired rows, oldest first, in one short transaction.
+
+        Returns None, deleting nothing, while another pruner holds the cluster's prune
+        lock. Rows locked by someone else (an ack, a read) are skipped, not waited for,
+        so a batch never holds up writers; the next batch or pass takes them."""
+
+        async def op(conn: asyncpg.Connection) -> Pruned | None:
+            async with conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                           PRUNE_LOCK_KEY):
+                    return None
+                old = "DELETE 0"
+                if older_than is not None:
+                    old = await conn.execute(
+                        """
+                        DELETE FROM herald.notifications WHERE id IN (
+                            SELECT id FROM herald.notifications WHERE created_at < $1
+                            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                        """,
+                        older_than, limit)
+                expired = await conn.execute(
+                    """
+                    DELETE FROM herald.notifications WHERE id IN (
+                        SELECT id FROM herald.notifications WHERE expires_at <= now()
+                        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                    """,
+                    limit)
+            return Pruned(int(old.split()[-1]), int(expired.split()[-1]))
 
         return await self._retrying(op)

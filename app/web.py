@@ -7,8 +7,9 @@ from typing import Callable
 
 import tornado.web
 
+from app import protocol
 from app.config import Config
-from app.handlers.api import NotificationsHandler, ReadHandler
+from app.handlers.api import ChangeHandler, NotificationsHandler
 from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
 from app.handlers.pages import DevSendHandler, InboxHandler, LoginHandler, LogoutHandler
@@ -36,7 +37,8 @@ def make_app(
     routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]] = [
         (r"/ws", SocketHandler, {"node": node, "hub": hub, **common}),
         (r"/api/notifications", NotificationsHandler, {"store": store, **common}),
-        (r"/api/notifications/read", ReadHandler, {"node": node, **common}),
+        *[(rf"/api/notifications/{kind}", ChangeHandler, {"node": node, "kind": kind, **common})
+          for kind in protocol.CHANGE_KINDS],
         (r"/healthz", HealthzHandler, {"node_name": node.name}),
         (r"/readyz", ReadyzHandler,
          {"store": store, "bus_connected": bus_connected, "draining": draining,

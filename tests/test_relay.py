@@ -1,4 +1,4 @@
-"""The relay (revision 0003, app/relay.py): above a threshold the writers stop notifying
+"""The relay (revisions 0003 and 0005, app/relay.py): above a threshold the writers stop notifying
 and one elected node announces their rows, with no loss, duplicate or reordering.
 
 Each test takes a database of its own, since there is one relay lease per database."""
@@ -47,37 +47,42 @@ async def _listen(url: str) -> tuple[asyncpg.Connection, asyncio.Queue[str]]:
 
 
 async def test_lease_moves_notify_from_the_commit_to_relay_poll(fresh) -> None:
-    """The SQL contract alone, no node running: under a lease the insert is stamped and
-    silent; relay_poll announces it exactly once per snapshot and reports the id seq."""
+    """The SQL contract alone, no node running: under a lease an INSERT leaves a pointer
+    and sends nothing; relay_poll sees the pointer only once its transaction commits,
+    announces it exactly once, and reports the id sequence's position."""
     sql = fresh["sql"]
     listener, heard = await _listen(fresh["url"])
+    poller = await db.connect(fresh["url"], "herald-test-poller")
     try:
         direct = await insert(sql, "alice", "direct")
         assert json.loads(await asyncio.wait_for(heard.get(), 5)) == {
             "k": "new", "u": {"alice": direct["seq"]}}
-        assert await sql.fetchval("SELECT relay_xid FROM herald.notifications WHERE id = $1",
-                                  direct["id"]) is None
+        assert await sql.fetchval("SELECT count(*) FROM herald.relay_pending") == 0
 
-        since = await sql.fetchval("SELECT pg_current_snapshot()::text")
         await sql.execute("UPDATE herald.relay SET batched_until = now() + interval '1 hour'")
         async with sql.transaction():
             await insert(sql, "alice", "relayed 1")
             await insert(sql, "bob", "relayed 2")
             await insert(sql, "alice", "relayed 3")
+            uncommitted = await poller.fetchrow("SELECT * FROM herald.relay_poll()")
+            assert uncommitted["announced"] == 0  # not visible before COMMIT
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(heard.get(), 0.5)  # the commit sent nothing
-        stamped = await sql.fetch("SELECT relay_xid FROM herald.notifications "
-                                  "WHERE title LIKE 'relayed%'")
-        assert len({r["relay_xid"] for r in stamped}) == 1 and stamped[0]["relay_xid"]
+        assert await sql.fetchval("SELECT count(*) FROM herald.relay_pending") == 3
 
-        poll = await sql.fetchrow("SELECT next::text, announced, last_id "
-                                  "FROM herald.relay_poll($1::text::pg_snapshot)", since)
+        poll = await poller.fetchrow("SELECT announced, last_id FROM herald.relay_poll()")
         assert poll["announced"] == 2 and poll["last_id"] == direct["id"] + 3
         assert json.loads(await asyncio.wait_for(heard.get(), 5)) == {
             "k": "new", "u": {"alice": 3, "bob": 1}}
-        again = await sql.fetchrow("SELECT announced FROM herald.relay_poll($1::text::pg_snapshot)",
-                                   poll["next"])
-        assert again["announced"] == 0  # nothing committed since: nothing announced
+        again = await poller.fetchrow("SELECT announced FROM herald.relay_poll()")
+        assert again["announced"] == 0  # taken once: nothing left to announce
+        assert await sql.fetchval("SELECT count(*) FROM herald.relay_pending") == 0
+
+        tx = sql.transaction()  # a rolled-back insert leaves no pointer behind
+        await tx.start()
+        await insert(sql, "carol", "rolled back")
+        await tx.rollback()
+        assert (await poller.fetchrow("SELECT * FROM herald.relay_poll()"))["announced"] == 0
 
         await sql.execute("UPDATE herald.relay SET batched_until = now() - interval '1 s'")
         after = await insert(sql, "alice", "lease over")
@@ -85,11 +90,12 @@ async def test_lease_moves_notify_from_the_commit_to_relay_poll(fresh) -> None:
             "k": "new", "u": {"alice": after["seq"]}}
     finally:
         await listener.close()
+        await poller.close()
 
 
 async def test_fast_writers_are_relayed_in_order(fresh, clients) -> None:
     """Threshold 0: the relay batches at once. 3 users x 40 rows from 8 concurrent
-    writers all arrive, in seq order, and every one of them was stamped for the relay."""
+    writers all arrive, in seq order, announced by the relay."""
     node = await fresh["node"]("node-a", relay_threshold=0.0)
     await wait_for(lambda: node.relay is not None and node.relay.batched, timeout=10)
     users = ["r0", "r1", "r2"]
@@ -108,9 +114,9 @@ async def test_fast_writers_are_relayed_in_order(fresh, clients) -> None:
     for sock in socks:
         frames = await sock.notifications(40)
         assert [f["seq"] for f in frames] == list(range(1, 41))
-    assert await fresh["sql"].fetchval(
-        "SELECT count(*) FROM herald.notifications WHERE relay_xid IS NULL") == 0
+    # The relay announced them and took every pointer the writers left.
     assert node.relay is not None and node.relay.announced > 0
+    assert await fresh["sql"].fetchval("SELECT count(*) FROM herald.relay_pending") == 0
 
 
 async def test_transaction_stamped_before_the_lease_ended_is_still_delivered(
@@ -132,9 +138,9 @@ async def test_transaction_stamped_before_the_lease_ended_is_still_delivered(
         relay.threshold = 1e12  # calm: the relay ends the lease after calm_seconds
         relay.calm_seconds = 0.2
         await wait_for(lambda: not relay.batched, timeout=10)
-        direct = await insert(fresh["sql"], "early", "after the lease")
-        assert await fresh["sql"].fetchval(
-            "SELECT relay_xid FROM herald.notifications WHERE id = $1", direct["id"]) is None
+        await insert(fresh["sql"], "early", "after the lease")
+        assert await fresh["sql"].fetchval(  # notified at its own COMMIT: no pointer
+            "SELECT count(*) FROM herald.relay_pending WHERE user_id = 'early'") == 0
         (frame,) = await other.notifications(1)
         assert frame["title"] == "after the lease"
         await tx.commit()

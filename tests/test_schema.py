@@ -17,6 +17,7 @@ from app import db, schema
 from tests.conftest import insert
 
 ROOT = Path(__file__).resolve().parent.parent
+HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "<schema>"}
 
 
 async def _listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
@@ -158,7 +159,10 @@ async def test_sql_update_of_read_at_is_announced(
         await sql.execute("UPDATE herald.notifications SET read_at = now() "
                           "WHERE id = ANY($1::bigint[])", ids[:2])
         event = json.loads(await asyncio.wait_for(queue.get(), 5))
-        assert event == {"k": "read", "u": user, "ids": ids[:2]}
+        xids = await sql.fetch("SELECT DISTINCT changed_xid FROM herald.notifications "
+                               "WHERE id = ANY($1::bigint[])", ids[:2])
+        assert [r["changed_xid"] for r in xids] == [event["x"]]
+        assert event == {"k": "read", "u": user, "ids": ids[:2], "x": event["x"]}
         # delivered_at changes and re-reading already-read rows announce nothing
         await sql.execute("UPDATE herald.notifications SET delivered_at = now(), read_at = now() "
                           "WHERE id = ANY($1::bigint[])", ids[:2])
@@ -252,7 +256,7 @@ def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
         finally:
             await conn.close()
 
-    assert asyncio.run(tables()) == {"notifications", "user_counters", "relay", "<schema>"}
+    assert asyncio.run(tables()) == HEAD_TABLES
     check = subprocess.run([*alembic, "check"], cwd=ROOT, env=env, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr  # models match the migration
@@ -262,7 +266,7 @@ def test_migrations_upgrade_downgrade_and_alembic_cli_agree(
     herald = subprocess.run([sys.executable, "-m", "app.cli", "migrate", "--database-url", url],
                             cwd="/", env=os.environ, capture_output=True, text=True)
     assert herald.returncode == 0, herald.stderr
-    assert asyncio.run(tables()) == {"notifications", "user_counters", "relay", "<schema>"}
+    assert asyncio.run(tables()) == HEAD_TABLES
 
 
 async def test_schema_check_refuses_a_database_not_at_head(

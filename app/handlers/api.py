@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from app import auth, protocol
+from app import auth, models, protocol
 from app.config import Config
 from app.handlers.base import ApiError, JsonHandler
 from app.metrics import Metrics
@@ -12,7 +12,7 @@ from app.node import DB_ERRORS, Node
 from app.store import NewNotification, Store
 
 MAX_HISTORY_PAGE = 200
-HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread"})
+HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread", "archived", "category"})
 
 
 def _single_arg(handler: JsonHandler, name: str) -> str | None:
@@ -20,6 +20,13 @@ def _single_arg(handler: JsonHandler, name: str) -> str | None:
     if len(values) > 1:
         raise ApiError(400, "invalid_request", f"{name} is given more than once")
     return values[0] if values else None
+
+
+def _bool_arg(handler: JsonHandler, name: str) -> bool:
+    raw = (_single_arg(handler, name) or "false").lower()
+    if raw not in ("true", "false", "1", "0", ""):
+        raise ApiError(400, "invalid_request", f"{name} must be true or false")
+    return raw in ("true", "1")
 
 
 def _int_arg(
@@ -91,42 +98,49 @@ class NotificationsHandler(JsonHandler):
         # Larger pages are clamped, not refused: asking for "a lot" is a fair request.
         limit = min(_int_arg(self, "limit", 50, 1, 10**100) or 50, MAX_HISTORY_PAGE)
         before = _int_arg(self, "before_seq", None, 1, protocol.MAX_SEQ)
-        unread_raw = (_single_arg(self, "unread") or "false").lower()
-        if unread_raw not in ("true", "false", "1", "0", ""):
-            raise ApiError(400, "invalid_request", "unread must be true or false")
+        category = _single_arg(self, "category") or None
+        if category is not None and len(category) > models.CATEGORY_MAX:
+            raise ApiError(400, "invalid_request",
+                           f"category must be at most {models.CATEGORY_MAX} characters")
         assert limit is not None
         try:
-            rows, unread = await self.store.history(
-                user, limit, before, unread_raw in ("true", "1")
+            page = await self.store.history(
+                user, limit, before, _bool_arg(self, "unread"),
+                archived=_bool_arg(self, "archived"), category=category,
             )
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable, retry later") from None
         items = []
-        for row in rows:
+        for row in page.rows:
             item = protocol.notification_fields(row)
             item["delivered_at"] = protocol.iso(row["delivered_at"])
             item["read_at"] = protocol.iso(row["read_at"])
+            item["archived_at"] = protocol.iso(row["archived_at"])
             items.append(item)
-        self.write_json({"notifications": items, "unread": unread})
+        self.write_json({"notifications": items, "unread": page.unread,
+                         "last_seq": page.last_seq})
 
 
-class ReadHandler(JsonHandler):
-    """``POST /api/notifications/read``: ``{"ids": [...]}`` or ``{"all": true}``."""
+class ChangeHandler(JsonHandler):
+    """``POST /api/notifications/{read,unread,archive,unarchive}``: ``{"ids": [...]}``
+    (read also takes ``{"all": true}``); ids of other users are ignored. Answers
+    ``{"updated": n, "unread": n}``; every socket of the user gets the push."""
 
-    def initialize(self, node: Node, config: Config, metrics: Metrics) -> None:
-        self.node, self.config, self.metrics = node, config, metrics
+    def initialize(self, node: Node, config: Config, metrics: Metrics, kind: str) -> None:
+        self.node, self.config, self.metrics, self.kind = node, config, metrics, kind
 
     async def post(self) -> None:
         user = self.current_user_id()
         body = self.json_body()
         if not isinstance(body, dict):
-            raise ApiError(400, "invalid_request", 'body must be {"ids": [...]} or {"all": true}')
+            raise ApiError(400, "invalid_request", 'body must be {"ids": [...]}'
+                           + (' or {"all": true}' if self.kind == "read" else ""))
         try:
-            request = protocol.parse_read_request(body)
+            request = protocol.parse_change_request(self.kind, body)
         except protocol.ProtocolError as err:
             raise ApiError(400, "invalid_request", err.message) from None
         try:
-            updated = await self.node.read(user, request.ids, request.all)
+            updated = await self.node.change(user, request)
             unread = await self.node.unread(user)
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable, retry later") from None

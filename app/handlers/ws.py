@@ -130,8 +130,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                 self.send(protocol.pong())
             elif isinstance(frame, protocol.Ack):
                 self.node.ack(self, frame.seq)
-            elif isinstance(frame, protocol.Read):
-                await self.node.read(self.user, frame.ids, frame.all)
+            elif isinstance(frame, protocol.Change):
+                await self.node.change(self.user, frame)
             else:
                 self.fail("malformed", "hello was already received", protocol.CLOSE_MALFORMED)
         except DB_ERRORS as err:
