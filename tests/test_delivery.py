@@ -229,3 +229,41 @@ async def test_acking_every_frame_of_a_big_replay_is_not_rate_limited(
         "AND delivered_at IS NOT NULL", user))
     await client.send({"type": "ping"})
     assert (await client.recv())["type"] == "pong"
+
+
+async def test_joining_beside_a_live_sibling_while_inserts_race(
+    make_node, clients, database_url, user
+) -> None:
+    """A tab joins with an old cursor on the node where another tab of the user is live
+    and rows keep coming: the live fan-out (fetched from the sibling's cursor) must not
+    reach the newcomer ahead of its own replay. Every joiner gets an unbroken run."""
+    node = await make_node("node-a")
+    sibling = await clients(node.port)
+    await sibling.hello(token_for(user))
+    pool = await asyncpg.create_pool(database_url, min_size=3, max_size=3)
+    try:
+        for i in range(100):
+            await pool.execute("INSERT INTO herald.notifications (user_id, title) "
+                               "VALUES ($1, $2)", user, f"before {i}")
+        await sibling.notifications(100)
+
+        async def writer(w: int) -> None:
+            for i in range(100):
+                await pool.execute("INSERT INTO herald.notifications (user_id, title) "
+                                   "VALUES ($1, $2)", user, f"race {w}-{i}")
+
+        writers = asyncio.gather(*(writer(w) for w in range(3)))
+        runs = []
+        while not writers.done():
+            joiner = await clients(node.port)
+            cursor = len(runs) * 7
+            await joiner.hello(token_for(user), last_seq=cursor)
+            frames = await joiner.notifications(60, timeout=15)
+            runs.append((cursor, [f["seq"] for f in frames]))
+            joiner.close()
+        await writers
+    finally:
+        await pool.close()
+    assert len(runs) >= 2
+    for cursor, seqs in runs:
+        assert seqs == list(range(cursor + 1, cursor + 61)), (cursor, seqs[:10])
