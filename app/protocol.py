@@ -274,15 +274,23 @@ PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link", "idempot
                             "category", "expires_at"})
 
 
+# The ISO 8601 forms accepted (docs/openapi.yaml has the same pattern): a date, then
+# optionally a time to the minute, second or microsecond, then optionally Z or +hh:mm.
+TIMESTAMP_PATTERN = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}"
+                     r"([.][0-9]{1,6})?)?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?")
+
+
 def parse_timestamp(value: Any) -> datetime:
     """An ISO 8601 date-time (``Z`` or an offset; none means UTC), as an aware datetime.
     Raises ``ValueError``."""
-    if not isinstance(value, str) or not 10 <= len(value) <= 40:
+    if not isinstance(value, str) or not re.fullmatch(TIMESTAMP_PATTERN, value, re.ASCII):
         raise ValueError("not an ISO 8601 date-time")
-    text = value.strip()
+    text = value
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
-    moment = datetime.fromisoformat(text)
+    # fromisoformat before Python 3.11 takes 3 or 6 fractional digits only.
+    text = re.sub(r"[.]([0-9]{1,6})", lambda m: "." + m.group(1).ljust(6, "0"), text)
+    moment = datetime.fromisoformat(text.replace("t", "T"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment

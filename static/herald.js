@@ -5,12 +5,19 @@
  *     token: () => fetch("/my/herald-token").then(r => r.text()), // or a string, or null
  *     lastSeq: 41,                       // resume after this seq (null: undelivered)
  *     onNotification(n) { ... },         // each notification once, in seq order
- *     onRead(r) { ... },                 // {ids, all, unread} from any tab or device
+ *     onRead(r) { ... },                 // {ids, all, seq, unread} from any tab or device
+ *     onChange(c) { ... },               // every change: {type: "read" | "unread" |
+ *                                        //   "archive" | "unarchive", ids, unread}
  *     onWelcome(w) { ... },              // {user, node, last_seq, unread}
  *     onState(state) { ... },            // "connecting" | "live" | "reconnecting" | "offline"
  *     onAuthError(message) { ... },      // the token was refused (close 4401)
  *   });
- *   client.markRead([101, 102]); client.markAllRead(); client.ack(42); client.close();
+ *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
+ *   client.archive([101]); client.unarchive([101]); client.ack(42); client.close();
+ *
+ * A read-all push says {all: true, seq: S}: every notification up to seq S is read (one
+ * that arrived after S may not be). Notifications carry category, expires_at and
+ * archived; an archived one may arrive on replay (archived: true).
  *
  * Reconnects with jittered exponential backoff (0.5 s → 30 s; at once after a node's
  * 1001 "going away" or when the browser comes back online) and resumes from the last
@@ -38,6 +45,7 @@
     this.lastSeq = options.lastSeq === undefined ? null : options.lastSeq;
     this.onNotification = options.onNotification || function () {};
     this.onRead = options.onRead || function () {};
+    this.onChange = options.onChange || function () {};
     this.onWelcome = options.onWelcome || function () {};
     this.onState = options.onState || function () {};
     this.onAuthError = options.onAuthError || function () {};
@@ -101,6 +109,12 @@
         break;
       case "read":
         this.onRead(frame);
+        this.onChange(frame);
+        break;
+      case "unread":
+      case "archive":
+      case "unarchive":
+        this.onChange(frame);
         break;
       case "pong":
         clearTimeout(this._pongTimer);
@@ -171,6 +185,11 @@
   /** Mark notifications read; every open client of the user gets a "read" frame. */
   HeraldClient.prototype.markRead = function (ids) { return this._send({type: "read", ids: ids}); };
   HeraldClient.prototype.markAllRead = function () { return this._send({type: "read", all: true}); };
+  /** Mark notifications unread again; every open client gets an "unread" frame. */
+  HeraldClient.prototype.markUnread = function (ids) { return this._send({type: "unread", ids: ids}); };
+  /** Archive (or bring back) notifications; every open client gets the frame. */
+  HeraldClient.prototype.archive = function (ids) { return this._send({type: "archive", ids: ids}); };
+  HeraldClient.prototype.unarchive = function (ids) { return this._send({type: "unarchive", ids: ids}); };
 
   /** Close for good (no reconnect). */
   HeraldClient.prototype.close = function () {

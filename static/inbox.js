@@ -2,8 +2,15 @@
  * The inbox page, built on herald.js.
  *
  * Start-up: load the newest page of history over HTTP, then open the socket with
- * last_seq = the newest seq shown, so the socket delivers exactly what came after it
- * (no duplicate, no gap). Older pages load as the user scrolls.
+ * last_seq = the user's newest seq as of that page (the history answer's last_seq, read
+ * in the same snapshot), so the socket delivers exactly what came after it (no
+ * duplicate, no gap). Older pages load as the user scrolls.
+ *
+ * Views: the inbox (not archived) or the archive, optionally one category (chips appear
+ * for the categories seen). Switching reloads the first page of that view; the socket
+ * goes on. Each item can be marked unread again and archived (or moved back); every
+ * tab and device of the user follows through the server's pushes. An item disappears
+ * when its expires_at passes.
  *
  * Authentication: the login cookie (set by the host application, or /login in dev), or
  * a token handed over in the URL fragment (#token=...), which browsers never send to
@@ -28,6 +35,11 @@
   var more = document.getElementById("more");
   var readAll = document.getElementById("read-all");
   var desktop = document.getElementById("desktop");
+  var filters = document.getElementById("filters");
+  var chips = document.getElementById("chips");
+  var viewInbox = document.getElementById("view-inbox");
+  var viewArchived = document.getElementById("view-archived");
+  var emptyText = document.getElementById("empty-text");
 
   var token = takeFragmentToken();
   var unread = 0;
@@ -35,8 +47,11 @@
   var oldestSeq = null;     // for paging back
   var exhausted = false;
   var loadingMore = false;
-  var items = {};           // id -> <li>
+  var items = {};           // id -> <li>, for what the current view shows
   var client = null;
+  var view = {archived: false, category: null};
+  var generation = 0;       // bumped on every view change: late pages are dropped
+  var known = {};           // category -> its chip
 
   function takeFragmentToken() {
     var match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
@@ -78,11 +93,24 @@
     return "just now";
   }
 
+  function expiresLabel(iso) {
+    var left = (new Date(iso).getTime() - Date.now()) / 1000;
+    return left < 60 ? "Expires in less than a minute" : "Expires " + ago(iso);
+  }
+
   function el(tag, className, text) {
     var node = document.createElement(tag);
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = text;
     return node;
+  }
+
+  function actionButton(className, label, title, handler) {
+    var button = el("button", "act " + className, label);
+    button.type = "button";
+    button.setAttribute("aria-label", label + ": " + title);
+    button.addEventListener("click", handler);
+    return button;
   }
 
   function render(n) {
@@ -97,25 +125,127 @@
     content.appendChild(state);
     content.appendChild(el("span", "title", n.title));
     if (n.body) content.appendChild(el("span", "body", n.body));
+    var meta = el("span", "meta");
     var time = el("time", "time", ago(n.created_at));
     time.dateTime = n.created_at;
     time.title = new Date(n.created_at).toLocaleString();
-    content.appendChild(time);
+    meta.appendChild(time);
+    if (n.category) meta.appendChild(el("span", "category", n.category));
+    if (n.expires_at) {
+      var expires = el("time", "expires", expiresLabel(n.expires_at));
+      expires.dateTime = n.expires_at;
+      meta.appendChild(expires);
+    }
+    content.appendChild(meta);
     main.appendChild(content);
     main.addEventListener("click", function (event) { open(n, li, event); });
     li.appendChild(main);
+    var actions = el("span", "actions");
+    actions.appendChild(actionButton("act-unread", "Mark unread", n.title, function () {
+      change("unread", n.id);
+    }));
+    actions.appendChild(n.archived
+      ? actionButton("act-unarchive", "Move to inbox", n.title, function () {
+        change("unarchive", n.id);
+      })
+      : actionButton("act-archive", "Archive", n.title, function () {
+        change("archive", n.id);
+      }));
+    li.appendChild(actions);
     items[n.id] = li;
+    watchExpiry(n);
+    noteCategory(n.category);
     return li;
   }
 
-  function markShownRead(ids) {
+  function setShownRead(ids, read) {
     ids.forEach(function (id) {
       var li = items[id];
       if (!li) return;
-      li.classList.remove("unread");
+      li.classList.toggle("unread", !read);
       var state = li.querySelector(".state");
-      if (state) state.textContent = "";
+      if (state) state.textContent = read ? "" : "Unread: ";
     });
+  }
+
+  function markShownRead(ids) { setShownRead(ids, true); }
+
+  function removeShown(id) {
+    var li = items[id];
+    if (!li) return;
+    delete items[id];
+    if (li.parentNode) li.parentNode.removeChild(li);
+    refreshEmpty();
+  }
+
+  // --- views: inbox or archive, one category or all -------------------------------------
+
+  function matches(n) {
+    return !!n.archived === view.archived && (!view.category || n.category === view.category);
+  }
+
+  function noteCategory(category) {
+    if (!category || known[category]) return;
+    var chip = el("button", "chip", category);
+    chip.type = "button";
+    chip.dataset.category = category;
+    chip.setAttribute("aria-pressed", view.category === category ? "true" : "false");
+    chip.addEventListener("click", function () {
+      showView(view.archived, view.category === category ? null : category);
+    });
+    known[category] = chip;
+    chips.appendChild(chip);
+    chips.hidden = false;
+  }
+
+  function showView(archived, category) {
+    view = {archived: archived, category: category};
+    viewInbox.setAttribute("aria-pressed", archived ? "false" : "true");
+    viewArchived.setAttribute("aria-pressed", archived ? "true" : "false");
+    Array.prototype.forEach.call(chips.querySelectorAll(".chip"), function (chip) {
+      var mine = (chip.dataset.category || null) === category;
+      chip.setAttribute("aria-pressed", mine ? "true" : "false");
+    });
+    emptyText.textContent = archived ? "Nothing archived." : "You're all caught up.";
+    reload();
+  }
+
+  function reload() {
+    var mine = ++generation;
+    return page(null).then(function (body) {
+      if (mine !== generation) return;
+      list.textContent = "";
+      items = {};
+      oldestSeq = null;
+      exhausted = false;
+      append(body.notifications);
+      setUnread(body.unread);
+    }).catch(function () {});
+  }
+
+  // --- expiry: an item goes when its time is up -----------------------------------------
+
+  var recount = null;
+
+  function watchExpiry(n) {
+    if (!n.expires_at) return;
+    var left = Date.parse(n.expires_at) - Date.now();
+    if (left > 2147483647) return;  // beyond what setTimeout takes (~24 days)
+    setTimeout(function () { expire(n.id); }, Math.max(0, left) + 50);
+  }
+
+  function expire(id) {
+    var li = items[id];
+    if (!li) return;
+    if (li.classList.contains("unread") && !view.archived) setUnread(unread - 1);
+    removeShown(id);
+    // Items this page does not show may have expired too: ask for the true count.
+    clearTimeout(recount);
+    recount = setTimeout(function () {
+      api("/api/notifications?limit=1").then(function (response) {
+        return response.ok ? response.json() : null;
+      }).then(function (body) { if (body) setUnread(body.unread); }).catch(function () {});
+    }, 1000);
   }
 
   function setUnread(count) {
@@ -155,6 +285,41 @@
     }
     if (!n.link) event.preventDefault();
   }
+
+  /** Mark unread, archive or unarchive one item: on screen at once, then over the
+   * socket (or HTTP when it is down); the server's push brings every tab in line. */
+  function change(kind, id) {
+    if (kind === "unread") setShownRead([id], false);
+    else removeShown(id);
+    var methods = {unread: "markUnread", archive: "archive", unarchive: "unarchive"};
+    if (client && client[methods[kind]]([id])) return;
+    api("/api/notifications/" + kind, {method: "POST", body: {ids: [id]}})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (body) { if (body) setUnread(body.unread); })
+      .catch(function () {});
+  }
+
+  function changed(c) {
+    var ids = c.ids;
+    if (c.all) {
+      ids = Object.keys(items).filter(function (id) { return +items[id].dataset.seq <= c.seq; });
+    }
+    if (c.type === "read" || c.type === "unread") {
+      setShownRead(ids, c.type === "read");
+    } else if ((c.type === "archive") === view.archived) {
+      // Rows entering this view: their content is not here, fetch the page again.
+      if (ids.some(function (id) { return !items[id]; })) reload();
+    } else {
+      ids.forEach(removeShown);
+    }
+    setUnread(c.unread);
+  }
+
+  chips.querySelector(".chip").addEventListener("click", function () {  // "All"
+    showView(view.archived, null);
+  });
+  viewInbox.addEventListener("click", function () { showView(false, view.category); });
+  viewArchived.addEventListener("click", function () { showView(true, view.category); });
 
   readAll.addEventListener("click", function () {
     markShownRead(Object.keys(items));
@@ -197,16 +362,18 @@
   // --- live -------------------------------------------------------------------------
 
   function arrived(n) {
-    if (items[n.id]) return;
+    client.ack(n.seq);
+    noteCategory(n.category);
+    if (!n.read && !n.archived && n.seq > welcomeSeq) setUnread(unread + 1);
+    if (items[n.id] || !matches(n)) return;  // another view's: counted, not shown
     var li = render(n);
     li.classList.add("new");
     list.insertBefore(li, list.firstChild);
     setTimeout(function () { li.classList.remove("new"); }, 4000);
     refreshEmpty();
-    if (!n.read && n.seq > welcomeSeq) setUnread(unread + 1);
-    live.textContent = "New notification: " + n.title;
     if (oldestSeq === null) oldestSeq = n.seq;
-    client.ack(n.seq);
+    if (n.archived) return;  // an old row replayed into the archive: no fanfare
+    live.textContent = "New notification: " + n.title;
     desktopAlert(n);
   }
 
@@ -221,10 +388,7 @@
         who.textContent = "Signed in as " + w.user;
       },
       onNotification: arrived,
-      onRead: function (r) {
-        if (r.all) markShownRead(Object.keys(items)); else markShownRead(r.ids);
-        setUnread(r.unread);
-      },
+      onChange: changed,
       onAuthError: function () { showSignedOut(); }
     });
   }
@@ -233,6 +397,8 @@
 
   function page(beforeSeq) {
     var query = "?limit=" + PAGE + (beforeSeq ? "&before_seq=" + beforeSeq : "");
+    if (view.archived) query += "&archived=true";
+    if (view.category) query += "&category=" + encodeURIComponent(view.category);
     return api("/api/notifications" + query).then(function (response) {
       if (response.status === 401) throw new Error("unauthorized");
       if (!response.ok) throw new Error("history: HTTP " + response.status);
@@ -252,7 +418,10 @@
   function loadMore() {
     if (loadingMore || exhausted || oldestSeq === null) return;
     loadingMore = true;
-    page(oldestSeq).then(function (body) { append(body.notifications); })
+    var mine = generation;
+    page(oldestSeq).then(function (body) {
+      if (mine === generation) append(body.notifications);
+    })
       .catch(function () {})
       .then(function () { loadingMore = false; });
   }
@@ -263,6 +432,7 @@
     list.textContent = "";
     empty.hidden = true;
     toolbar.hidden = true;
+    filters.hidden = true;
     signedOut.hidden = false;
     setState("offline");
   }
@@ -271,13 +441,12 @@
     showDesktopButton();
     page(null).then(function (body) {
       toolbar.hidden = false;
+      filters.hidden = false;
       append(body.notifications);
       setUnread(body.unread);
-      var newest = body.notifications.length ? body.notifications[0].seq : 0;
-      if (newest) {
-        welcomeSeq = newest;
-      }
-      connect(newest);
+      // The user's newest seq as of this page: the socket continues right after it.
+      welcomeSeq = body.last_seq;
+      connect(body.last_seq);
       if ("IntersectionObserver" in window) {
         new IntersectionObserver(function (entries) {
           if (entries[0].isIntersecting) loadMore();
@@ -289,7 +458,8 @@
     });
     setInterval(function () {
       Array.prototype.forEach.call(list.querySelectorAll("time"), function (t) {
-        t.textContent = ago(t.dateTime);
+        t.textContent = t.classList.contains("expires") ? expiresLabel(t.dateTime)
+          : ago(t.dateTime);
       });
     }, 30000);
   }

@@ -273,3 +273,116 @@ async def test_dev_send_form_reaches_another_user_on_another_node(
     await expect(alice.locator("#send-result")).to_have_text("Sent (seq 1)")
     await expect(titles(bob)).to_have_text(["Hi Bob, from Alice"])
     await expect(titles(alice)).to_have_count(0)
+
+
+# --- lifecycle: unread again, archive, categories, expiry ---------------------------------
+
+
+def item(page: Page, title: str):
+    return page.locator("#list li", has_text=title)
+
+
+async def test_archive_and_back_in_sync_across_nodes(make_node, browser, sql, user) -> None:
+    node_a, node_b = await make_node("node-a", dev=True), await make_node("node-b", dev=True)
+    first, second = await new_page(browser), await new_page(browser)
+    await login(first, node_a.port, user)
+    await login(second, node_b.port, user)
+    await insert(sql, user, "Keep me")
+    row = await insert(sql, user, "Archive me")
+    await expect(titles(second)).to_have_text(["Archive me", "Keep me"])
+    await expect(second.locator("#badge")).to_have_text("2")
+
+    await item(first, "Archive me").locator(".act-archive").click()
+    await expect(titles(first)).to_have_text(["Keep me"])
+    await expect(titles(second)).to_have_text(["Keep me"])  # pushed from the other node
+    await expect(second.locator("#badge")).to_have_text("1")  # archived rows do not count
+    assert await sql.fetchval("SELECT archived_at IS NOT NULL FROM herald.notifications "
+                              "WHERE id = $1", row["id"])
+
+    await second.click("#view-archived")
+    await expect(second.locator("#view-archived")).to_have_attribute("aria-pressed", "true")
+    await expect(titles(second)).to_have_text(["Archive me"])
+    await item(second, "Archive me").locator(".act-unarchive").click()
+    await expect(titles(second)).to_have_count(0)
+    await expect(second.locator("#empty-text")).to_have_text("Nothing archived.")
+    await expect(titles(first)).to_have_text(["Archive me", "Keep me"])  # back in the inbox
+    await expect(first.locator("#badge")).to_have_text("2")
+    await second.click("#view-inbox")
+    await expect(titles(second)).to_have_text(["Archive me", "Keep me"])
+    assert first.errors == [] and second.errors == []  # type: ignore[attr-defined]
+
+
+async def test_mark_unread_again_reaches_the_other_tab(make_node, browser, sql, user) -> None:
+    node_a, node_b = await make_node("node-a", dev=True), await make_node("node-b", dev=True)
+    first, second = await new_page(browser), await new_page(browser)
+    await login(first, node_a.port, user)
+    await login(second, node_b.port, user)
+    row = await insert(sql, user, "Read, then unread")
+    await expect(titles(second)).to_have_count(1)
+    await item(first, "Read, then unread").locator(".item-main").click()
+    await expect(second.locator("#badge")).to_be_hidden()
+    await expect(second.locator("#list li.unread")).to_have_count(0)
+    await expect(first.locator(".act-unread")).to_be_visible()
+
+    await first.locator(".act-unread").click()
+    await expect(second.locator("#list li.unread")).to_have_count(1)
+    await expect(second.locator("#badge")).to_have_text("1")
+    await expect(second).to_have_title("(1) Inbox · Herald")
+    await expect(first.locator(".act-unread")).to_be_hidden()
+    assert await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1",
+                              row["id"]) is None
+    # ... and from plain SQL, too
+    await sql.execute("UPDATE herald.notifications SET archived_at = now() WHERE id = $1",
+                      row["id"])
+    await expect(titles(first)).to_have_count(0)
+    await expect(titles(second)).to_have_count(0)
+    await expect(first.locator("#badge")).to_be_hidden()
+
+
+async def test_category_chips_filter_the_list(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    await sql.execute("INSERT INTO herald.notifications (user_id, title, category) VALUES "
+                      "($1, 'Order shipped', 'orders'), ($1, 'Weekly news', 'news'), "
+                      "($1, 'Plain one', NULL)", user)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    await expect(titles(page)).to_have_text(["Plain one", "Weekly news", "Order shipped"])
+    await expect(item(page, "Order shipped").locator(".category")).to_have_text("orders")
+    await expect(page.locator("#chips .chip")).to_have_text(["All", "news", "orders"])
+
+    await page.click("#chips .chip[data-category=orders]")
+    await expect(titles(page)).to_have_text(["Order shipped"])
+    await insert_with(sql, user, "Another order", category="orders")
+    await insert_with(sql, user, "More news", category="news")
+    await expect(titles(page)).to_have_text(["Another order", "Order shipped"])
+    await expect(page.locator("#badge")).to_have_text("5")  # the count is for every category
+    await page.click("#chips .chip[data-category='']")
+    await expect(titles(page)).to_have_text(["More news", "Another order", "Plain one",
+                                             "Weekly news", "Order shipped"])
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_an_expiring_item_disappears_when_it_expires(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    await insert(sql, user, "Stays")
+    await insert_with(sql, user, "Flash sale, 3 seconds", expires_in=3)
+    await expect(titles(page)).to_have_text(["Flash sale, 3 seconds", "Stays"])
+    await expect(item(page, "Flash sale").locator(".expires")).to_have_text(
+        "Expires in less than a minute")
+    await expect(page.locator("#badge")).to_have_text("2")
+    await expect(titles(page)).to_have_text(["Stays"], timeout=8000)
+    await expect(page.locator("#badge")).to_have_text("1")
+    await page.reload()  # the server agrees: not listed, not counted
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(titles(page)).to_have_text(["Stays"])
+    await expect(page.locator("#badge")).to_have_text("1")
+
+
+async def insert_with(sql, user: str, title: str, category: str | None = None,
+                      expires_in: float | None = None) -> Any:
+    return await sql.fetchrow(
+        "INSERT INTO herald.notifications (user_id, title, category, expires_at) "
+        "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING id, seq",
+        user, title, category, expires_in)

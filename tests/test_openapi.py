@@ -77,5 +77,6 @@ def test_the_fuzzing_reached_the_success_paths() -> None:
     """Guards against a vacuous pass (say, every request refused with 401)."""
     assert 201 in SEEN["POST /api/notifications"], SEEN
     assert 200 in SEEN["GET /api/notifications"], SEEN
-    assert 200 in SEEN["POST /api/notifications/read"], SEEN
+    for kind in ("read", "unread", "archive", "unarchive"):
+        assert 200 in SEEN[f"POST /api/notifications/{kind}"], SEEN
     assert any(code in (400, 401) for code in SEEN["POST /api/notifications"]), SEEN
