@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from app import tasks
-from app.store import DB_ERRORS, Store
+from app.store import DB_ERRORS, Pruned, Store
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ async def prune_pass(
     result = PassResult()
     limit = cutoff(older_than_days)
     waited_since: float | None = None
+    last: Pruned | None = None
     while True:
-        pruned = await store.prune(limit, batch)
+        pruned = await store.prune(limit, batch, last)
         if pruned is None:
             now = time.monotonic()
             waited_since = waited_since or now
@@ -72,6 +73,7 @@ async def prune_pass(
             await asyncio.sleep(max(pause, 0.05))
             continue
         waited_since = None
+        last = pruned
         result.old += pruned.old
         result.expired += pruned.expired
         if on_batch is not None:

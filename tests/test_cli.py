@@ -102,7 +102,8 @@ def procs() -> Iterator[Callable[..., Proc]]:
             proc.popen.wait()
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["token"], ["send"], ["tail"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["token"], ["send"], ["tail"],
+                                     ["prune"]])
 def test_help_everywhere(command: list[str]) -> None:
     result = herald(*command, "--help")
     assert result.returncode == 0 and "usage: herald" in result.stdout
@@ -128,6 +129,8 @@ def test_token_is_a_valid_jwt_for_the_user() -> None:
     (["send", "alice", "t", "--data", "[1]"], {}, "data must be a JSON object"),
     (["send", "alice", "t", "--data", "{oops"], {}, "--data must be a JSON object"),
     (["send", "alice", "t", "--link", "javascript:x"], {}, "link must be"),
+    (["send", "alice", "t", "--expires-at", "tomorrow"], {}, "expires_at must be an ISO 8601"),
+    (["send", "alice", "t", "--category", ""], {}, "category must be a string of 1-64"),
     (["serve"], {"HERALD_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nothing",
                  "HERALD_SECRET": "s"}, "herald: error:"),
 ])
@@ -165,6 +168,12 @@ def test_serve_send_tail_on_an_external_database(database_url, procs, user) -> N
     frame = json.loads(tail.wait_line('"notification"'))
     assert frame["id"] == row["id"] and frame["title"] == "Order shipped"
     assert frame["data"] == {"order_id": 7}
+    sent = herald("send", user, "Flash sale", "--category", "deals", "--expires-at",
+                  "2099-06-01T10:00:00+02:00", env=env)
+    assert sent.returncode == 0, sent.stderr
+    frame = json.loads(tail.wait_line('"Flash sale"'))
+    assert frame["seq"] == 2 and frame["category"] == "deals"
+    assert frame["expires_at"] == "2099-06-01T08:00:00Z" and frame["archived"] is False
     assert tail.stop() in (0, -signal.SIGTERM)
     assert server.stop() == 0
 

@@ -13,8 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from app import schema
 from tests.conftest import API_KEY, insert, token_for
-from tests.helpers import WsClient
+from tests.helpers import WsClient, wait_for
+from tests.proxy import PgProxy
 from tests.test_hardening import metric
 from tests.test_http import call
 
@@ -97,14 +99,31 @@ async def test_all_rows_deleted_then_a_new_one_reaches_an_old_cursor(
         assert frame["seq"] == 6 and frame["id"] == row["id"]
 
 
+@pytest.fixture(params=["direct", "relayed"])
+async def delivery_mode(request, make_database) -> dict[str, Any]:
+    """Node settings and database for both ways rows are announced: each commit's own
+    NOTIFY, or the relay (threshold 0, on a database of its own: the lease is global)."""
+    if request.param == "direct":
+        return {}
+    url = make_database()
+    await asyncio.to_thread(schema.upgrade, url)
+    return {"relay_threshold": 0.0, "database_url": url}
+
+
 async def test_deletes_racing_live_delivery_and_a_resume(
-    make_node, clients, database_url, sql, user
+    make_node, clients, delivery_mode, user
 ) -> None:
     """300 inserts for one user from 3 writers while another task deletes random rows
     of that user; one client stays connected, another leaves halfway and resumes on the
     other node. Each receives strictly increasing seqs, each at most once, and every
     row that survived; a client starting afterwards gets exactly the survivors."""
-    node_a, node_b = await make_node("node-a"), await make_node("node-b")
+    node_a = await make_node("node-a", **delivery_mode)
+    node_b = await make_node("node-b", **delivery_mode)
+    database_url = delivery_mode.get("database_url") or node_a.database_url
+    if delivery_mode:
+        relays = [n.relay for n in (node_a, node_b)]
+        await wait_for(lambda: any(r is not None and r.batched for r in relays), timeout=10)
+    sql = await asyncpg.connect(database_url)
     steady = await clients(node_a.port)
     await steady.hello(token_for(user), last_seq=0)
     mover = await clients(node_a.port)
@@ -167,6 +186,7 @@ async def test_deletes_racing_live_delivery_and_a_resume(
             task.cancel()
     finally:
         await pool.close()
+        await sql.close()
     assert len(deleted) > 20 and len(survivors) + len(deleted) == 300
     for name, seqs in received.items():
         assert seqs == sorted(set(seqs)), f"{name}: duplicate or out of order"
@@ -176,6 +196,32 @@ async def test_deletes_racing_live_delivery_and_a_resume(
     await late.hello(token_for(user), last_seq=0)
     assert await seqs_of(late, len(survivors)) == survivors
     await late.expect_silence(0.3)
+
+
+async def test_catch_up_after_bus_loss_skips_what_was_deleted_meanwhile(
+    make_node, clients, sql, database_url, user
+) -> None:
+    """The LISTEN connection hangs while rows come and some go: the catch-up after it
+    reconnects delivers the survivors, in order, and live delivery goes on."""
+    proxy = PgProxy(database_url)
+    await proxy.start()
+    try:
+        node = await make_node("node-a", bus_ping_interval=0.3, database_url=proxy.url)
+        client = await clients(node.port)
+        await client.hello(token_for(user))
+        await client.sync()
+        (bus,) = proxy.links(lambda link: b":bus" in link.startup)
+        bus.frozen = True
+        await insert_many(sql, user, 10)
+        await sql.execute("DELETE FROM herald.notifications WHERE user_id = $1 "
+                          "AND seq IN (1, 2, 5, 6, 7, 10)", user)
+        assert await seqs_of(client, 4) == [3, 4, 8, 9]
+        assert node.bus.reconnects == 1
+        await insert(sql, user, "live again")
+        assert await seqs_of(client, 1) == [11]
+        bus.cut()
+    finally:
+        await proxy.stop()
 
 
 # --- expiry ---------------------------------------------------------------------------
