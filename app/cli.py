@@ -273,8 +273,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return result.old, result.expired
 
     old, expired = asyncio.run(run())
-    age = f"created more than {days:g} days ago" if days else "by age: none (no --older-than)"
-    print(f"deleted {old + expired} rows ({old} {age}, {expired} expired)")
+    if days:
+        print(f"deleted {old + expired} rows ({old} created more than {days:g} days ago, "
+              f"{expired} expired)")
+    else:
+        print(f"deleted {expired} rows ({expired} expired; none by age: no --older-than "
+              "or HERALD_RETENTION_DAYS)")
     return 0
 
 

@@ -249,8 +249,9 @@ class Store:
 
         Per-user seq order is commit order, so no row below a returned seq can still
         appear: a user's rows here are *every* row that will ever exist between the
-        cursor and the last one returned. A seq missing among them was deleted, rolled
-        back into a reused seq, or expired, for good (app/hub.py relies on this)."""
+        cursor and the last one returned. A seq missing among them was deleted or has
+        expired, for good (app/hub.py relies on this; an expiry moved later after it
+        passed does not bring the row back to a client that went past it)."""
         if not cursors:
             return []
         users = list(cursors)

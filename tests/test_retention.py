@@ -160,7 +160,7 @@ async def test_without_an_age_prune_deletes_only_expired_rows(fresh) -> None:
             HERALD_DATABASE_URL=fresh["url"]), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
-    assert proc.returncode == 0 and out.decode().startswith("deleted 3 rows (0 ")
+    assert proc.returncode == 0 and out.decode().startswith("deleted 3 rows (3 expired; none")
     assert await counts(sql, "mixed") == {"old": 4, "recent": 2}
 
 
