@@ -76,5 +76,13 @@ class Metrics:
             registry=r,
         )
 
+        self.loop_lag = Histogram(
+            "herald_event_loop_lag_seconds",
+            "How late the event loop ran a timer due now: the time every other task on "
+            "this node waited behind work that did not yield (sampled every 50 ms)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

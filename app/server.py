@@ -18,6 +18,7 @@ from app.bus import Bus
 from app.config import Config
 from app.hub import Hub
 from app.keepalive import Keepalive
+from app.looplag import Loopwatch
 from app.metrics import Metrics
 from app.node import Node
 from app.relay import Relay
@@ -43,6 +44,7 @@ class HeraldServer:
         self.relay: Relay | None = None
         self._keepalive: Keepalive | None = None
         self.pruner: Pruner | None = None
+        self.loopwatch = Loopwatch(self.metrics.loop_lag.observe)
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.node: Node | None = None
@@ -89,6 +91,7 @@ class HeraldServer:
         self.pruner.start()
         self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval)
         self._keepalive.start()
+        self.loopwatch.start()
         app = make_app(
             self.config, node, store, self.metrics,
             bus_connected=lambda: bus.connected, draining=lambda: self.draining,
@@ -126,6 +129,7 @@ class HeraldServer:
                 log.warning("acks not written before shutdown")
         if self._keepalive is not None:
             await self._keepalive.stop()
+        await self.loopwatch.stop()
         if self.pruner is not None:
             await self.pruner.stop()
         if self.relay is not None:
