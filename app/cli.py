@@ -300,6 +300,25 @@ def _describe(frame: dict[str, Any]) -> str:
     return line
 
 
+def _show(frame: dict[str, Any], raw: str, as_json: bool) -> None:
+    """Print one server frame the way ``herald tail`` shows it."""
+    kind = frame.get("type")
+    if as_json:
+        print(raw, flush=True)
+    elif kind == "welcome":
+        print(f"herald tail: {frame['user']} on node {frame['node']} "
+              f"(last seq {frame['last_seq']}, {frame['unread']} unread)",
+              file=sys.stderr, flush=True)
+    elif kind == "notification":
+        print(_describe(frame), flush=True)
+    elif kind in protocol.CHANGE_KINDS:
+        what = f"all up to #{frame['seq']}" if frame.get("all") else frame["ids"]
+        print(f"herald tail: {kind} {what} ({frame['unread']} unread)",
+              file=sys.stderr, flush=True)
+    elif kind == "error":
+        print(f"herald tail: {frame['code']}: {frame['message']}", file=sys.stderr)
+
+
 async def _tail(config: Config, args: argparse.Namespace) -> int:
     from tornado.websocket import WebSocketClosedError, websocket_connect
 
@@ -316,33 +335,23 @@ async def _tail(config: Config, args: argparse.Namespace) -> int:
             continue
         token = config.tokens.mint(args.user, config.token_ttl)
         await conn.write_message(json.dumps({"type": "hello", "token": token,
-                                             "last_seq": cursor}))
+                                             "last_seq": cursor, "batch": True}))
         while True:
             message = await conn.read_message()
             if message is None:
                 break
-            frame = json.loads(message)
-            kind = frame.get("type")
-            if args.json:
-                print(message, flush=True)
-            elif kind == "welcome":
-                print(f"herald tail: {frame['user']} on node {frame['node']} "
-                      f"(last seq {frame['last_seq']}, {frame['unread']} unread)",
-                      file=sys.stderr, flush=True)
-            elif kind == "notification":
-                print(_describe(frame), flush=True)
-            elif kind in protocol.CHANGE_KINDS:
-                what = f"all up to #{frame['seq']}" if frame.get("all") else frame["ids"]
-                print(f"herald tail: {kind} {what} ({frame['unread']} unread)",
-                      file=sys.stderr, flush=True)
-            elif kind == "error":
-                print(f"herald tail: {frame['code']}: {frame['message']}", file=sys.stderr)
-            if kind == "welcome":
-                backoff = 0.2
-            if kind == "notification":
-                cursor = frame["seq"]
-                if args.ack:
-                    await conn.write_message(json.dumps({"type": "ack", "seq": cursor}))
+            assert isinstance(message, str)
+            acked = cursor
+            for line in message.split("\n"):  # "batch": one message per line
+                frame = json.loads(line)
+                _show(frame, line, args.json)
+                if frame.get("type") == "welcome":
+                    backoff = 0.2
+                elif frame.get("type") == "notification":
+                    cursor = frame["seq"]
+            if args.ack and cursor is not None and cursor != acked:
+                # Cumulative: one ack for everything this message brought.
+                await conn.write_message(json.dumps({"type": "ack", "seq": cursor}))
         if conn.close_code == protocol.CLOSE_UNAUTHORIZED:
             raise CliError(f"{url} refused the token: {conn.close_reason}")
         print(f"herald tail: disconnected ({conn.close_code}); reconnecting", file=sys.stderr)

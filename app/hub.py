@@ -9,13 +9,14 @@ sent a frame only when ``prev <= c < seq``, then its cursor becomes ``seq``. Who
 fetched the rows (live fan-out, replay, catch-up), and in whatever order those fetches
 finish, a client can get neither a duplicate nor a gap among the rows that exist, and a
 deleted row never holds it up. Sending is synchronous (it only appends to the socket's
-write buffer), so one delivery call is never interleaved with another.
+write buffer), so one delivery call is never interleaved with another, and all the
+frames one call has for a connection leave in one write.
 
-Backpressure falls out of the same rule: when a connection's write buffer is full
-(``ready()`` is false) delivery to it simply stops, and the connection is told to
-``pause()``; once its buffer drains it asks the node for a fetch from its cursor. A
-replay of thousands of rows therefore never piles up in memory, and a client that
-never drains is closed by its own stall timer.
+Backpressure falls out of the same rule: a connection has ``room()`` for so many more
+bytes in its write buffer; when a delivery would pass that, delivery to it simply stops
+there and the connection is told to ``pause()``; once its buffer drains it asks the node
+for a fetch from its cursor. A replay of thousands of rows therefore never piles up in
+memory, and a client that never drains is closed by its own stall timer.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ class Client(Protocol):
     user: str
     cursor: int  # highest seq this connection has been sent
 
-    def send(self, text: str) -> None:
-        """Queue one text frame; raise ``ClientGone`` if the socket is closed."""
+    def send(self, texts: Sequence[str]) -> None:
+        """Queue ``texts``, one message each, in one write; raise ``ClientGone`` if the
+        socket is closed."""
 
-    def ready(self) -> bool:
-        """False while the socket's write buffer is above its high-water mark."""
+    def room(self) -> int:
+        """How many more bytes may be queued before delivery should pause (<= 0: none,
+        the write buffer is above its high-water mark or delivery is paused)."""
 
     def pause(self) -> None:
         """Delivery stopped for backpressure: resume (fetch from the cursor) once drained."""
@@ -86,7 +89,7 @@ class Hub:
         with ``ready_only``, among those not paused for backpressure — rows for a paused
         connection would only be fetched to be dropped, and it asks again when drained."""
         cursors = [c.cursor for c in self._by_user.get(user, ())
-                   if not ready_only or c.ready()]
+                   if not ready_only or c.room() > 0]
         return min(cursors) if cursors else None
 
     def deliver_to(self, client: Client, frames: Sequence[Frame]) -> list[int]:
@@ -98,21 +101,29 @@ class Hub:
         fetch, which always starts at the cursor, fills it in.
         """
         sent: list[int] = []
+        texts: list[str] = []
+        cursor = client.cursor
+        room = client.room()
         for prev, seq, text in frames:
-            if seq <= client.cursor:
+            if seq <= cursor:
                 continue
-            if prev > client.cursor:
+            if prev > cursor:
                 break
-            if not client.ready():
+            if room <= 0:
                 client.pause()
                 break
-            try:
-                client.send(text)
-            except ClientGone:
-                self.remove(client)
-                break
-            client.cursor = seq
+            texts.append(text)
+            room -= len(text)
+            cursor = seq
             sent.append(seq)
+        if not texts:
+            return sent
+        try:
+            client.send(texts)
+        except ClientGone:
+            self.remove(client)
+            return []
+        client.cursor = cursor
         return sent
 
     def deliver(self, user: str, frames: Sequence[Frame]) -> list[int]:
@@ -127,7 +138,7 @@ class Hub:
         count = 0
         for client in self.clients(user):
             try:
-                client.send(text)
+                client.send((text,))
                 count += 1
             except ClientGone:
                 self.remove(client)

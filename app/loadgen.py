@@ -72,12 +72,15 @@ class FleetClient:
                 self._conn = await websocket_connect(self.url, connect_timeout=5)
                 self.connections += 1
                 await self._conn.write_message(json.dumps(
-                    {"type": "hello", "token": self._token(self.user), "last_seq": self.cursor}))
+                    {"type": "hello", "token": self._token(self.user), "last_seq": self.cursor,
+                     "batch": True}))
                 while True:
                     message = await self._conn.read_message()
                     if message is None:
                         break
-                    self._on_frame(json.loads(message))
+                    assert isinstance(message, str)
+                    for line in message.split("\n"):  # "batch": one message per line
+                        self._on_frame(json.loads(line))
                     backoff = 0.05
                 self.close_codes.append(self._conn.close_code)
             except (OSError, HTTPClientError, WebSocketClosedError, asyncio.TimeoutError) as err:

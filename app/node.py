@@ -85,13 +85,14 @@ def _confirms(change: protocol.ChangeEvent, state: RowState | None) -> bool:
 
 
 def frames_after(after: int, rows: Iterable[asyncpg.Record]) -> list[Frame]:
-    """Notification frames for one user's rows as fetched from cursor ``after``: each
-    row's ``prev`` is the row before it in the fetch, the first one's is ``after``."""
+    """The frames of one user's rows as fetched from cursor ``after`` (``Store.fetch_after``
+    renders them): each row's ``prev`` is the row before it in the fetch, the first
+    one's is ``after``."""
     frames = []
     prev = after
     for row in rows:
         seq = row["seq"]
-        frames.append(Frame(prev, seq, protocol.notification(row)))
+        frames.append(Frame(prev, seq, row["frame"]))
         prev = seq
     return frames
 
@@ -267,7 +268,7 @@ class Node:
         """
         start = await self._store.session_start(client.user, last_seq)
         client.cursor = start.baseline
-        client.send(protocol.welcome(client.user, self.name, start.last_seq, start.unread))
+        client.send((protocol.welcome(client.user, self.name, start.last_seq, start.unread),))
         self._hub.add(client)
         while True:
             before = client.cursor

@@ -42,6 +42,7 @@ class ProtocolError(Exception):
 class Hello:
     token: str | None
     last_seq: int | None
+    batch: bool = False  # the client takes several messages per frame, one per line
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,11 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         if token is not None and not isinstance(token, str):
             raise ProtocolError("malformed", "token must be a string")
         last = frame.get("last_seq")
-        return Hello(token=token or None, last_seq=None if last is None else _seq(last, "last_seq"))
+        batch = frame.get("batch", False)
+        if not isinstance(batch, bool):
+            raise ProtocolError("malformed", "batch must be true or false")
+        return Hello(token=token or None, last_seq=None if last is None else _seq(last, "last_seq"),
+                     batch=batch)
     if kind == "ack":
         return Ack(seq=_seq(frame.get("seq"), "seq"))
     if kind in CHANGE_KINDS:

@@ -38,6 +38,26 @@ DB_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS + (asyncpg.Postgr
 ROW_COLUMNS = ("id, user_id, seq, title, body, data, link, category, created_at, expires_at, "
                "delivered_at, read_at, archived_at")
 
+
+
+def _iso(column: str) -> str:
+    """SQL for ``column`` (timestamptz) as ``protocol.iso`` writes it: UTC, a ``Z``, the
+    microseconds only when there are any (as Python's ``isoformat``)."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (f"CASE WHEN extract(microseconds FROM {column})::bigint % 1000000 = 0 "
+            f"THEN to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+            f"ELSE to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END")
+
+
+# The notification frame (protocol.notification), rendered by PostgreSQL: the node then
+# only hands text to the sockets, without decoding the row's JSON and encoding it again.
+# tests/test_protocol_sql.py holds the two renderings to the same JSON.
+FRAME = f"""json_build_object(
+    'type', 'notification', 'id', n.id, 'seq', n.seq, 'title', n.title, 'body', n.body,
+    'data', n.data, 'link', n.link, 'category', n.category,
+    'created_at', {_iso("n.created_at")}, 'expires_at', {_iso("n.expires_at")},
+    'read', n.read_at IS NOT NULL, 'archived', n.archived_at IS NOT NULL)::text"""
+
 # A row past its expires_at is never pushed, replayed, listed or counted.
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 # What the unread count counts (SPEC, Lifecycle).
@@ -245,7 +265,8 @@ class Store:
         self, cursors: Mapping[str, int], limit: int = 500
     ) -> list[asyncpg.Record]:
         """Rows with ``seq > cursors[user]`` that have not expired, at most ``limit`` per
-        user, ordered by (user, seq).
+        user, ordered by (user, seq), as ``(user_id, seq, created_at, frame)``: the
+        notification frame is ready-made text.
 
         Per-user seq order is commit order, so no row below a returned seq can still
         appear: a user's rows here are *every* row that will ever exist between the
@@ -262,7 +283,8 @@ class Store:
                     f"""
                     SELECT r.* FROM unnest($1::text[], $2::bigint[]) AS c(user_id, after)
                     CROSS JOIN LATERAL (
-                        SELECT {ROW_COLUMNS} FROM herald.notifications n
+                        SELECT n.user_id, n.seq, n.created_at, {FRAME} AS frame
+                        FROM herald.notifications n
                         WHERE n.user_id = c.user_id AND n.seq > c.after AND {LIVE}
                         ORDER BY n.seq LIMIT $3
                     ) r

@@ -19,6 +19,10 @@
  * that arrived after S may not be). Notifications carry category, expires_at and
  * archived; an archived one may arrive on replay (archived: true).
  *
+ * The client says "batch": true in its hello, so a burst arrives as several messages in
+ * one WebSocket frame, one JSON object per line; acks are cumulative and sent at most
+ * every 100 ms.
+ *
  * Reconnects with jittered exponential backoff (0.5 s → 30 s; at once after a node's
  * 1001 "going away" or when the browser comes back online) and resumes from the last
  * seq it delivered, so a notification is never shown twice nor skipped. A token given as
@@ -32,6 +36,7 @@
   var CLOSE_GOING_AWAY = 1001;
   var PING_EVERY_MS = 20000;
   var PONG_WITHIN_MS = 10000;
+  var ACK_EVERY_MS = 100;
 
   function defaultUrl() {
     var scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
@@ -56,6 +61,8 @@
     this._pingTimer = null;
     this._pongTimer = null;
     this._closed = false;
+    this._acked = 0;       // highest seq acknowledged on the current socket
+    this._ackTimer = null;
     var self = this;
     this._online = function () { self._reconnectNow(); };
     global.addEventListener("online", this._online);
@@ -82,11 +89,16 @@
       var ws = new WebSocket(self.url);
       self._ws = ws;
       ws.onopen = function () {
-        var hello = {type: "hello", last_seq: self.lastSeq};
+        var hello = {type: "hello", last_seq: self.lastSeq, batch: true};
         if (token) hello.token = token;
+        self._acked = 0;
         ws.send(JSON.stringify(hello));
       };
-      ws.onmessage = function (event) { self._frame(ws, JSON.parse(event.data)); };
+      ws.onmessage = function (event) {
+        // One message per line: a JSON text never contains a raw newline.
+        var lines = event.data.split("\n");
+        for (var i = 0; i < lines.length; i++) self._frame(ws, JSON.parse(lines[i]));
+      };
       ws.onclose = function (event) { self._closedSocket(ws, event); };
     }, function () { self._schedule(); });
   };
@@ -143,6 +155,8 @@
     this._ws = null;
     clearInterval(this._pingTimer);
     clearTimeout(this._pongTimer);
+    clearTimeout(this._ackTimer);
+    this._ackTimer = null;
     if (this._closed) { this._setState("offline"); return; }
     if (event.code === CLOSE_UNAUTHORIZED && typeof this.token !== "function") {
       this._setState("offline");
@@ -180,8 +194,20 @@
     return false;
   };
 
-  /** Acknowledge everything up to seq as shown (sets delivered_at). */
-  HeraldClient.prototype.ack = function (seq) { return this._send({type: "ack", seq: seq}); };
+  /** Acknowledge everything up to seq as shown (sets delivered_at). Acks are cumulative,
+   * so a burst is acknowledged once, at most ACK_EVERY_MS later. */
+  HeraldClient.prototype.ack = function (seq) {
+    var self = this;
+    if (seq <= this._acked) return true;
+    this._acked = seq;
+    if (!this._ackTimer) {
+      this._ackTimer = setTimeout(function () {
+        self._ackTimer = null;
+        self._send({type: "ack", seq: self._acked});
+      }, ACK_EVERY_MS);
+    }
+    return true;
+  };
   /** Mark notifications read; every open client of the user gets a "read" frame. */
   HeraldClient.prototype.markRead = function (ids) { return this._send({type: "read", ids: ids}); };
   HeraldClient.prototype.markAllRead = function () { return this._send({type: "read", all: true}); };

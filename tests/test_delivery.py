@@ -267,3 +267,39 @@ async def test_joining_beside_a_live_sibling_while_inserts_race(
     assert len(runs) >= 2
     for cursor, seqs in runs:
         assert seqs == list(range(cursor + 1, cursor + 61)), (cursor, seqs[:10])
+
+
+async def test_batching_clients_get_bursts_as_lines_others_one_frame_each(
+    make_node, clients, sql, user
+) -> None:
+    """hello "batch": true lets the node put a burst in few WebSocket frames, one JSON
+    message per line; a client that did not ask gets exactly one message per frame."""
+    from tornado.websocket import websocket_connect
+
+    node = await make_node()
+    batching = await websocket_connect(f"ws://127.0.0.1:{node.port}/ws")
+    await batching.write_message(json.dumps(
+        {"type": "hello", "token": token_for(user), "last_seq": 0, "batch": True}))
+    plain = await clients(node.port)
+    await plain.hello(token_for(user), last_seq=0)
+    try:
+        assert json.loads(await batching.read_message())["type"] == "welcome"
+        await plain.sync()
+        await sql.execute("INSERT INTO herald.notifications (user_id, title) "
+                          "SELECT $1, 'n' || g FROM generate_series(1, 200) g", user)
+        messages: list[str] = []
+        seqs: list[int] = []
+        while len(seqs) < 200:
+            message = await asyncio.wait_for(batching.read_message(), 10)
+            assert isinstance(message, str)
+            messages.append(message)
+            seqs.extend(json.loads(line)["seq"] for line in message.split("\n"))
+        assert seqs == list(range(1, 201))
+        assert len(messages) < 20  # bursts, not a frame per row
+        assert [f["seq"] for f in await plain.notifications(200)] == list(range(1, 201))
+    finally:
+        batching.close()
+    bad = await clients(node.port)
+    await bad.send({"type": "hello", "token": token_for(user), "batch": "yes"})
+    code, frames = await bad.closed()
+    assert code == 4400 and frames[-1]["code"] == "malformed"

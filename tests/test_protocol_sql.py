@@ -1,0 +1,45 @@
+"""The notification frame has two renderings: ``protocol.notification`` (Python, for the
+history API) and ``store.FRAME`` (PostgreSQL, for every push). They must agree, down to
+the timestamps' text, for any row."""
+
+from __future__ import annotations
+
+import json
+
+from app import db, protocol
+from app.store import Store
+
+ROWS = [
+    # title, body, data, link, category, created_at, expires_at
+    ("plain", None, {}, None, None, "now()", "NULL"),
+    ('quotes " and \\ backslash', "line\nbreak\ttab\u0001ctl", {"a": [1, 2.5, None, True]},
+     "/orders/1?x=1&y=2", "orders", "'2020-01-02T03:04:05Z'", "'2099-01-01T00:00:00.5Z'"),
+    ("您的订单已发货 🚚 émoji", "\u2028 separators \u2029", {"nested": {"k": "ü"}, "n": -1e3},
+     "https://shop.example/ü", "c" * 64, "'2026-11-27T12:00:00.000001Z'",
+     "'2099-06-01T10:00:00+02:00'"),
+]
+
+
+async def test_sql_and_python_frames_agree(database_url, sql, user) -> None:
+    for title, body, data, link, category, created, expires in ROWS:
+        await sql.execute(
+            "INSERT INTO herald.notifications (user_id, title, body, data, link, category, "
+            f"created_at, expires_at) VALUES ($1, $2, $3, $4::jsonb, $5, $6, {created}, "
+            f"{expires})", user, title, body, data, link, category)
+    await sql.execute("UPDATE herald.notifications SET read_at = now(), archived_at = now() "
+                      "WHERE user_id = $1 AND seq = 2", user)
+    pool = await db.create_pool(database_url, "herald-test-frames")
+    try:
+        pushed = await Store(pool).fetch_after({user: 0})
+    finally:
+        await pool.close()
+    listed = await sql.fetch("SELECT * FROM herald.notifications WHERE user_id = $1 "
+                             "ORDER BY seq", user)
+    assert len(pushed) == len(listed) == len(ROWS)
+    for frame_row, row in zip(pushed, listed, strict=True):
+        from_sql = json.loads(frame_row["frame"])
+        from_python = json.loads(protocol.notification(row))
+        assert from_sql == from_python
+        assert list(from_sql)[0] == "type"
+    assert json.loads(pushed[1]["frame"])["created_at"] == "2020-01-02T03:04:05Z"
+    assert json.loads(pushed[1]["frame"])["read"] is True
