@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import asyncpg
 
 from app import protocol
+from app.coalesce import Coalescer
 from app.hub import Client, Frame, Hub
 from app.metrics import Metrics
 from app.store import DB_ERRORS, RowState, Store
@@ -55,6 +56,14 @@ class Retry:
 
 
 Event = Union[Payload, CatchUp, Resume, Retry]
+
+
+@dataclass(frozen=True)
+class ReplayPage:
+    """A page of one user's rows for a starting session; ``full``: there may be more."""
+
+    frames: list[Frame]
+    full: bool
 
 
 @dataclass
@@ -115,6 +124,9 @@ class Node:
         # with the writers' inserts, and a socket acks every frame.
         self._ack_interval = ack_interval
         self._ack_writer: asyncio.Task[None] | None = None
+        # Sessions starting together share their queries (app/coalesce.py).
+        self._session_start = Coalescer(store.session_starts)
+        self._replay_page = Coalescer(self._replay_pages)
 
     # --- bus side ---------------------------------------------------------------------
 
@@ -266,17 +278,36 @@ class Node:
         or announced by the bus after the client is registered. The hub's cursor rule
         drops whatever both paths deliver.
         """
-        start = await self._store.session_start(client.user, last_seq)
+        start = await self._session_start((client.user, last_seq))
         client.cursor = start.baseline
         client.send((protocol.welcome(client.user, self.name, start.last_seq, start.unread),))
         self._hub.add(client)
         while True:
             before = client.cursor
-            rows = await self._store.fetch_after({client.user: before}, self._fetch_limit)
-            sent = self._hub.deliver_to(client, frames_after(before, rows))
+            page = await self._replay_page((client.user, before))
+            sent = self._hub.deliver_to(client, page.frames)
             self._metrics.replayed.inc(len(sent))
-            if len(rows) < self._fetch_limit or client.cursor == before:
+            if not page.full:
                 return
+            if client.cursor == before and page.frames[-1].seq > before:
+                return  # paused for backpressure: it asks for the rest once drained
+            # Otherwise more may follow (or the page, fetched from another session's
+            # lower cursor, ended below this one's): the next page starts at the cursor.
+
+    async def _replay_pages(self, requests: Sequence[tuple[str, int]]) -> list[ReplayPage]:
+        """One fetch for the replays of many sessions: from each user's lowest cursor
+        among them. A session with a higher cursor skips what it has (the hub's rule)."""
+        floors: dict[str, int] = {}
+        for user, after in requests:
+            floors[user] = min(after, floors.get(user, after))
+        rows = await self._store.fetch_after(floors, self._fetch_limit)
+        by_user: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for row in rows:
+            by_user[row["user_id"]].append(row)
+        pages = {user: ReplayPage(frames_after(floors[user], by_user[user]),
+                                  len(by_user[user]) == self._fetch_limit)
+                 for user in floors}
+        return [pages[user] for user, _ in requests]
 
     def resume(self, client: Client) -> None:
         """``client`` drained its write buffer after a backpressure pause: fetch from its

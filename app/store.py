@@ -229,35 +229,45 @@ class Store:
                                    duplicate=duplicate))
         return result
 
-    async def session_start(self, user: str, last_seq: int | None) -> SessionStart:
-        """Where a (re)connecting client resumes.
+    async def session_starts(
+        self, requests: Sequence[tuple[str, int | None]]
+    ) -> list[SessionStart]:
+        """Where each (re)connecting client ``(user, last_seq)`` resumes, in one query.
 
         With a cursor, replay starts after it (clamped to the user's newest seq: a cursor
         from the future means the client saw another database). Without one, replay
         starts at the oldest undelivered row, so a new device gets everything no client
         has acknowledged yet.
         """
+        users = sorted({user for user, _ in requests})
 
-        async def op(conn: asyncpg.Connection) -> SessionStart:
-            row = await conn.fetchrow(
+        async def op(conn: asyncpg.Connection) -> list[SessionStart]:
+            rows = await conn.fetch(
                 f"""
-                SELECT coalesce((SELECT last_seq FROM herald.user_counters
-                                 WHERE user_id = $1), 0) AS last_seq,
+                SELECT u,
+                       coalesce((SELECT last_seq FROM herald.user_counters
+                                 WHERE user_id = u), 0) AS last_seq,
                        (SELECT min(seq) FROM herald.notifications
-                        WHERE user_id = $1 AND delivered_at IS NULL) AS first_undelivered,
+                        WHERE user_id = u AND delivered_at IS NULL) AS first_undelivered,
                        (SELECT count(*) FROM herald.notifications
-                        WHERE user_id = $1 AND {UNREAD}) AS unread
+                        WHERE user_id = u AND {UNREAD}) AS unread
+                FROM unnest($1::text[]) AS u
                 """,
-                user,
+                users,
             )
-            newest = int(row["last_seq"])
-            if last_seq is not None:
-                baseline = min(last_seq, newest)
-            elif row["first_undelivered"] is not None:
-                baseline = int(row["first_undelivered"]) - 1
-            else:
-                baseline = newest
-            return SessionStart(last_seq=newest, baseline=baseline, unread=int(row["unread"]))
+            by_user = {r["u"]: r for r in rows}
+            starts = []
+            for user, last_seq in requests:
+                row = by_user[user]
+                newest = int(row["last_seq"])
+                if last_seq is not None:
+                    baseline = min(last_seq, newest)
+                elif row["first_undelivered"] is not None:
+                    baseline = int(row["first_undelivered"]) - 1
+                else:
+                    baseline = newest
+                starts.append(SessionStart(newest, baseline, int(row["unread"])))
+            return starts
 
         return await self._retrying(op)
 
