@@ -8,7 +8,10 @@ the termination listener (the server closed the socket) and a ping with a timeou
 
 ``on_event`` is called with each raw payload and must only enqueue. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
-catch-up read of the table cannot miss a commit that happened during the gap.
+catch-up read of the table cannot miss a commit that happened during the gap. It gets
+``since``: the oldest transaction id that may have committed after the previous
+connection was last known to have delivered everything (read with each ping), so the
+node can find the read-state changes whose announcements were lost with it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Bus:
         dsn: str,
         channel: str,
         on_event: Callable[[str], None],
-        on_listening: Callable[[bool], None],
+        on_listening: Callable[[bool, int | None], None],
         *,
         application_name: str = "herald-bus",
         ping_interval: float = 5.0,
@@ -50,6 +53,9 @@ class Bus:
         self.connected = False
         self.reconnects = 0
         self.queue_usage = 0.0  # pg_notification_queue_usage(), refreshed by each ping
+        # Every transaction below this xid had finished when a query on the LISTEN
+        # connection last returned, so its NOTIFYs had been received by then.
+        self.horizon: int | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
         """Start listening; return once LISTEN is up. Raises ``TimeoutError`` otherwise."""
@@ -79,6 +85,8 @@ class Bus:
                 # mark its successor as lost.
                 self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await self._conn.add_listener(self._channel, self._listener)
+                # The old connection was good up to its horizon; the new one from now.
+                since, self.horizon = self.horizon, await self._ping()
                 self.connected = True
                 reconnected = self._first.done()
                 if reconnected:
@@ -86,7 +94,7 @@ class Bus:
                     log.warning("bus: LISTEN re-established; catching up")
                 else:
                     self._first.set_result(None)
-                self._on_listening(reconnected)
+                self._on_listening(reconnected, since if reconnected else None)
                 backoff = 0.1
                 await self._watch(lost)
                 log.warning("bus: LISTEN connection lost")
@@ -109,12 +117,20 @@ class Bus:
             except asyncio.TimeoutError:
                 pass
             try:
-                # The ping doubles as a reading of the server's NOTIFY queue (8 GB shared by
-                # all listeners); a listener that falls behind makes it fill up.
-                usage = await self._conn.fetchval(
-                    "SELECT pg_notification_queue_usage()", timeout=self._ping_interval)
-                self.queue_usage = float(usage)
+                self.horizon = await self._ping()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
                     asyncio.TimeoutError) as err:
                 log.warning("bus: ping failed (%s)", type(err).__name__)
                 return
+
+    async def _ping(self) -> int:
+        """Check the connection answers; read the NOTIFY queue's usage (8 GB shared by all
+        listeners: one that falls behind makes it fill up); return the xid horizon:
+        when the answer arrives, the NOTIFYs of every transaction below it have too."""
+        assert self._conn is not None
+        row = await self._conn.fetchrow(
+            "SELECT pg_notification_queue_usage() AS usage, "
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon",
+            timeout=self._ping_interval)
+        self.queue_usage = float(row["usage"])
+        return int(row["horizon"])

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Sequence
 import asyncpg
 
 from app import __version__, db, gcpolicy, protocol, schema, tasks
-from app.config import Config, ConfigError, load_config
+from app.config import MAX_RETENTION_DAYS, Config, ConfigError, load_config, retention_days
 from app.logs import setup_logging
 
 log = logging.getLogger("herald")
@@ -254,11 +254,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     days: float | None = config.retention_days or None
     if args.older_than is not None:
         try:
-            days = float(args.older_than)
+            days = retention_days(args.older_than)
         except ValueError:
-            days = -1
-        if not 0 < days < float("inf"):
-            raise CliError("--older-than must be a positive number of days, e.g. 30")
+            days = 0
+        if not days:
+            raise CliError(f"--older-than must be a positive number of days up to "
+                           f"{MAX_RETENTION_DAYS}, e.g. 30")
     url = _database(config)
 
     async def run() -> tuple[int, int]:

@@ -88,6 +88,18 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+# A century: beyond it a cutoff date leaves the calendar PostgreSQL and Python share.
+MAX_RETENTION_DAYS = 36_500
+
+
+def retention_days(value: str) -> float:
+    """Days of retention: 0 (keep everything) up to ``MAX_RETENTION_DAYS``."""
+    number = float(value)
+    if not 0 <= number <= MAX_RETENTION_DAYS:
+        raise ValueError(f"must be a number of days from 0 to {MAX_RETENTION_DAYS}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -167,7 +179,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("HERALD_LOG_FORMAT", _log_format),
     "relay_threshold": ("HERALD_RELAY_THRESHOLD", _non_negative_float),
     "relay_interval": ("HERALD_RELAY_INTERVAL", _positive_float),
-    "retention_days": ("HERALD_RETENTION_DAYS", _non_negative_float),
+    "retention_days": ("HERALD_RETENTION_DAYS", retention_days),
     "prune_interval": ("HERALD_PRUNE_INTERVAL", _positive_float),
     "prune_batch": ("HERALD_PRUNE_BATCH", _positive_int),
     "prune_pause": ("HERALD_PRUNE_PAUSE", _non_negative_float),

@@ -44,6 +44,9 @@ class Client(Protocol):
 
     user: str
     cursor: int  # highest seq this connection has been sent
+    # While its session's replay runs, pushes wait here (None: not replaying): a change
+    # pushed at once could reach the client before the replay's older copy of the row.
+    held: list[str] | None
 
     def send(self, texts: Sequence[str]) -> None:
         """Queue ``texts``, one message each, in one write; raise ``ClientGone`` if the
@@ -60,9 +63,44 @@ class Client(Protocol):
 
 
 class Hub:
-    def __init__(self) -> None:
+    """This node's registry of sockets, and admission to it: at most ``max_sockets`` open
+    sockets (said hello or not) and ``max_per_user`` sessions per user."""
+
+    def __init__(self, max_sockets: int = 20_000, max_per_user: int = 20) -> None:
         self._by_user: dict[str, set[Client]] = {}
-        self.sockets = 0  # every open socket, authenticated or not (for admission)
+        self._max_sockets = max_sockets
+        self._max_per_user = max_per_user
+        self.sockets = 0  # every open socket, authenticated or not
+        self._admitted: dict[str, int] = {}  # user -> sessions admitted and not released
+
+    # --- admission ----------------------------------------------------------------------
+
+    def open_socket(self) -> bool:
+        """Count a new socket; False if the node is full (count it closed anyway)."""
+        self.sockets += 1
+        return self.sockets <= self._max_sockets
+
+    def close_socket(self) -> None:
+        self.sockets -= 1
+
+    def admit(self, user: str) -> bool:
+        """Reserve a session for ``user`` (before its session starts, so that hellos
+        racing each other cannot pass the limit together); False when full. Every
+        ``True`` must be matched by a ``release``."""
+        admitted = self._admitted.get(user, 0)
+        if admitted >= self._max_per_user:
+            return False
+        self._admitted[user] = admitted + 1
+        return True
+
+    def release(self, user: str) -> None:
+        admitted = self._admitted.get(user, 0) - 1
+        if admitted > 0:
+            self._admitted[user] = admitted
+        else:
+            self._admitted.pop(user, None)
+
+    # --- registry -----------------------------------------------------------------------
 
     def add(self, client: Client) -> None:
         self._by_user.setdefault(client.user, set()).add(client)
@@ -124,6 +162,11 @@ class Hub:
             self.remove(client)
             return []
         client.cursor = cursor
+        if client.room() <= 0:
+            # Past the mark with this very write: pause now, or no later round would (a
+            # connection without room is left out of the fetches) and it would never be
+            # asked to resume.
+            client.pause()
         return sent
 
     def deliver(self, user: str, frames: Sequence[Frame]) -> list[int]:
@@ -134,15 +177,29 @@ class Hub:
         return sent
 
     def broadcast(self, user: str, text: str) -> int:
-        """Send ``text`` to every connection of ``user``; return how many got it."""
+        """Send ``text`` to every connection of ``user`` (to a replaying one, once its
+        replay is written); return how many got or will get it."""
         count = 0
         for client in self.clients(user):
+            if client.held is not None:
+                client.held.append(text)
+                count += 1
+                continue
             try:
                 client.send((text,))
                 count += 1
             except ClientGone:
                 self.remove(client)
         return count
+
+    def release_held(self, client: Client) -> None:
+        """The client's replay is written: send what was pushed meanwhile, in order."""
+        held, client.held = client.held, None
+        if held:
+            try:
+                client.send(held)
+            except ClientGone:
+                self.remove(client)
 
     def close_all(self, code: int, reason: str, clients: Iterable[Client] | None = None) -> None:
         for client in list(clients if clients is not None else self.all_clients()):

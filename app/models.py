@@ -72,10 +72,11 @@ notifications = Table(
     Column("category", Text, nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("archived_at", DateTime(timezone=True), nullable=True),
-    # The transaction that last changed read_at or archived_at between NULL and a time
-    # (set by the stamp_change trigger); bus events of the change carry it, so a node
-    # can tell a real change from a forged or stale announcement.
-    Column("changed_xid", BigInteger, nullable=True),
+    # The transaction that last moved read_at / archived_at between NULL and a time (set
+    # by the stamp_change trigger); bus events of the change carry it, so a node can
+    # tell a real change from a forged or stale announcement.
+    Column("read_xid", BigInteger, nullable=True),
+    Column("archive_xid", BigInteger, nullable=True),
     UniqueConstraint("user_id", "seq"),
     CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
     CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),

@@ -40,7 +40,10 @@ class Payload:
 
 @dataclass(frozen=True)
 class CatchUp:
-    """LISTEN is (back) in place: re-read the table for every local user."""
+    """LISTEN is (back) in place: re-read the table for every local user. ``since``: the
+    xid from which read-state changes may have been announced while nobody listened."""
+
+    since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,23 +77,21 @@ class Plan:
     replay: set[str] = field(default_factory=set)
     live: set[str] = field(default_factory=set)
     changes: list[protocol.ChangeEvent] = field(default_factory=list)
+    # After a bus loss: push the state of rows changed by transactions from this xid on.
+    resync_since: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.replay or self.live or self.changes)
+        return bool(self.replay or self.live or self.changes or self.resync_since is not None)
 
 
 def _confirms(change: protocol.ChangeEvent, state: RowState | None) -> bool:
     """Whether the row's current ``state`` is what ``change`` says it became, by that
     very transaction (so a later change, or none at all, makes the event stale)."""
-    if state is None or state.user_id != change.user or state.changed_xid != change.xid:
+    if state is None or not state.live or state.user_id != change.user:
         return False
-    if change.kind == "read":
-        return state.read
-    if change.kind == "unread":
-        return not state.read
-    if change.kind == "archive":
-        return state.archived
-    return not state.archived  # unarchive
+    if change.kind in ("read", "unread"):
+        return state.read_xid == change.xid and state.read == (change.kind == "read")
+    return state.archive_xid == change.xid and state.archived == (change.kind == "archive")
 
 
 def frames_after(after: int, rows: Iterable[asyncpg.Record]) -> list[Frame]:
@@ -134,12 +135,14 @@ class Node:
         """The bus callback: only enqueue (it runs inside asyncpg's protocol callback)."""
         self._queue.put_nowait(Payload(payload))
 
-    def on_listening(self, reconnected: bool) -> None:
+    def on_listening(self, reconnected: bool, since: int | None = None) -> None:
         """LISTEN is (again) in place: read the table for every local user, since NOTIFYs
-        sent while it was down are gone for good."""
+        sent while it was down are gone for good, and push the read state of rows
+        changed by transactions from xid ``since`` on (their announcements may be gone
+        too)."""
         if reconnected:
             self._metrics.bus_reconnects.inc()
-        self._queue.put_nowait(CatchUp())
+        self._queue.put_nowait(CatchUp(since))
 
     async def run(self) -> None:
         """The worker: process queued events in rounds until cancelled."""
@@ -165,7 +168,8 @@ class Node:
                 log.warning("node: delivery round failed (%s); retrying", type(err).__name__)
             else:
                 log.exception("node: delivery round failed unexpectedly; retrying")
-            self._failed = Plan(replay=plan.replay | plan.live, changes=plan.changes)
+            self._failed = Plan(replay=plan.replay | plan.live, changes=plan.changes,
+                                resync_since=plan.resync_since)
             asyncio.get_running_loop().call_later(
                 self._retry_delay, self._queue.put_nowait, Retry()
             )
@@ -180,6 +184,8 @@ class Node:
         for event in events:
             if isinstance(event, CatchUp):
                 catch_up = True
+                if event.since is not None:
+                    plan.resync_since = min(event.since, plan.resync_since or event.since)
             elif isinstance(event, Resume):
                 plan.replay.add(event.user)
             elif isinstance(event, Payload):
@@ -216,6 +222,30 @@ class Node:
             await self.fetch_and_deliver(plan.live, self._metrics.delivered, latency=True)
         if plan.changes:
             await self._push_changes(plan.changes)
+        if plan.resync_since is not None:
+            await self._push_state(plan.resync_since)
+
+    async def _push_state(self, since: int) -> None:
+        """After a bus loss: push, as ordinary change frames, the current read and archive
+        state of local users' rows changed by transactions from xid ``since`` on."""
+        users = self._hub.users()
+        changed = await self._store.changed_since(users, since)
+        if not changed:
+            return
+        counts = await self._store.unread_counts({row.user_id for row in changed})
+        by_user: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for row in changed:
+            kinds = by_user[row.user_id]
+            if row.read_changed:
+                kinds["read" if row.read else "unread"].append(row.id)
+            if row.archive_changed:
+                kinds["archive" if row.archived else "unarchive"].append(row.id)
+        for user, kinds in by_user.items():
+            for kind in protocol.CHANGE_KINDS:
+                ids = kinds.get(kind, [])
+                for i in range(0, len(ids), protocol.MAX_READ_IDS):
+                    self._hub.broadcast(user, protocol.changed(
+                        kind, ids[i:i + protocol.MAX_READ_IDS], counts.get(user, 0)))
 
     async def fetch_and_deliver(
         self, users: set[str], counter: Any, latency: bool = False
@@ -250,17 +280,25 @@ class Node:
         as far as the table confirms it: payloads may be forged, and a change may have
         been overtaken by a later one (then only the later one is pushed)."""
         states = await self._store.states(i for c in changes for i in c.ids)
-        read_alls = [c for c in changes if c.all_up_to is not None]
-        holding = await self._store.read_all_holds(
-            [(c.user, c.all_up_to or 0, c.xid) for c in read_alls])
-        confirmed = {id(read_alls[i]) for i in holding}
+        claims = [c for c in changes if c.all_up_to is not None]
+        checked = await self._store.read_alls(
+            [(c.user, c.all_up_to or 0, c.xid) for c in claims])
+        read_alls = {id(c): result for c, result in zip(claims, checked, strict=True)}
         counts = await self._store.unread_counts({c.user for c in changes})
         for change in changes:
             unread = counts.get(change.user, 0)
             if change.all_up_to is not None:
-                if id(change) not in confirmed:
-                    continue  # forged or undone since: not every row up to it is read
-                frame = protocol.changed("read", (), unread, all_up_to=change.all_up_to)
+                result = read_alls[id(change)]
+                if result.holds:
+                    frame = protocol.changed("read", (), unread, all_up_to=change.all_up_to)
+                elif result.ids:
+                    # Some row was marked unread again since: push what is still read.
+                    for i in range(0, len(result.ids), protocol.MAX_READ_IDS):
+                        self._hub.broadcast(change.user, protocol.changed(
+                            "read", result.ids[i:i + protocol.MAX_READ_IDS], unread))
+                    continue
+                else:
+                    continue  # forged, or every row it marked is unread again
             else:
                 ids = [i for i in change.ids if _confirms(change, states.get(i))]
                 if not ids:
@@ -276,23 +314,28 @@ class Node:
         Order matters: the welcome goes first; the client joins the hub *before* the
         replay reads the table, so a row committed at any moment is either in the replay
         or announced by the bus after the client is registered. The hub's cursor rule
-        drops whatever both paths deliver.
+        drops whatever both paths deliver. Change pushes for the user wait until the
+        replay is written, so none overtakes an older copy of its row.
         """
         start = await self._session_start((client.user, last_seq))
         client.cursor = start.baseline
         client.send((protocol.welcome(client.user, self.name, start.last_seq, start.unread),))
+        client.held = []
         self._hub.add(client)
-        while True:
-            before = client.cursor
-            page = await self._replay_page((client.user, before))
-            sent = self._hub.deliver_to(client, page.frames)
-            self._metrics.replayed.inc(len(sent))
-            if not page.full:
-                return
-            if client.cursor == before and page.frames[-1].seq > before:
-                return  # paused for backpressure: it asks for the rest once drained
-            # Otherwise more may follow (or the page, fetched from another session's
-            # lower cursor, ended below this one's): the next page starts at the cursor.
+        try:
+            while True:
+                before = client.cursor
+                page = await self._replay_page((client.user, before))
+                sent = self._hub.deliver_to(client, page.frames)
+                self._metrics.replayed.inc(len(sent))
+                if not page.full:
+                    return
+                if client.cursor == before and page.frames[-1].seq > before:
+                    return  # paused for backpressure: it asks for the rest once drained
+                # Otherwise more may follow (or the page, fetched from another session's
+                # lower cursor, ended below this one's): the next page starts there.
+        finally:
+            self._hub.release_held(client)
 
     async def _replay_pages(self, requests: Sequence[tuple[str, int]]) -> list[ReplayPage]:
         """One fetch for the replays of many sessions: from each user's lowest cursor

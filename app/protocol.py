@@ -103,9 +103,13 @@ def parse_change_request(
     keys = set(frame) - envelope
     if kind == "read" and keys == {"all"} and frame["all"] is True:
         return Change(kind, ids=(), all=True)
+    wanted = 'give either "ids": [...] or "all": true' if kind == "read" else 'give "ids": [...]'
+    unknown = sorted(keys - {"ids", "all"})
+    if unknown:
+        raise ProtocolError("malformed", f"unknown field(s) {', '.join(unknown)}"[:200]
+                            + f"; {wanted}")
     if keys != {"ids"}:
-        raise ProtocolError("malformed", 'give either "ids": [...] or "all": true'
-                            if kind == "read" else 'give "ids": [...]')
+        raise ProtocolError("malformed", wanted)
     return Change(kind, ids=parse_ids(frame["ids"]))
 
 
@@ -215,7 +219,7 @@ class NewEvent:
 @dataclass(frozen=True)
 class ChangeEvent:
     """Rows of ``user`` changed lifecycle state (``kind`` is one of ``CHANGE_KINDS``) in
-    transaction ``xid`` (the rows' ``changed_xid``). A read-all carries no ids but
+    transaction ``xid`` (the rows' ``read_xid`` or ``archive_xid``). A read-all carries no ids but
     ``all_up_to``: the highest seq it marked read."""
 
     kind: str

@@ -120,6 +120,9 @@ class Pruner:
             except PASS_ERRORS as err:
                 log.warning("retention: pass stopped (%s: %s)", type(err).__name__, err)
                 continue
+            except Exception:  # never end the loop: retention would stop for good, quietly
+                log.exception("retention: pass failed unexpectedly")
+                continue
             self.passes += 1
             if result.total:
                 log.info("retention: deleted %d rows (%d older than %g days, %d expired)",

@@ -36,7 +36,7 @@ class HeraldServer:
         self.config = config
         self.database_url = database_url
         self.metrics = Metrics()
-        self.hub = Hub()
+        self.hub = Hub(config.max_connections, config.max_connections_per_user)
         self.port = 0
         self.draining = False
         self._pool: object = None

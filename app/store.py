@@ -120,7 +120,29 @@ class RowState:
     user_id: str
     read: bool
     archived: bool
-    changed_xid: int | None  # the transaction that made the last lifecycle change
+    read_xid: int | None  # the transaction that last moved read_at between NULL and a time
+    archive_xid: int | None  # ... archived_at
+    live: bool  # not expired: an expired row is never pushed, nor any change of it
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A row whose read or archive state some transaction from a given xid on changed."""
+
+    id: int
+    user_id: str
+    read: bool
+    archived: bool
+    read_changed: bool
+    archive_changed: bool
+
+
+@dataclass(frozen=True)
+class ReadAll:
+    """A read-all claim checked against the table (``Store.read_alls``)."""
+
+    holds: bool  # it made rows read, and every row up to its seq is read now
+    ids: list[int]  # the rows it marked read that still are
 
 
 @dataclass(frozen=True)
@@ -372,32 +394,62 @@ class Store:
         async def op(conn: asyncpg.Connection) -> dict[int, RowState]:
             rows = await conn.fetch(
                 "SELECT id, user_id, read_at IS NOT NULL AS read, "
-                "archived_at IS NOT NULL AS archived, changed_xid "
+                f"archived_at IS NOT NULL AS archived, read_xid, archive_xid, {LIVE} AS live "
                 "FROM herald.notifications WHERE id = ANY($1::bigint[])", wanted)
-            return {r["id"]: RowState(r["user_id"], r["read"], r["archived"], r["changed_xid"])
+            return {r["id"]: RowState(r["user_id"], r["read"], r["archived"], r["read_xid"],
+                                      r["archive_xid"], r["live"])
                     for r in rows}
 
         return await self._retrying(op)
 
-    async def read_all_holds(self, claims: Sequence[tuple[str, int, int]]) -> set[int]:
-        """Of the read-all claims ``(user, up to seq, xid)`` given, the indexes of those
-        the table confirms: transaction ``xid`` marked some row of the user read, and
-        every row of the user up to that seq is read."""
-        if not claims:
-            return set()
+    async def changed_since(self, users: Sequence[str], xid: int) -> list[Changed]:
+        """The live rows of ``users`` whose read or archive state a transaction with id
+        ``xid`` or later changed (``read_xid`` / ``archive_xid``, revision 0004)."""
+        if not users:
+            return []
 
-        async def op(conn: asyncpg.Connection) -> set[int]:
+        async def op(conn: asyncpg.Connection) -> list[Changed]:
+            rows = await conn.fetch(
+                f"""
+                SELECT id, user_id, read_at IS NOT NULL AS read,
+                       archived_at IS NOT NULL AS archived,
+                       coalesce(read_xid >= $2, false) AS read_changed,
+                       coalesce(archive_xid >= $2, false) AS archive_changed
+                FROM herald.notifications
+                WHERE user_id = ANY($1::text[]) AND (read_xid >= $2 OR archive_xid >= $2)
+                  AND {LIVE}
+                ORDER BY user_id, id
+                """,
+                list(users), xid)
+            return [Changed(r["id"], r["user_id"], r["read"], r["archived"], r["read_changed"],
+                            r["archive_changed"]) for r in rows]
+
+        return await self._retrying(op)
+
+    async def read_alls(self, claims: Sequence[tuple[str, int, int]]) -> list[ReadAll]:
+        """What the table says of each read-all claim ``(user, up to seq, xid)``: whether
+        every row of the user up to that seq is read, and the ids transaction ``xid``
+        marked read that still are (what to push when the whole claim no longer holds:
+        a row was marked unread again since)."""
+        if not claims:
+            return []
+
+        async def op(conn: asyncpg.Connection) -> list[ReadAll]:
             rows = await conn.fetch(
                 """
-                SELECT c.i FROM unnest($1::text[], $2::bigint[], $3::bigint[])
-                                WITH ORDINALITY AS c(u, s, x, i)
-                WHERE EXISTS (SELECT 1 FROM herald.notifications n
-                              WHERE n.user_id = c.u AND n.changed_xid = c.x)
-                  AND NOT EXISTS (SELECT 1 FROM herald.notifications n
-                                  WHERE n.user_id = c.u AND n.seq <= c.s AND n.read_at IS NULL)
+                SELECT c.i,
+                       NOT EXISTS (SELECT 1 FROM herald.notifications n
+                                   WHERE n.user_id = c.u AND n.seq <= c.s
+                                     AND n.read_at IS NULL) AS holds,
+                       ARRAY(SELECT n.id FROM herald.notifications n
+                             WHERE n.user_id = c.u AND n.read_xid = c.x
+                               AND n.read_at IS NOT NULL ORDER BY n.id) AS ids
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+                     WITH ORDINALITY AS c(u, s, x, i)
+                ORDER BY c.i
                 """,
                 [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims])
-            return {int(r["i"]) - 1 for r in rows}
+            return [ReadAll(bool(r["ids"]) and r["holds"], list(r["ids"])) for r in rows]
 
         return await self._retrying(op)
 
@@ -422,7 +474,8 @@ class Store:
 
     async def change(self, user: str, kind: str, ids: Sequence[int]) -> int:
         """Apply lifecycle change ``kind`` (a key of ``CHANGES``) to ``user``'s rows among
-        ``ids``; ids of other users and rows already in that state are left alone. The
+        ``ids``; ids of other users, expired rows and rows already in that state are left
+        alone. The
         notify_changed trigger announces the change to every node. Returns the number of
         rows changed."""
         assignment, applies = CHANGES[kind]
@@ -431,7 +484,7 @@ class Store:
             status = await conn.execute(
                 f"""
                 UPDATE herald.notifications SET {assignment}
-                WHERE user_id = $1 AND id = ANY($2::bigint[]) AND {applies}
+                WHERE user_id = $1 AND id = ANY($2::bigint[]) AND {applies} AND {LIVE}
                 """,
                 user,
                 list(ids),

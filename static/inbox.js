@@ -51,6 +51,8 @@
   var client = null;
   var view = {archived: false, category: null};
   var generation = 0;       // bumped on every view change: late pages are dropped
+  var counted = 0;          // bumped on every change of the badge
+  var recent = {};          // id -> notification that arrived live (the last ones)
   var known = {};           // category -> its chip
 
   function takeFragmentToken() {
@@ -212,6 +214,7 @@
 
   function reload() {
     var mine = ++generation;
+    var countedBefore = counted;
     return page(null).then(function (body) {
       if (mine !== generation) return;
       list.textContent = "";
@@ -219,7 +222,14 @@
       oldestSeq = null;
       exhausted = false;
       append(body.notifications);
-      setUnread(body.unread);
+      // Rows that arrived on the socket after this page was read are not in it.
+      Object.keys(recent).map(function (id) { return recent[id]; })
+        .filter(function (n) { return n.seq > body.last_seq && matches(n) && !items[n.id]; })
+        .sort(function (a, b) { return a.seq - b.seq; })
+        .forEach(function (n) { list.insertBefore(render(n), list.firstChild); });
+      refreshEmpty();
+      // A push that came meanwhile knows better than this page.
+      if (countedBefore === counted) setUnread(body.unread);
     }).catch(function () {});
   }
 
@@ -249,6 +259,7 @@
   }
 
   function setUnread(count) {
+    counted += 1;
     unread = Math.max(0, count);
     badge.textContent = unread > 99 ? "99+" : String(unread);
     badge.hidden = unread === 0;
@@ -281,7 +292,7 @@
       // The read frame updates the count; this only makes the click feel instant.
       // A link navigates away at once, so that request must survive the unload.
       markRead([n.id], !!n.link);
-      setUnread(unread - 1);
+      if (!view.archived) setUnread(unread - 1);  // archived rows are not counted
     }
     if (!n.link) event.preventDefault();
   }
@@ -304,6 +315,12 @@
     if (c.all) {
       ids = Object.keys(items).filter(function (id) { return +items[id].dataset.seq <= c.seq; });
     }
+    ids.forEach(function (id) {  // keep the live arrivals' state current for reloads
+      var n = recent[id];
+      if (!n) return;
+      if (c.type === "read" || c.type === "unread") n.read = c.type === "read";
+      else n.archived = c.type === "archive";
+    });
     if (c.type === "read" || c.type === "unread") {
       setShownRead(ids, c.type === "read");
     } else if ((c.type === "archive") === view.archived) {
@@ -364,6 +381,9 @@
   function arrived(n) {
     client.ack(n.seq);
     noteCategory(n.category);
+    recent[n.id] = n;
+    var ids = Object.keys(recent);
+    if (ids.length > 200) delete recent[ids[0]];
     if (!n.read && !n.archived && n.seq > welcomeSeq) setUnread(unread + 1);
     if (items[n.id] || !matches(n)) return;  // another view's: counted, not shown
     var li = render(n);

@@ -381,7 +381,7 @@ async def test_forged_lifecycle_payloads_change_nothing(make_node, clients, sql,
     theirs = (await insert(sql, user + "-x", "theirs"))["id"]
     await sql.execute("UPDATE herald.notifications SET read_at = now(), archived_at = now() "
                       "WHERE id = $1", theirs)
-    real_x = await sql.fetchval("SELECT changed_xid FROM herald.notifications WHERE id = $1",
+    real_x = await sql.fetchval("SELECT archive_xid FROM herald.notifications WHERE id = $1",
                                 theirs)
     await client.sync()
     before = await metric(node.port, 'herald_refused_total{reason="bus_payload"}')
@@ -510,3 +510,167 @@ async def test_imports_may_set_created_at(sql, user) -> None:
                              "RETURNING seq, created_at", user)
     assert row["seq"] == 1
     assert row["created_at"] == datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+# --- found in review: orders of events that used to lose or misplace a push -------------
+
+
+@pytest.fixture
+async def held_bus(make_node, database_url):
+    """A node whose LISTEN connection can be held (bytes kept, delivered on release) or
+    cut (bytes lost) through a proxy; the bus ping is slow, so holding is not a loss."""
+    proxy = PgProxy(database_url)
+    await proxy.start()
+    node = await make_node("node-a", bus_ping_interval=30.0, database_url=proxy.url)
+    (bus,) = proxy.links(lambda link: b":bus" in link.startup)
+    yield node, bus, proxy
+    await proxy.stop()
+
+
+async def test_read_then_archive_both_reach_the_socket(held_bus, clients, sql, user) -> None:
+    """The node sees "read" only after the row was also archived: the read still holds
+    (each state has its own xid), so both pushes go out."""
+    node, bus, _ = held_bus
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    (row,) = await insert_many(sql, user, 1)
+    await client.notifications(1)
+    bus.frozen = True
+    await sql.execute("UPDATE herald.notifications SET read_at = now() WHERE id = $1", row["id"])
+    await sql.execute("UPDATE herald.notifications SET archived_at = now() WHERE id = $1",
+                      row["id"])
+    bus.frozen = False
+    assert await client.recv() == {"type": "read", "ids": [row["id"]], "unread": 0}
+    assert await client.recv() == {"type": "archive", "ids": [row["id"]], "unread": 0}
+
+
+async def test_read_all_then_one_unread_pushes_what_is_still_read(
+    held_bus, clients, sql, user
+) -> None:
+    node, bus, _ = held_bus
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    ids = [r["id"] for r in await insert_many(sql, user, 4)]
+    await client.notifications(4)
+    bus.frozen = True
+    other = await clients(node.port)  # the HTTP/WS path works while the bus is held
+    await other.hello(token_for(user), last_seq=4)
+    await other.send({"type": "read", "all": True})
+    await other.sync()
+    await sql.execute("UPDATE herald.notifications SET read_at = NULL WHERE id = $1", ids[0])
+    bus.frozen = False
+    assert await client.recv() == {"type": "read", "ids": ids[1:], "unread": 1}
+    assert await client.recv() == {"type": "unread", "ids": [ids[0]], "unread": 1}
+
+
+async def test_changes_lost_with_the_bus_are_pushed_after_it_is_back(
+    held_bus, clients, sql, user
+) -> None:
+    """The LISTEN connection dies holding announcements of a read and an archive: once
+    it is back, the node pushes the rows' current state (and the missed row)."""
+    node, bus, _ = held_bus
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    ids = [r["id"] for r in await insert_many(sql, user, 3)]
+    await client.notifications(3)
+    await client.sync()
+    bus.frozen = True
+    await sql.execute("UPDATE herald.notifications SET read_at = now() WHERE id = $1", ids[0])
+    await sql.execute("UPDATE herald.notifications SET archived_at = now() WHERE id = $1",
+                      ids[1])
+    await insert(sql, user, "while the bus was down")
+    bus.cut()  # the held announcements are gone for good
+    frames = [await client.recv(timeout=10) for _ in range(3)]
+    assert frames[0]["type"] == "notification" and frames[0]["seq"] == 4
+    assert frames[1] == {"type": "read", "ids": [ids[0]], "unread": 2}
+    assert frames[2] == {"type": "archive", "ids": [ids[1]], "unread": 2}
+    await client.expect_silence(0.3)
+    assert node.bus.reconnects == 1
+
+
+async def test_a_push_never_overtakes_the_replay_of_its_row(
+    make_node, clients, sql, user
+) -> None:
+    """A row is archived while a joining session's replay is between its read of the
+    table and its write to the socket: the archive push comes after the (older) row."""
+    node = await make_node()
+    (row,) = await insert_many(sql, user, 1)
+    core = node.node
+    assert core is not None
+    replay = core._replay_page._run  # the batch function behind the session's replay
+
+    async def slow_replay(requests):  # type: ignore[no-untyped-def]
+        pages = await replay(requests)
+        await sql.execute("UPDATE herald.notifications SET archived_at = now() "
+                          "WHERE id = $1", row["id"])
+        await asyncio.sleep(0.3)  # the archive's push is handled meanwhile
+        return pages
+
+    core._replay_page._run = slow_replay
+    client = await clients(node.port)
+    await client.hello(token_for(user), last_seq=0)
+    first = await client.recv()
+    assert first is not None and first["type"] == "notification"
+    assert first["archived"] is False  # read before the archive
+    assert await client.recv() == {"type": "archive", "ids": [row["id"]], "unread": 0}
+
+
+def read_notifications(sock, count: int, timeout: float = 20.0) -> list[int]:
+    """Read ``count`` notification frames from a raw WebSocket (server frames are
+    unmasked); return their seqs."""
+    import socket as socketlib
+
+    sock.settimeout(timeout)
+    buffer = b""
+    seqs: list[int] = []
+
+    def take(n: int) -> bytes:
+        nonlocal buffer
+        while len(buffer) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            buffer += chunk
+        data, buffer = buffer[:n], buffer[n:]
+        return data
+
+    try:
+        while len(seqs) < count:
+            head = take(2)
+            size = head[1] & 0x7F
+            if size == 126:
+                size = int.from_bytes(take(2), "big")
+            elif size == 127:
+                size = int.from_bytes(take(8), "big")
+            frame = json.loads(take(size))
+            if frame.get("type") == "notification":
+                seqs.append(frame["seq"])
+    except socketlib.timeout:
+        pass
+    return seqs
+
+
+async def test_a_client_past_the_mark_on_a_rounds_last_frame_is_resumed(
+    make_node, sql, user
+) -> None:
+    """One row per round to a client that stopped reading, until its buffer passes the
+    high-water mark on a round's last frame: once it reads again it gets every row,
+    without any new insert to wake it up."""
+    from app.loadgen import stalled_client
+
+    node = await make_node(max_pending_bytes=64 * 1024, slow_consumer_timeout=30.0)
+    sock = await asyncio.to_thread(stalled_client, node.port, token_for(user))
+    paused = node.metrics.replayed  # any resume after a pause is a replay from the cursor
+    try:
+        await asyncio.sleep(0.3)
+        for i in range(250):  # 250 x 25 KB: past the kernel's buffers, then the mark
+            await sql.execute(
+                "INSERT INTO herald.notifications (user_id, title, body, data) VALUES "
+                "($1, $2, repeat('x', 10000), jsonb_build_object('pad', repeat('y', 15000)))",
+                user, f"n{i}")
+            await asyncio.sleep(0.01)
+        seqs = await asyncio.to_thread(read_notifications, sock, 250)
+    finally:
+        sock.close()
+    assert seqs == list(range(1, 251))
+    assert paused._value.get() > 0  # it did pause, and was resumed from its cursor

@@ -159,9 +159,9 @@ async def test_sql_update_of_read_at_is_announced(
         await sql.execute("UPDATE herald.notifications SET read_at = now() "
                           "WHERE id = ANY($1::bigint[])", ids[:2])
         event = json.loads(await asyncio.wait_for(queue.get(), 5))
-        xids = await sql.fetch("SELECT DISTINCT changed_xid FROM herald.notifications "
+        xids = await sql.fetch("SELECT DISTINCT read_xid FROM herald.notifications "
                                "WHERE id = ANY($1::bigint[])", ids[:2])
-        assert [r["changed_xid"] for r in xids] == [event["x"]]
+        assert [r["read_xid"] for r in xids] == [event["x"]]
         assert event == {"k": "read", "u": user, "ids": ids[:2], "x": event["x"]}
         # delivered_at changes and re-reading already-read rows announce nothing
         await sql.execute("UPDATE herald.notifications SET delivered_at = now(), read_at = now() "

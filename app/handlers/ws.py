@@ -34,7 +34,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     # and past 30 a dict stops sharing its keys with the other instances (1.3 KB/socket).
     __slots__ = ("node", "hub", "config", "metrics", "conn_id", "_counted", "user", "cursor",
                  "_hello_timer", "_cookie_token", "expires_at", "last_pong", "_tokens",
-                 "_refilled", "_registered", "_closing", "_last_write", "_paused", "_batch")
+                 "_refilled", "_registered", "_closing", "_last_write", "_paused", "_batch",
+                 "held")
 
     def initialize(self, node: Node, hub: Hub, config: Config, metrics: Metrics) -> None:
         self.node, self.hub, self.config, self.metrics = node, hub, config, metrics
@@ -53,6 +54,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._last_write: "asyncio.Future[None] | None" = None
         self._paused: asyncio.TimerHandle | None = None
         self._batch = False  # the client takes several messages per frame (hello "batch")
+        self.held: list[str] | None = None  # pushes waiting for the replay (app.hub)
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -69,9 +71,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         return None  # per-message deflate costs ~300 KB of zlib state per socket
 
     def open(self) -> None:
-        self.hub.sockets += 1
         self._counted = True
-        if self.hub.sockets > self.config.max_connections:
+        if not self.hub.open_socket():
             self.metrics.refused.labels("node_full").inc()
             self.fail("node_full", "this node is at its connection limit; try another",
                       protocol.CLOSE_NODE_FULL)
@@ -151,7 +152,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("token").inc()
             self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
             return
-        if len(self.hub.clients(claims.user)) >= self.config.max_connections_per_user:
+        if not self.hub.admit(claims.user):
             self.metrics.refused.labels("user_connections").inc()
             self.fail("too_many_connections",
                       f"at most {self.config.max_connections_per_user} connections per user",
@@ -284,10 +285,11 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self._paused.cancel()
         if self._counted:
             self._counted = False
-            self.hub.sockets -= 1
+            self.hub.close_socket()
         if self.user:
             log.info("session end", extra={"user": self.user, "conn": self.conn_id,
                                            "code": self.close_code, "cursor": self.cursor})
+            self.hub.release(self.user)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         if self._registered:

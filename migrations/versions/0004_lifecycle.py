@@ -6,17 +6,18 @@ Create Date: 2026-11-27
 
 What changes:
 
-* four nullable columns without defaults, ``category`` (1-64 characters),
-  ``expires_at``, ``archived_at`` and ``changed_xid``: adding them only touches the
-  catalog, so a populated table is neither rewritten nor locked for longer than the
-  catalog update.
+* five nullable columns without defaults, ``category`` (1-64 characters),
+  ``expires_at``, ``archived_at``, ``read_xid`` and ``archive_xid``: adding them only
+  touches the catalog, so a populated table is neither rewritten nor locked for longer
+  than the catalog update.
 * ``herald.stamp_change()`` (BEFORE UPDATE, per row, only when ``read_at`` or
-  ``archived_at`` goes from NULL to a time or back) sets ``changed_xid`` to the
-  updating transaction's id, which every announcement of the change carries as ``x``.
-  Anyone may NOTIFY on the channel, so a node pushes a change only if the row's state
-  matches it *and* its ``changed_xid`` says that transaction made it: a forged event
-  for a row that never changed, or a stale one overtaken by a later change, pushes
-  nothing.
+  ``archived_at`` goes from NULL to a time or back) sets ``read_xid`` (read state) or
+  ``archive_xid`` (archive state) to the updating transaction's id, which every
+  announcement of that change carries as ``x``. Anyone may NOTIFY on the channel, so a
+  node pushes a change only if the row's state matches it *and* the row's xid for that
+  state says that transaction made it: a forged event for a row that never changed, or
+  a stale one overtaken by a later change of the same state, pushes nothing, while a
+  change of the *other* state (archived after being read) leaves it standing.
   The category check is added ``NOT VALID`` (new rows are checked at once) and
   validated afterwards outside the DDL transaction, under a lock that lets inserts run.
 * two indexes for retention, built ``CONCURRENTLY`` (writers keep writing while they
@@ -50,11 +51,13 @@ COLUMNS = [
     "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS category text",
     "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS expires_at timestamptz",
     "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS archived_at timestamptz",
-    "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS changed_xid bigint",
+    "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS read_xid bigint",
+    "ALTER TABLE herald.notifications ADD COLUMN IF NOT EXISTS archive_xid bigint",
     """
     DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                       WHERE conname = 'ck_notifications_category_length') THEN
+                       WHERE conrelid = 'herald.notifications'::regclass
+                         AND conname = 'ck_notifications_category_length') THEN
             ALTER TABLE herald.notifications ADD CONSTRAINT ck_notifications_category_length
                 CHECK (char_length(category) BETWEEN 1 AND 64) NOT VALID;
         END IF;
@@ -66,7 +69,12 @@ STAMP_CHANGE = r"""
 CREATE OR REPLACE FUNCTION herald.stamp_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.changed_xid := pg_current_xact_id()::text::bigint;
+    IF (OLD.read_at IS NULL) <> (NEW.read_at IS NULL) THEN
+        NEW.read_xid := pg_current_xact_id()::text::bigint;
+    END IF;
+    IF (OLD.archived_at IS NULL) <> (NEW.archived_at IS NULL) THEN
+        NEW.archive_xid := pg_current_xact_id()::text::bigint;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -102,7 +110,7 @@ BEGIN
         WHERE c.changed
         GROUP BY a.user_id, c.kind
     LOOP
-        -- The rows' changed_xid, as stamp_change() set it.
+        -- The rows' read_xid or archive_xid, as stamp_change() set it.
         xid := pg_current_xact_id()::text::bigint;
         IF rec.kind = 'read' AND current_setting('herald.read_all', true) = rec.user_id THEN
             PERFORM pg_notify('herald', json_build_object(
@@ -216,7 +224,8 @@ def downgrade() -> None:
          "DROP TRIGGER stamp_change ON herald.notifications",
          "DROP FUNCTION herald.stamp_change()",
          "ALTER TABLE herald.notifications DROP CONSTRAINT ck_notifications_category_length",
-         "ALTER TABLE herald.notifications DROP COLUMN changed_xid",
+         "ALTER TABLE herald.notifications DROP COLUMN archive_xid",
+         "ALTER TABLE herald.notifications DROP COLUMN read_xid",
          "ALTER TABLE herald.notifications DROP COLUMN archived_at",
          "ALTER TABLE herald.notifications DROP COLUMN expires_at",
          "ALTER TABLE herald.notifications DROP COLUMN category")

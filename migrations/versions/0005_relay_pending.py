@@ -26,6 +26,9 @@ Pointers are hints, never the data: if PostgreSQL crashes (an unlogged table is
 emptied) or fails over (a standby has no unlogged data), every node has lost its
 LISTEN connection too, and re-reads the table for its clients when it listens again.
 The upgrade ends with a ``sync`` so nodes re-read rows the old relay had not announced.
+During a rolling deploy nodes still on the old code call ``relay_poll(since)``: it stays,
+as a wrapper around the new poll. ``notify_inserted()`` runs as its owner (SECURITY
+DEFINER), so writers need no grant on the pointer table.
 """
 
 from typing import Sequence, Union
@@ -39,11 +42,15 @@ depends_on: Union[str, Sequence[str], None] = None
 
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
+# vacuum_truncate = false: a VACUUM that shrinks the file needs an exclusive lock, and
+# with writers' transactions holding pointers open it kept retrying for seconds, during
+# which the relay (that ran it) announced nothing.
 PENDING_TABLE = """
 CREATE UNLOGGED TABLE IF NOT EXISTS herald.relay_pending (
     user_id text NOT NULL,
     seq bigint NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000)
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        vacuum_truncate = false)
 """
 
 # 0002's function again: the seq alone, no stamp (copied, not imported).
@@ -87,7 +94,7 @@ $$;
 
 NOTIFY_INSERTED = r"""
 CREATE OR REPLACE FUNCTION herald.notify_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     users text[];
     seqs bigint[];
@@ -125,7 +132,20 @@ END
 $$;
 """
 
+# What nodes on the previous code call; the new poll, under the old signature.
+RELAY_POLL_COMPAT = r"""
+CREATE OR REPLACE FUNCTION herald.relay_poll(since pg_snapshot, OUT next pg_snapshot,
+                                             OUT announced integer, OUT last_id bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    next := pg_current_snapshot();
+    SELECT p.announced, p.last_id INTO announced, last_id FROM herald.relay_poll() AS p;
+END
+$$;
+"""
+
 SYNC = """SELECT pg_notify('herald', '{"k":"sync"}')"""
+END_LEASE = "UPDATE herald.relay SET batched_until = '-infinity' WHERE id = 1"
 
 # --- revision 0003's objects, restored by downgrade() (copied, not imported) ---------------
 
@@ -217,18 +237,22 @@ def _run(*statements: str) -> None:
 def upgrade() -> None:
     _run(LOCK_TIMEOUT, PENDING_TABLE, ASSIGN_SEQ, NOTIFY_INSERTED,
          "DROP FUNCTION IF EXISTS herald.relay_poll(pg_snapshot)", RELAY_POLL,
+         RELAY_POLL_COMPAT,
          "DROP INDEX IF EXISTS herald.ix_notifications_relay_xid",
          "ALTER TABLE herald.notifications DROP COLUMN IF EXISTS relay_xid",
          SYNC)
 
 
 def downgrade() -> None:
-    # Announce what is still queued: the old relay would never look at this table.
+    # Writers notify directly again first (no new pointers), and a sync goes out last:
+    # nothing left in this table is lost, whoever announces it.
+    with op.get_context().autocommit_block():
+        _run(END_LEASE)
     _run(LOCK_TIMEOUT, "SELECT herald.relay_poll()",
          "ALTER TABLE herald.notifications ADD COLUMN relay_xid bigint",
          ASSIGN_SEQ_V3, NOTIFY_INSERTED_V3,
-         "DROP FUNCTION herald.relay_poll()", RELAY_POLL_V3,
-         "DROP TABLE herald.relay_pending")
+         "DROP FUNCTION herald.relay_poll(pg_snapshot)", "DROP FUNCTION herald.relay_poll()",
+         RELAY_POLL_V3, "DROP TABLE herald.relay_pending", SYNC)
     with op.get_context().autocommit_block():
         # Every row has relay_xid NULL: the index is empty, built without blocking writers.
         _run("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notifications_relay_xid "
