@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Coroutine, NoReturn, Sequence
 
 import asyncpg
 
@@ -193,8 +193,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await tasks.cancel(collector)
         await server.stop()
 
-    asyncio.run(run())
+    run_loop(run(), uvloop=config.uvloop)
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], uvloop: bool) -> None:
+    """Run ``main`` on uvloop when asked for and installed (the ``fast`` extra), else on
+    asyncio's own loop. Measured in bench/: see docs/benchmarks.md."""
+    if uvloop:
+        try:
+            import uvloop as fast
+        except ImportError:
+            log.warning("HERALD_UVLOOP is on but uvloop is not installed; using asyncio")
+        else:
+            fast.run(main)
+            return
+    asyncio.run(main)
 
 
 # --- migrate / token / send -------------------------------------------------------------

@@ -55,12 +55,13 @@ class Config:
     max_connections_per_user: int = 20
     notify_queue_max: float = 0.5
     log_format: str = "json"
-    relay_threshold: float = 250.0
+    relay_threshold: float = 800.0
     relay_interval: float = 0.005
     retention_days: float = 0.0
     prune_interval: float = 60.0
     prune_batch: int = 1000
     prune_pause: float = 0.1
+    uvloop: bool = True
 
     @property
     def tokens(self) -> Tokens:
@@ -183,6 +184,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "prune_interval": ("HERALD_PRUNE_INTERVAL", _positive_float),
     "prune_batch": ("HERALD_PRUNE_BATCH", _positive_int),
     "prune_pause": ("HERALD_PRUNE_PAUSE", _non_negative_float),
+    "uvloop": ("HERALD_UVLOOP", _flag),
 }
 
 

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 class FleetClient:
     def __init__(self, url: str, user: str, token: Callable[[str], str], checker: Checker,
                  ack: bool = True, latency: Callable[[float], None] | None = None,
-                 ack_delay: float = 0.02) -> None:
+                 ack_delay: float = 0.5) -> None:
         self.url, self.user, self._token, self.checker, self._ack = url, user, token, checker, ack
         # Acks are cumulative ("everything up to seq is shown"), so a burst of frames needs
-        # one ack, sent ``ack_delay`` after its first frame, not one per frame.
+        # one ack, sent ``ack_delay`` after its first frame, not one per frame: each ack
+        # is a frame the node must be woken for (bench/wakeup.py).
         self._ack_delay = ack_delay
         self._ack_timer: asyncio.TimerHandle | None = None
         self._latency = latency  # called with receive time - data.sent, when present

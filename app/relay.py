@@ -46,7 +46,7 @@ class Relay:
         dsn: str,
         node: str,
         *,
-        threshold: float = 250.0,
+        threshold: float = 800.0,
         interval: float = 0.005,
         idle_interval: float = 0.1,
         lease: float = 3.0,

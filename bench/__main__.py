@@ -18,6 +18,7 @@ import platform
 import resource
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
@@ -78,50 +79,50 @@ def chart(results: list[herald_load.ScenarioResult], path: Path) -> None:
 
 def _scenario_table(results: list[herald_load.ScenarioResult]) -> list[str]:
     lines = ["| scenario | sent | delivered/s | lost | dup | out of order | p50 ms | p90 ms | "
-             "p99 ms | max ms | relayed | CPU s: nodes / postgres / clients / publisher |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p99 ms | max ms | relayed | node CPU ms / notification | loop lag max ms | "
+             "CPU s: nodes / postgres / clients / publisher |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         relayed = "n/a" if r.relayed is None else f"{r.relayed:.0%}"
+        lag = "n/a" if r.loop_lag_ms is None else f"≤ {r.loop_lag_ms:g}"
         lines.append(
             f"| {r.name} | {r.sent:,} | {r.delivered_per_s:,.0f} | {r.lost} | "
             f"{r.duplicated} | {r.out_of_order} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | "
-            f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {relayed} | {r.cpu['nodes']:.1f} / "
-            f"{r.cpu['postgres']:.1f} / {r.cpu['bench']:.1f} / {r.cpu['publisher']:.1f} |")
+            f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {relayed} | {r.node_cpu_ms:.3f} | {lag} | "
+            f"{r.cpu['nodes']:.1f} / {r.cpu['postgres']:.1f} / {r.cpu['bench']:.1f} / "
+            f"{r.cpu['publisher']:.1f} |")
     return lines + [""]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="herald bench")
-    parser.add_argument("--database-url", default=os.environ.get(
-        "HERALD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/herald_bench"))
-    parser.add_argument("--users", default="1000,10000", help="comma-separated U values")
-    parser.add_argument("--sockets", type=int, default=10_000,
-                        help="sockets on one node for the memory figure")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short smoke run (correctness, not figures)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
-    args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets a process
-    schema.upgrade(args.database_url)
-    asyncio.run(prepare(args.database_url))
-    out = Path(args.out)
-    lines = ["# Benchmarks", "",
-             f"Written by `herald bench{' --quick' if args.quick else ''}` "
-             f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{platform.platform()}, {psutil.cpu_count()} cores, "
-             f"{psutil.virtual_memory().total / 2**30:.0f} GiB. Everything shares this one "
-             "machine: PostgreSQL (durability defaults: fsync and synchronous_commit on), "
-             "the three nodes, the load client (one Python process holding every socket) "
-             "and the publisher process. The CPU column says where the time went.", "",
-             "The workload, identical for both systems: U users `u0…u{U-1}`, one WebSocket "
-             "each, user i on node i mod 3; a publisher sends N messages to uniformly random "
-             "users, each carrying its send time (Herald: a single-row INSERT in its own "
-             "transaction from 16 connections; the peer: an emit through its adapter from "
-             "16 pooled connections). Latency is receive time minus send time, "
-             "HdrHistogram; delivered/s is rows received over first send to last receive. "
-             "*relayed* is the share of rows Herald's relay announced (the rest were "
-             "announced by their own transaction's NOTIFY).", ""]
+async def ensure_database(url: str) -> None:
+    """Create the bench's database if the server does not have it yet; otherwise fail
+    with one line saying what to do."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(url)
+        name = parts.path.lstrip("/")
+        try:
+            admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")),
+                                          timeout=10)
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+        except (OSError, asyncpg.PostgresError) as err:
+            raise SystemExit(f"herald bench: database {name!r} does not exist and cannot be "
+                             f"created ({err}); create it or pass --database-url") from None
+        print(f"created database {name}")
+        return
+    except (OSError, asyncpg.PostgresError) as err:
+        raise SystemExit(f"herald bench: cannot connect to {url} ({err}); "
+                         "start PostgreSQL or pass --database-url") from None
+    await conn.close()
+
+
+def ceiling_and_memory(args: argparse.Namespace) -> list[str]:
+    """pgbench's ceiling for the same INSERT, and memory per socket on one node."""
+    lines: list[str] = []
     print("ceiling (pgbench)...")
     rows = ceiling.run(args.database_url, 2 if args.quick else 5)
     lines += ["## The database's ceiling (pgbench, transactions/s)", "",
@@ -141,8 +142,53 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {system} | {m['rss_before_mb']:.0f} | {m['rss_mb']:.0f} | "
                      f"{m['kb_per_connection']:.1f} |")
     lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="herald bench")
+    parser.add_argument("--database-url", default=os.environ.get(
+        "HERALD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/herald_bench"))
+    parser.add_argument("--users", default="1000,10000", help="comma-separated U values")
+    parser.add_argument("--sockets", type=int, default=10_000,
+                        help="sockets on one node for the memory figure")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke run (correctness, not figures)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--systems", default="herald,peer",
+                        help="which systems to run (herald, peer or both), for iterating")
+    parser.add_argument("--skip-ceiling", action="store_true",
+                        help="leave out pgbench and the memory figure (for iterating)")
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets a process
+    asyncio.run(ensure_database(args.database_url))
+    schema.upgrade(args.database_url)
+    asyncio.run(prepare(args.database_url))
+    out = Path(args.out)
+    lines = ["# Benchmarks", "",
+             f"Written by `herald bench{' --quick' if args.quick else ''}` "
+             f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{platform.platform()}, {psutil.cpu_count()} cores, "
+             f"{psutil.virtual_memory().total / 2**30:.0f} GiB. Everything shares this one "
+             "machine: PostgreSQL (durability defaults: fsync and synchronous_commit on), "
+             "the three nodes, the load client (one Python process holding every socket) "
+             "and the publisher process. The CPU column says where the time went.", "",
+             "The workload, identical for both systems: U users `u0…u{U-1}`, one WebSocket "
+             "each, user i on node i mod 3; a publisher sends N messages to uniformly random "
+             "users, each carrying its send time (Herald: a single-row INSERT in its own "
+             "transaction from 16 connections; the peer: an emit through its adapter from "
+             "16 pooled connections). Latency is receive time minus send time, "
+             "HdrHistogram; delivered/s is rows received over first send to last receive. "
+             "*relayed* is the share of rows Herald's relay announced (the rest were "
+             "announced by their own transaction's NOTIFY).", ""]
+    if not args.skip_ceiling:
+        lines += ceiling_and_memory(args)
     all_results: list[herald_load.ScenarioResult] = []
-    systems = [("Herald", herald_load.run_scenarios), (PEER, socketio_load.run_scenarios)]
+    wanted = set(args.systems.split(","))
+    systems = [(name, run) for key, name, run in (
+        ("herald", "Herald", herald_load.run_scenarios),
+        ("peer", PEER, socketio_load.run_scenarios)) if key in wanted]
     users_list = [60] if args.quick else [int(u) for u in args.users.split(",")]
     for users in users_list:
         for system, run_scenarios in systems:

@@ -45,6 +45,14 @@ class ScenarioResult:
     max_ms: float
     cpu: dict[str, float] = field(default_factory=dict)  # process group -> CPU seconds
     relayed: float | None = None  # Herald: share of rows announced by the relay
+    # Herald: the worst event-loop lag of any node during the scenario, as the upper bound
+    # of its herald_event_loop_lag_seconds bucket (ms).
+    loop_lag_ms: float | None = None
+
+    @property
+    def node_cpu_ms(self) -> float:
+        """Node CPU per delivered notification, in ms."""
+        return self.cpu.get("nodes", 0.0) * 1000 / max(self.sent, 1)
 
 
 class Window:
@@ -88,6 +96,32 @@ async def relay_pointers(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval(
         "SELECT coalesce(n_tup_ins, 0) FROM pg_stat_user_tables "
         "WHERE relid = 'herald.relay_pending'::regclass") or 0)
+
+
+async def loop_lag_buckets(port: int) -> dict[float, float]:
+    """A node's cumulative ``herald_event_loop_lag_seconds`` buckets: le -> count."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")
+    buckets = {}
+    for line in response.body.decode().splitlines():
+        if line.startswith('herald_event_loop_lag_seconds_bucket{le="'):
+            le = line.split('"')[1]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def worst_lag_ms(before: list[dict[float, float]], after: list[dict[float, float]]) -> float:
+    """The bound of the smallest bucket that holds every sample taken between two reads
+    of each node's buckets, in ms (the worst lag of any node is at most this)."""
+    worst = 0.0
+    for old, new in zip(before, after, strict=True):
+        total = new[float("inf")] - old[float("inf")]
+        for le in sorted(new):
+            if new[le] - old.get(le, 0.0) >= total:
+                worst = max(worst, le)
+                break
+    return worst * 1000
 
 
 class HeraldNodes:
@@ -275,6 +309,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             first_id = await pool.fetchval("SELECT coalesce(max(id), 0) FROM "
                                             "herald.notifications")
             pointers0 = await relay_pointers(pool)
+            lag0 = [await loop_lag_buckets(port) for port in nodes.ports]
             publisher_cpu = await run_publisher(
                 [sys.executable, "-m", "bench.publisher", url, prefix, str(users), str(count),
                  str(rate)], ROOT, dict(os.environ), checker)
@@ -288,6 +323,8 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
             inserted = await pool.fetchval("SELECT count(*) FROM herald.notifications "
                                            "WHERE id > $1", first_id)
             result.relayed = (await relay_pointers(pool) - pointers0) / max(inserted, 1)
+            result.loop_lag_ms = worst_lag_ms(
+                lag0, [await loop_lag_buckets(port) for port in nodes.ports])
             log(f"herald U={users} {name}: {result}")
             results.append(result)
         memory.update(await bulk_fan_out(pool, clients, log))
