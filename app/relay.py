@@ -10,7 +10,7 @@ its WAL flush, so notifying commits cannot share a flush and run one at a time. 
 * every ``interval`` seconds it calls ``herald.relay_poll()``, which deletes the pointers
   of committed transactions and announces them, one NOTIFY per chunk of users, in the
   same transaction: each pointer is announced once, whatever the commit order;
-* below ``threshold / 2`` for ``calm_seconds`` it ends the lease, and the triggers notify
+* below ``CALM * threshold`` for ``calm_seconds`` it ends the lease, and the triggers notify
   at COMMIT again, which is the fastest path when commits are few.
 
 Election: every node runs a ``Relay``; the one holding a session advisory lock on its own
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x6865_7261_6C64  # "herald": the advisory lock that elects the relay
 SYNC_PAYLOAD = '{"k":"sync"}'
+# Batching ends below this share of the threshold. Not lower: a moderate rate just after
+# a burst (500/s after 1,000/s, threshold 800) goes back to the direct NOTIFY, the
+# fastest path (p50 1.8 ms against 7.4 ms relayed, bench/).
+CALM = 0.75
 
 
 class Relay:
@@ -74,7 +78,7 @@ class Relay:
         self.announced = 0  # users announced by this node's polls, for metrics and tests
         self.elections = 0
         self._renewed_at = 0.0  # monotonic time the lease was last set
-        self._calm_since = 0.0  # monotonic time the rate was last at or above threshold / 2
+        self._calm_since = 0.0  # monotonic time the rate was last at or above CALM * threshold
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="herald-relay")
@@ -140,13 +144,13 @@ class Relay:
 
     def _wants_batching(self, now: float) -> bool:
         """Batch at ``threshold``; once batching, stop only after ``calm_seconds`` below
-        half of it (hysteresis, so a rate near the threshold does not flap)."""
+        ``CALM`` of it (hysteresis, so a rate near the threshold does not flap)."""
         if self.rate >= self.threshold:
             self._calm_since = now
             return True
         if not self.batched:
             return False
-        if self.rate >= self.threshold / 2:
+        if self.rate >= self.threshold * CALM:
             self._calm_since = now
         return now - self._calm_since < self.calm_seconds
 
