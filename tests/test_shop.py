@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from app.cluster import LocalCluster, free_port
-from tests.test_browser import browser, new_page  # noqa: F401  (the fixture)
+from tests.test_browser import browser, new_page, track_errors  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "examples" / "shop"
@@ -61,7 +61,7 @@ async def sign_in(page: Page, shop_url: str, who: str) -> None:
 
 
 async def customer_page(browser, shop_url: str, context: Any = None) -> Page:  # noqa: F811
-    page = await (context.new_page() if context else new_page(browser))
+    page = track_errors(await context.new_page()) if context else await new_page(browser)
     if context is None:
         await sign_in(page, shop_url, "carol")
     else:
@@ -88,7 +88,7 @@ async def test_the_admin_ships_and_the_customer_sees_it_live_on_any_node(
     shop_url, sql = shop["url"], shop["sql"]
     carol = await customer_page(browser, shop_url)
     # A second tab of Carol's, on the other node (nginx alternates; reload until it does).
-    tab = await carol.context.new_page()
+    tab = track_errors(await carol.context.new_page())
     for _ in range(6):
         await tab.goto(shop_url + "/")
         await expect(tab.locator("#herald-widget")).to_have_attribute("data-state", "live")

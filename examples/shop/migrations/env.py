@@ -7,11 +7,10 @@ import asyncio
 import os
 
 from alembic import context
+from shop.tables import shop
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from shop.tables import shop
 
 config = context.config
 

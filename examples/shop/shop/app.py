@@ -141,7 +141,9 @@ class ShipHandler(Base):
         self.redirect(f"/admin?shipped={order_id}")
 
 
-def make_app(engine: AsyncEngine, settings: Settings, cookie_secret: str) -> tornado.web.Application:
+def make_app(
+    engine: AsyncEngine, settings: Settings, cookie_secret: str
+) -> tornado.web.Application:
     common = {"engine": engine, "settings": settings}
     return tornado.web.Application(
         [
