@@ -59,7 +59,9 @@ def _add_cluster(sub: "argparse._SubParsersAction[_Parser]") -> None:
         "port, on HERALD_DATABASE_URL or the embedded PostgreSQL. Ctrl-C stops all of it.")
     cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     cluster.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
-    _config_flags(cluster, "database_url", "secret", "api_key", "data_dir")
+    cluster.add_argument("--dev", action="store_true", default=None,
+                         help="nodes with the /login page and the send form (as serve --dev)")
+    _config_flags(cluster, "database_url", "secret", "api_key", "allowed_origins", "data_dir")
 
 
 def _add_bench(sub: "argparse._SubParsersAction[_Parser]") -> None:
@@ -384,13 +386,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     if not 1 <= args.nodes <= 16:
         raise CliError("--nodes must be between 1 and 16")
-    config = _load(args, ["database_url", "secret", "api_key", "data_dir"])
+    config = _load(args, ["database_url", "secret", "api_key", "allowed_origins", "data_dir",
+                          "dev"])
     url = _database(config)
+    node_env = {"HERALD_DEV": "1" if config.dev else "0"}
+    if config.allowed_origins:
+        node_env["HERALD_ALLOWED_ORIGINS"] = ",".join(config.allowed_origins)
 
     async def run() -> None:
         cluster = LocalCluster(config.data_dir / "cluster", nodes=args.nodes, port=args.port,
                                database_url=url, secret=config.secret,
-                               api_key=config.api_key or "")
+                               api_key=config.api_key or "", node_env=node_env)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -400,6 +406,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print(f"herald: {args.nodes} nodes behind nginx at {cluster.url} "
                   f"(WebSocket {cluster.ws_url}); logs in {cluster.workdir}",
                   file=sys.stderr, flush=True)
+            if config.dev:
+                print(f"herald: dev login at {cluster.url}/login", file=sys.stderr, flush=True)
             await stop.wait()
         except ClusterError as err:
             raise CliError(str(err)) from None

@@ -72,6 +72,8 @@ class Hub:
         self._max_per_user = max_per_user
         self.sockets = 0  # every open socket, authenticated or not
         self._admitted: dict[str, int] = {}  # user -> sessions admitted and not released
+        # The node is shutting down: no new socket (the load balancer sends it elsewhere).
+        self.draining = False
 
     # --- admission ----------------------------------------------------------------------
 

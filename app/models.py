@@ -37,8 +37,9 @@ DATA_MAX_BYTES = 16_384
 CATEGORY_MAX = 64
 
 # Only absolute http(s) URLs or same-site paths: a javascript: link would be an XSS vector
-# in every client that renders it, and '//host' is an off-site link dressed as a path.
-LINK_PATTERN = r"^(https?://[^\s]+|/(?!/)[^\s]*)$"
+# in every client that renders it, and '//host' or '/\host' (browsers read a backslash as
+# a slash) is an off-site link dressed as a path. No whitespace, no backslash anywhere.
+LINK_PATTERN = r"^(https?://[^\s\\]+|/(?![/\\])[^\s\\]*)$"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

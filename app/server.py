@@ -38,7 +38,6 @@ class HeraldServer:
         self.metrics = Metrics()
         self.hub = Hub(config.max_connections, config.max_connections_per_user)
         self.port = 0
-        self.draining = False
         self._pool: object = None
         self._bus: Bus | None = None
         self.relay: Relay | None = None
@@ -94,7 +93,7 @@ class HeraldServer:
         self.loopwatch.start()
         app = make_app(
             self.config, node, store, self.metrics,
-            bus_connected=lambda: bus.connected, draining=lambda: self.draining,
+            bus_connected=lambda: bus.connected, draining=lambda: self.hub.draining,
             queue_usage=lambda: bus.queue_usage, hub=self.hub,
         )
         self._http = tornado.httpserver.HTTPServer(
@@ -110,7 +109,7 @@ class HeraldServer:
     async def stop(self) -> None:
         """Graceful stop: fail /readyz, close every socket with 1001 (clients reconnect
         elsewhere at once), stop accepting, then release the database."""
-        self.draining = True
+        self.hub.draining = True
         if self._http is not None:
             self._http.stop()
         if self.node is not None:
@@ -139,6 +138,10 @@ class HeraldServer:
         await tasks.cancel(self._worker)
         if self._pool is not None:
             await self._pool.close()  # type: ignore[attr-defined]
+
+    @property
+    def draining(self) -> bool:
+        return self.hub.draining
 
     @property
     def bus(self) -> Bus:

@@ -9,11 +9,15 @@
  *     onChange(c) { ... },               // every change: {type: "read" | "unread" |
  *                                        //   "archive" | "unarchive", ids, unread}
  *     onWelcome(w) { ... },              // {user, node, last_seq, unread}
- *     onState(state) { ... },            // "connecting" | "live" | "reconnecting" | "offline"
+ *     onState(state, detail) { ... },    // "connecting" | "live" | "reconnecting" |
+ *                                        //   "offline" | "signed-out"; while
+ *                                        //   reconnecting, detail.retryAt (epoch ms)
+ *     onPending(count) { ... },          // changes made offline, waiting to be sent
  *     onAuthError(message) { ... },      // the token was refused (close 4401)
  *   });
  *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
- *   client.archive([101]); client.unarchive([101]); client.ack(42); client.close();
+ *   client.archive([101]); client.unarchive([101]); client.ack(42);
+ *   client.retryNow(); client.setToken(freshJwt); client.close();
  *
  * A read-all push says {all: true, seq: S}: every notification up to seq S is read (one
  * that arrived after S may not be). Notifications carry category, expires_at and
@@ -23,11 +27,18 @@
  * one WebSocket frame, one JSON object per line; acks are cumulative and sent at most
  * every 100 ms.
  *
- * Reconnects with jittered exponential backoff (0.5 s → 30 s; at once after a node's
- * 1001 "going away" or when the browser comes back online) and resumes from the last
- * seq it delivered, so a notification is never shown twice nor skipped. A token given as
- * a function is called for every connection, so expired tokens are refreshed. With
- * token null the server uses the login cookie (same origin only).
+ * Changes (read, unread, archive, unarchive, read-all) made while the socket is down
+ * are kept, in order, and sent as soon as a socket is welcomed: they are never dropped
+ * silently; onPending says how many are waiting.
+ *
+ * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
+ * after a node's 1001 "going away", when the browser comes back online, or on
+ * retryNow()) and resumes from the last seq it delivered, so a notification is never
+ * shown twice nor skipped. A token given as a function is called for every connection,
+ * so an expired token is refreshed there and then. A string token that is refused ends
+ * in "signed-out" until setToken() hands over a fresh one (the session's cursor, and so
+ * the page's list, are kept). With token null the server uses the login cookie (same
+ * origin only).
  */
 (function (global) {
   "use strict";
@@ -37,25 +48,32 @@
   var PING_EVERY_MS = 20000;
   var PONG_WITHIN_MS = 10000;
   var ACK_EVERY_MS = 100;
+  var BACKOFF_FIRST_MS = 500;
+  var BACKOFF_MAX_MS = 5000;
 
   function defaultUrl() {
     var scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
     return scheme + "//" + global.location.host + "/ws";
   }
 
+  function noop() {}
+
   function HeraldClient(options) {
     options = options || {};
     this.url = options.url || defaultUrl();
     this.token = options.token === undefined ? null : options.token;
     this.lastSeq = options.lastSeq === undefined ? null : options.lastSeq;
-    this.onNotification = options.onNotification || function () {};
-    this.onRead = options.onRead || function () {};
-    this.onChange = options.onChange || function () {};
-    this.onWelcome = options.onWelcome || function () {};
-    this.onState = options.onState || function () {};
-    this.onAuthError = options.onAuthError || function () {};
+    this.onNotification = options.onNotification || noop;
+    this.onRead = options.onRead || noop;
+    this.onChange = options.onChange || noop;
+    this.onWelcome = options.onWelcome || noop;
+    this.onState = options.onState || noop;
+    this.onPending = options.onPending || noop;
+    this.onAuthError = options.onAuthError || noop;
     this.state = "offline";
+    this.retryAt = null;   // while reconnecting: when the next attempt starts (epoch ms)
     this._ws = null;
+    this._live = false;    // the current socket was welcomed
     this._attempt = 0;
     this._timer = null;
     this._pingTimer = null;
@@ -63,31 +81,37 @@
     this._closed = false;
     this._acked = 0;       // highest seq acknowledged on the current socket
     this._ackTimer = null;
+    this._outbox = [];     // changes waiting for a live socket, in order
     var self = this;
-    this._online = function () { self._reconnectNow(); };
+    this._online = function () { self.retryNow(); };
     global.addEventListener("online", this._online);
     if (options.connect !== false) this.connect();
   }
 
   HeraldClient.prototype._setState = function (state) {
-    if (this.state === state) return;
+    var detail = state === "reconnecting" ? {retryAt: this.retryAt} : {};
+    if (this.state === state && state !== "reconnecting") return;
     this.state = state;
-    this.onState(state);
+    this.onState(state, detail);
   };
 
   HeraldClient.prototype._token = function () {
-    var token = typeof this.token === "function" ? this.token() : this.token;
-    return Promise.resolve(token);
+    var self = this;
+    return new Promise(function (resolve) {
+      resolve(typeof self.token === "function" ? self.token() : self.token);
+    });
   };
 
   HeraldClient.prototype.connect = function () {
     var self = this;
     if (this._closed) return;
+    this.retryAt = null;
     this._setState(this._attempt === 0 ? "connecting" : "reconnecting");
     this._token().then(function (token) {
       if (self._closed) return;
       var ws = new WebSocket(self.url);
       self._ws = ws;
+      self._live = false;
       ws.onopen = function () {
         var hello = {type: "hello", last_seq: self.lastSeq, batch: true};
         if (token) hello.token = token;
@@ -108,9 +132,11 @@
     switch (frame.type) {
       case "welcome":
         this._attempt = 0;
+        this._live = true;
         this._setState("live");
         this._startPings(ws);
         this.onWelcome(frame);
+        this._flush();
         break;
       case "notification":
         // The server never repeats a seq on one socket; this guards the seam between
@@ -153,13 +179,16 @@
   HeraldClient.prototype._closedSocket = function (ws, event) {
     if (ws !== this._ws) return;
     this._ws = null;
+    this._live = false;
     clearInterval(this._pingTimer);
     clearTimeout(this._pongTimer);
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
     if (this._closed) { this._setState("offline"); return; }
     if (event.code === CLOSE_UNAUTHORIZED && typeof this.token !== "function") {
-      this._setState("offline");
+      // A fixed token was refused (expired, revoked): retrying with it cannot help.
+      // setToken() resumes with a fresh one.
+      this._setState("signed-out");
       this.onAuthError(event.reason || "unauthorized");
       return;
     }
@@ -172,15 +201,28 @@
   HeraldClient.prototype._schedule = function () {
     var self = this;
     clearTimeout(this._timer);
-    this._setState(global.navigator.onLine === false ? "offline" : "reconnecting");
-    var base = Math.min(30000, 500 * Math.pow(2, this._attempt));
+    var base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * Math.pow(2, this._attempt));
     var delay = this._attempt === 0 ? Math.random() * 250 : base / 2 + Math.random() * base / 2;
     this._attempt += 1;
+    this.retryAt = Date.now() + delay;
     this._timer = setTimeout(function () { self.connect(); }, delay);
+    this._setState(global.navigator.onLine === false ? "offline" : "reconnecting");
   };
 
-  HeraldClient.prototype._reconnectNow = function () {
-    if (this._closed || this._ws) return;
+  /** Try to connect now instead of waiting for the next scheduled attempt. */
+  HeraldClient.prototype.retryNow = function () {
+    if (this._closed || this._ws || this.state === "signed-out") return;
+    this._attempt = 0;
+    clearTimeout(this._timer);
+    this.connect();
+  };
+
+  /** Hand over a fresh token (after "signed-out", or before the old one expires): the
+   * client reconnects with it and resumes from its cursor. */
+  HeraldClient.prototype.setToken = function (token) {
+    this.token = token;
+    if (this._closed) return;
+    if (this._ws) { this._ws.close(); return; }  // reconnects with the new token
     this._attempt = 0;
     clearTimeout(this._timer);
     this.connect();
@@ -193,6 +235,28 @@
     }
     return false;
   };
+
+  /** A change: sent at once on a live socket, otherwise kept until one is welcomed.
+   * Returns true when sent, false when queued. */
+  HeraldClient.prototype._change = function (frame) {
+    if (this._live && this._send(frame)) return true;
+    this._outbox.push(frame);
+    this.onPending(this._outbox.length);
+    return false;
+  };
+
+  HeraldClient.prototype._flush = function () {
+    if (!this._outbox.length) return;
+    var waiting = this._outbox;
+    this._outbox = [];
+    for (var i = 0; i < waiting.length; i++) {
+      if (!this._send(waiting[i])) this._outbox.push(waiting[i]);
+    }
+    this.onPending(this._outbox.length);
+  };
+
+  /** Changes made while offline that are still waiting to be sent. */
+  HeraldClient.prototype.pending = function () { return this._outbox.length; };
 
   /** Acknowledge everything up to seq as shown (sets delivered_at). Acks are cumulative,
    * so a burst is acknowledged once, at most ACK_EVERY_MS later. */
@@ -209,13 +273,13 @@
     return true;
   };
   /** Mark notifications read; every open client of the user gets a "read" frame. */
-  HeraldClient.prototype.markRead = function (ids) { return this._send({type: "read", ids: ids}); };
-  HeraldClient.prototype.markAllRead = function () { return this._send({type: "read", all: true}); };
+  HeraldClient.prototype.markRead = function (ids) { return this._change({type: "read", ids: ids}); };
+  HeraldClient.prototype.markAllRead = function () { return this._change({type: "read", all: true}); };
   /** Mark notifications unread again; every open client gets an "unread" frame. */
-  HeraldClient.prototype.markUnread = function (ids) { return this._send({type: "unread", ids: ids}); };
+  HeraldClient.prototype.markUnread = function (ids) { return this._change({type: "unread", ids: ids}); };
   /** Archive (or bring back) notifications; every open client gets the frame. */
-  HeraldClient.prototype.archive = function (ids) { return this._send({type: "archive", ids: ids}); };
-  HeraldClient.prototype.unarchive = function (ids) { return this._send({type: "unarchive", ids: ids}); };
+  HeraldClient.prototype.archive = function (ids) { return this._change({type: "archive", ids: ids}); };
+  HeraldClient.prototype.unarchive = function (ids) { return this._change({type: "unarchive", ids: ids}); };
 
   /** Close for good (no reconnect). */
   HeraldClient.prototype.close = function () {

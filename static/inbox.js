@@ -4,7 +4,8 @@
  * Start-up: load the newest page of history over HTTP, then open the socket with
  * last_seq = the user's newest seq as of that page (the history answer's last_seq, read
  * in the same snapshot), so the socket delivers exactly what came after it (no
- * duplicate, no gap). Older pages load as the user scrolls.
+ * duplicate, no gap). Older pages load as the user scrolls; "That's everything" marks
+ * the end.
  *
  * Views: the inbox (not archived) or the archive, optionally one category (chips appear
  * for the categories seen). Switching reloads the first page of that view; the socket
@@ -12,11 +13,21 @@
  * tab and device of the user follows through the server's pushes. An item disappears
  * when its expires_at passes.
  *
+ * Changes made while the connection is down (read, unread, archive, read-all) show on
+ * screen at once and wait in herald.js's outbox, visibly ("1 change waiting"), until a
+ * socket is back: they are never lost silently, and the page never claims "Live" with
+ * an action that did not reach the server.
+ *
+ * States, one at a time: Connecting, Live, Reconnecting (with when the next try is and
+ * "Retry now"), Offline, Signed out. A session whose token expires keeps its list and
+ * says how to sign in again; a fresh token in the URL fragment resumes it in place.
+ *
  * Authentication: the login cookie (set by the host application, or /login in dev), or
  * a token handed over in the URL fragment (#token=...), which browsers never send to
  * any server; it is moved to sessionStorage and removed from the address bar at once.
  *
- * Every piece of notification text goes through textContent: never parsed as HTML.
+ * Every piece of notification text goes through textContent: never parsed as HTML. A
+ * link is followed only if it is http(s), and a path only if it stays on this site.
  */
 (function () {
   "use strict";
@@ -27,9 +38,14 @@
   var badge = document.getElementById("badge");
   var statusBox = document.getElementById("status");
   var statusText = document.getElementById("status-text");
+  var retry = document.getElementById("retry");
+  var pendingText = document.getElementById("pending");
   var live = document.getElementById("live");
   var empty = document.getElementById("empty");
+  var end = document.getElementById("end");
   var signedOut = document.getElementById("signed-out");
+  var ended = document.getElementById("session-ended");
+  var endedRetry = document.getElementById("session-retry");
   var toolbar = document.getElementById("toolbar");
   var who = document.getElementById("who");
   var more = document.getElementById("more");
@@ -54,6 +70,7 @@
   var counted = 0;          // bumped on every change of the badge
   var recent = {};          // id -> notification that arrived live (the last ones)
   var known = {};           // category -> its chip
+  var started = false;      // the first page was shown and the socket opened
 
   function takeFragmentToken() {
     var match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
@@ -85,10 +102,11 @@
   function ago(iso) {
     var seconds = (new Date(iso).getTime() - Date.now()) / 1000;
     if (!relative) return new Date(iso).toLocaleString();
+    if (Math.abs(seconds) < 45) return "just now";
     var units = [["year", 31536000], ["month", 2592000], ["day", 86400], ["hour", 3600],
                  ["minute", 60]];
     for (var i = 0; i < units.length; i++) {
-      if (Math.abs(seconds) >= units[i][1]) {
+      if (Math.abs(seconds) >= units[i][1] || units[i][0] === "minute") {
         return relative.format(Math.round(seconds / units[i][1]), units[i][0]);
       }
     }
@@ -98,6 +116,18 @@
   function expiresLabel(iso) {
     var left = (new Date(iso).getTime() - Date.now()) / 1000;
     return left < 60 ? "Expires in less than a minute" : "Expires " + ago(iso);
+  }
+
+  /** The address a click may go to, or null: http(s) only, and a path (or anything
+   * else relative) only if the browser resolves it to this very site; "/\host" and
+   * "//host" are other sites dressed as paths. */
+  function safeLink(link) {
+    if (!link || /[\s\\]/.test(link)) return null;
+    var url;
+    try { url = new URL(link, window.location.href); } catch (e) { return null; }
+    if (url.protocol !== "http:" && url.protocol !== "https:") return null;
+    if (!/^https?:\/\//i.test(link) && url.origin !== window.location.origin) return null;
+    return url.href;
   }
 
   function el(tag, className, text) {
@@ -119,14 +149,21 @@
     var li = el("li", "item" + (n.read ? "" : " unread"));
     li.dataset.id = n.id;
     li.dataset.seq = n.seq;
-    var main = n.link ? el("a", "item-main") : el("button", "item-main");
-    if (n.link) main.href = n.link; else main.type = "button";
+    var href = safeLink(n.link);
+    var main = href ? el("a", "item-main") : el("button", "item-main");
+    if (href) main.href = href; else main.type = "button";
     main.appendChild(el("span", "dot", ""));
     var content = el("span", "content");
     var state = el("span", "sr-only state", n.read ? "" : "Unread: ");
     content.appendChild(state);
-    content.appendChild(el("span", "title", n.title));
-    if (n.body) content.appendChild(el("span", "body", n.body));
+    var title = el("span", "title", n.title);
+    title.dir = "auto";  // right-to-left titles read right to left
+    content.appendChild(title);
+    if (n.body) {
+      var body = el("span", "body", n.body);
+      body.dir = "auto";
+      content.appendChild(body);
+    }
     var meta = el("span", "meta");
     var time = el("time", "time", ago(n.created_at));
     time.dateTime = n.created_at;
@@ -138,9 +175,13 @@
       expires.dateTime = n.expires_at;
       meta.appendChild(expires);
     }
+    if (href) {
+      var hint = el("span", "link-hint", "Opens " + new URL(href).host);
+      meta.appendChild(hint);
+    }
     content.appendChild(meta);
     main.appendChild(content);
-    main.addEventListener("click", function (event) { open(n, li, event); });
+    main.addEventListener("click", function (event) { open(n, li, href, event); });
     li.appendChild(main);
     var actions = el("span", "actions");
     actions.appendChild(actionButton("act-unread", "Mark unread", n.title, function () {
@@ -269,45 +310,77 @@
 
   function refreshEmpty() {
     empty.hidden = list.children.length > 0;
+    end.hidden = !(exhausted && list.children.length > 0);
   }
 
-  var STATES = {connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
-                offline: "Offline"};
+  // --- the connection's state, shown as one truthful line ----------------------------
 
-  function setState(state) {
+  var STATES = {connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…",
+                offline: "Offline", "signed-out": "Signed out"};
+  var retryAt = null;
+  var countdown = null;
+
+  function setState(state, detail) {
     statusBox.dataset.state = state;
-    statusText.textContent = STATES[state] || state;
+    retryAt = state === "reconnecting" && detail && detail.retryAt ? detail.retryAt : null;
+    retry.hidden = !(state === "reconnecting" || state === "offline") || !client;
+    clearInterval(countdown);
+    showState(state);
+    if (retryAt) countdown = setInterval(function () { showState(state); }, 500);
+  }
+
+  function showState(state) {
+    var text = STATES[state] || state;
+    if (retryAt) {
+      var seconds = Math.ceil((retryAt - Date.now()) / 1000);
+      text = seconds > 0 ? "Reconnecting in " + seconds + " s" : "Reconnecting…";
+    }
+    statusText.textContent = text;
+  }
+
+  retry.addEventListener("click", function () {
+    if (client) client.retryNow();
+    else restart();
+  });
+
+  function setPending(count) {
+    pendingText.hidden = count === 0;
+    pendingText.textContent = count === 1 ? "1 change waiting"
+      : count + " changes waiting";
   }
 
   // --- actions ----------------------------------------------------------------------
 
-  function markRead(ids, keepalive) {
-    markShownRead(ids);
-    if (!keepalive && client && client.markRead(ids)) return;
-    api("/api/notifications/read", {method: "POST", body: {ids: ids}, keepalive: true});
-  }
-
-  function open(n, li, event) {
+  function open(n, li, href, event) {
     if (li.classList.contains("unread")) {
-      // The read frame updates the count; this only makes the click feel instant.
-      // A link navigates away at once, so that request must survive the unload.
-      markRead([n.id], !!n.link);
+      markShownRead([n.id]);
       if (!view.archived) setUnread(unread - 1);  // archived rows are not counted
+      if (href && !(client && client.state === "live")) {
+        // The page is about to go away with the socket: only a keepalive request can
+        // carry this change out, and only if the server is reachable at all.
+        api("/api/notifications/read", {method: "POST", body: {ids: [n.id]},
+                                        keepalive: true}).catch(function () {});
+      } else if (client) {
+        client.markRead([n.id]);
+      }
     }
-    if (!n.link) event.preventDefault();
+    if (!href) event.preventDefault();
   }
 
   /** Mark unread, archive or unarchive one item: on screen at once, then over the
-   * socket (or HTTP when it is down); the server's push brings every tab in line. */
+   * socket (kept in the outbox while it is down); the server's push brings every tab
+   * in line. */
   function change(kind, id) {
+    var li = items[id];
+    var wasUnread = !!li && li.classList.contains("unread");
+    // The badge counts unread rows that are not archived: move it as the server will.
+    if (kind === "unread" && !wasUnread && !view.archived) setUnread(unread + 1);
+    if (kind === "archive" && wasUnread) setUnread(unread - 1);
+    if (kind === "unarchive" && wasUnread) setUnread(unread + 1);
     if (kind === "unread") setShownRead([id], false);
     else removeShown(id);
     var methods = {unread: "markUnread", archive: "archive", unarchive: "unarchive"};
-    if (client && client[methods[kind]]([id])) return;
-    api("/api/notifications/" + kind, {method: "POST", body: {ids: [id]}})
-      .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (body) { if (body) setUnread(body.unread); })
-      .catch(function () {});
+    if (client) client[methods[kind]]([id]);
   }
 
   function changed(c) {
@@ -341,9 +414,7 @@
   readAll.addEventListener("click", function () {
     markShownRead(Object.keys(items));
     setUnread(0);
-    if (!(client && client.markAllRead())) {
-      api("/api/notifications/read", {method: "POST", body: {all: true}});
-    }
+    if (client) client.markAllRead();
   });
 
   // Desktop alerts are opt-in, and only while this tab is hidden.
@@ -402,16 +473,58 @@
       token: token,
       lastSeq: lastSeq,
       onState: setState,
+      onPending: setPending,
       onWelcome: function (w) {
         welcomeSeq = w.last_seq;
         setUnread(w.unread);
         who.textContent = "Signed in as " + w.user;
+        ended.hidden = true;
+        toolbar.hidden = false;
       },
       onNotification: arrived,
       onChange: changed,
-      onAuthError: function () { showSignedOut(); }
+      onAuthError: sessionEnded
     });
   }
+
+  // --- signed out: never signed in, or the session ended ----------------------------
+
+  /** No credentials at all: nothing to show but how to sign in. */
+  function showSignedOut() {
+    if (client) client.close();
+    sessionStorage.removeItem("herald.token");
+    who.textContent = "";
+    list.textContent = "";
+    empty.hidden = true;
+    end.hidden = true;
+    toolbar.hidden = true;
+    filters.hidden = true;
+    ended.hidden = true;
+    signedOut.hidden = false;
+    setState("signed-out");
+  }
+
+  /** The token was refused mid-session (it expired): keep what is on screen, say so,
+   * and resume in place once a fresh token arrives. */
+  function sessionEnded() {
+    who.textContent = "";
+    toolbar.hidden = true;
+    ended.hidden = false;
+  }
+
+  endedRetry.addEventListener("click", function () {
+    // The login cookie may have been renewed meanwhile (another tab signed in again).
+    token = sessionStorage.getItem("herald.token");
+    if (client) client.setToken(token);
+  });
+
+  // A host application hands over a fresh token by setting the fragment again.
+  window.addEventListener("hashchange", function () {
+    if (!/(?:^#|&)token=/.test(window.location.hash)) return;
+    token = takeFragmentToken();
+    if (client) client.setToken(token);
+    else restart();
+  });
 
   // --- history ----------------------------------------------------------------------
 
@@ -446,20 +559,29 @@
       .then(function () { loadingMore = false; });
   }
 
-  function showSignedOut() {
-    if (client) client.close();
-    sessionStorage.removeItem("herald.token");
-    list.textContent = "";
-    empty.hidden = true;
-    toolbar.hidden = true;
-    filters.hidden = true;
-    signedOut.hidden = false;
-    setState("offline");
+  var restartTimer = null;
+  var restartDelay = 1000;
+
+  /** The first page could not be loaded (server unreachable): try again, sooner if
+   * asked, and say when. */
+  function scheduleRestart() {
+    clearTimeout(restartTimer);
+    var at = Date.now() + restartDelay;
+    restartTimer = setTimeout(restart, restartDelay);
+    restartDelay = Math.min(restartDelay * 2, 5000);
+    setState("reconnecting", {retryAt: at});
+    retry.hidden = false;
+  }
+
+  function restart() {
+    clearTimeout(restartTimer);
+    start();
   }
 
   function start() {
-    showDesktopButton();
     page(null).then(function (body) {
+      started = true;
+      signedOut.hidden = true;
       toolbar.hidden = false;
       filters.hidden = false;
       append(body.notifications);
@@ -474,15 +596,16 @@
       }
     }).catch(function (err) {
       if (err.message === "unauthorized") showSignedOut();
-      else setState("offline");
+      else if (!started) scheduleRestart();
     });
-    setInterval(function () {
-      Array.prototype.forEach.call(list.querySelectorAll("time"), function (t) {
-        t.textContent = t.classList.contains("expires") ? expiresLabel(t.dateTime)
-          : ago(t.dateTime);
-      });
-    }, 30000);
   }
+
+  setInterval(function () {
+    Array.prototype.forEach.call(list.querySelectorAll("time"), function (t) {
+      t.textContent = t.classList.contains("expires") ? expiresLabel(t.dateTime)
+        : ago(t.dateTime);
+    });
+  }, 15000);
 
   // --- dev: send a notification -----------------------------------------------------
 
@@ -493,21 +616,26 @@
       var data = {};
       new FormData(form).forEach(function (value, key) { if (value) data[key] = value; });
       var result = document.getElementById("send-result");
+      result.classList.remove("error");
+      result.textContent = "Sending…";
       api("/dev/send", {method: "POST", body: data}).then(function (response) {
         return response.json().then(function (body) {
-          result.textContent = response.ok
-            ? "Sent (seq " + body.notifications[0].seq + ")"
-            : body.error.message;
-        });
+          if (!response.ok) throw new Error(body.error.message);
+          result.textContent = "Sent (seq " + body.notifications[0].seq + ")";
+          ["send-title", "send-body", "send-link", "send-category"].forEach(function (id) {
+            var input = document.getElementById(id);
+            if (input) input.value = "";
+          });
+        }, function () { throw new Error("the server answered " + response.status); });
+      }).catch(function (err) {
+        result.classList.add("error");
+        result.textContent = "Not sent: " + (err.message === "Failed to fetch"
+          ? "the server is unreachable" : err.message);
       });
     });
   }
 
-  // A host application may hand over a (fresh) token later by setting the fragment.
-  window.addEventListener("hashchange", function () {
-    if (/(?:^#|&)token=/.test(window.location.hash)) window.location.reload();
-  });
-
+  showDesktopButton();
   app.dataset.ready = "true";
   start();
 })();

@@ -195,3 +195,16 @@ def test_embedded_quickstart(tmp_path, procs) -> None:
     assert time.monotonic() - started < 5  # includes the `herald send` process start-up
     assert (tmp_path / "data" / "secret").exists()
     assert server.stop() == 0
+
+
+@pytest.mark.cluster
+def test_cluster_dev_gives_its_nodes_the_dev_login(database_url, procs) -> None:
+    """`herald cluster --dev`: the two-users-two-nodes demo without HERALD_DEV=1."""
+    port = free_port()
+    cluster = procs("cluster", "--nodes", "2", "--port", str(port), "--dev",
+                    env=clean_env(HERALD_DATABASE_URL=database_url, HERALD_SECRET=SECRET))
+    try:
+        wait_http(port, "/login", timeout=60)
+        wait_http(port, "/login")  # both nodes (round robin)
+    finally:
+        assert cluster.stop() == 0

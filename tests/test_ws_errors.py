@@ -203,3 +203,29 @@ async def test_keepalive_closes_a_peer_that_stops_answering_pings(make_node, cli
         await live.sync()
     finally:
         silent.close()
+
+
+async def test_a_draining_node_refuses_new_sockets_with_503(make_node, clients, user) -> None:
+    """A client closed with 1001 reconnects at once, and through a load balancer's
+    kept-alive connection it may reach the same node: while draining, the node answers
+    the upgrade with 503 (nginx then tries another node) instead of a socket it would
+    close again."""
+    node = await make_node("node-a")
+    live = await clients(node.port)
+    await live.hello(token_for(user))
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # a kept-alive connection
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    stopping = asyncio.create_task(node.stop())
+    await asyncio.sleep(0.02)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    code, _ = await live.closed()
+    assert code == 1001
+    writer.close()
+    await stopping

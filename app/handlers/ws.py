@@ -58,6 +58,20 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     # --- handshake ----------------------------------------------------------------------
 
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse the upgrade with 503 while the node drains: a client closed with 1001
+        reconnects at once, and through a load balancer's kept-alive connection it
+        could land right back here; a 503 makes the balancer try another node."""
+        if self.hub.draining:
+            self.metrics.refused.labels("draining").inc()
+            self.set_status(503)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.set_header("Retry-After", "1")
+            self.finish('{"error":{"code":"draining","message":"this node is shutting '
+                        'down; connect to another one"}}')
+            return
+        await super().get(*args, **kwargs)
+
     def check_origin(self, origin: str) -> bool:
         """Browsers always send Origin: refuse pages from origins not allowed, so a
         foreign site cannot open a socket riding on the user's login cookie."""

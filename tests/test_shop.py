@@ -1,0 +1,132 @@
+"""The seed's story with a real host application (examples/shop): two Herald nodes behind
+real nginx (`herald cluster`'s LocalCluster), the shop as its own process with its own
+schema and alembic history in the same PostgreSQL, and two browsers: a customer and the
+shop's admin. The admin ships, the customer sees it live; a failure inside the shipping
+transaction pushes nothing; a customer who was away sees it on return."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import asyncpg
+import pytest
+from playwright.async_api import Page, expect
+
+from app.cluster import LocalCluster, free_port
+from tests.test_browser import browser, new_page, track_errors  # noqa: F401  (the fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOP = ROOT / "examples" / "shop"
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+async def shop(tmp_path: Path, make_database: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
+    url = make_database()
+    shop_port = free_port()
+    cluster = LocalCluster(tmp_path / "cluster", nodes=2, database_url=url,
+                           node_env={"HERALD_ALLOWED_ORIGINS": f"http://127.0.0.1:{shop_port}"})
+    await cluster.start()  # migrates Herald's schema
+    env = {**os.environ, "SHOP_DATABASE_URL": url, "SHOP_PORT": str(shop_port),
+           "HERALD_URL": cluster.url, "HERALD_SECRET": cluster.secret,
+           "PYTHONPATH": str(SHOP)}
+    migrated = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=SHOP,
+        env=env, capture_output=True, text=True)
+    assert migrated.returncode == 0, migrated.stderr
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shop", cwd=SHOP, env=env, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert b"shop: http://" in line, line
+    sql = await asyncpg.connect(url)
+    try:
+        yield {"url": f"http://127.0.0.1:{shop_port}", "sql": sql, "cluster": cluster}
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await sql.close()
+        await cluster.stop()
+
+
+async def sign_in(page: Page, shop_url: str, who: str) -> None:
+    await page.goto(f"{shop_url}/login")
+    await page.click(f"#login-{who}")
+
+
+async def customer_page(browser, shop_url: str, context: Any = None) -> Page:  # noqa: F811
+    page = track_errors(await context.new_page()) if context else await new_page(browser)
+    if context is None:
+        await sign_in(page, shop_url, "carol")
+    else:
+        await page.goto(shop_url + "/")
+    await expect(page.locator("#herald-widget")).to_have_attribute("data-state", "live")
+    return page
+
+
+def notes(page: Page):
+    return page.locator("#herald-list li")
+
+
+async def ship(admin: Page, order: int, fail: bool = False) -> None:
+    row = admin.locator(f'tr[data-order="{order}"]')
+    if fail:
+        await row.locator('input[name="fail"]').check()
+    await row.locator("button.ship").click()
+    await expect(admin.locator("#notice")).to_contain_text(f"Order #{order}")
+
+
+async def test_the_admin_ships_and_the_customer_sees_it_live_on_any_node(
+    shop, browser  # noqa: F811
+) -> None:
+    shop_url, sql = shop["url"], shop["sql"]
+    carol = await customer_page(browser, shop_url)
+    # A second tab of Carol's, on the other node (nginx alternates; reload until it does).
+    tab = track_errors(await carol.context.new_page())
+    for _ in range(6):
+        await tab.goto(shop_url + "/")
+        await expect(tab.locator("#herald-widget")).to_have_attribute("data-state", "live")
+        if await tab.locator("#herald-widget").get_attribute("data-node") != \
+                await carol.locator("#herald-widget").get_attribute("data-node"):
+            break
+    nodes = {await p.locator("#herald-widget").get_attribute("data-node") for p in (carol, tab)}
+    assert nodes == {"node-1", "node-2"}
+
+    admin = await new_page(browser)
+    await sign_in(admin, shop_url, "admin")
+    await ship(admin, 1)
+    for page in (carol, tab):
+        await expect(notes(page).first).to_have_text(
+            "Order #1 shipped — Your espresso grinder is on its way.")
+        await expect(page.locator('[data-order="1"] .status')).to_have_text("shipped")
+        await expect(page.locator("#herald-unread")).to_have_text("1")
+    row = await sql.fetchrow("SELECT o.status, n.title, n.category FROM shop.orders o "
+                             "JOIN herald.notifications n ON n.data->>'order_id' = o.id::text "
+                             "WHERE o.id = 1")
+    assert tuple(row) == ("shipped", "Order #1 shipped", "orders")
+
+    # A failure after the INSERT, inside the same transaction: nothing is saved or pushed.
+    await ship(admin, 2, fail=True)
+    await expect(admin.locator("#notice")).to_contain_text("nothing was saved")
+    await asyncio.sleep(1.0)
+    await expect(notes(carol)).to_have_count(1)
+    assert await sql.fetchval("SELECT status FROM shop.orders WHERE id = 2") == "placed"
+    assert await sql.fetchval("SELECT count(*) FROM herald.notifications "
+                              "WHERE data->>'order_id' = '2'") == 0
+
+    # Carol is away (no page open) while order #3 ships; back, she sees it.
+    context = carol.context
+    for page in (carol, tab):
+        await page.close()
+    await ship(admin, 3)
+    back = await customer_page(browser, shop_url, context)
+    await expect(notes(back).first).to_have_text(
+        "Order #3 shipped — Your tamper is on its way.")
+    await expect(notes(back)).to_have_count(1)  # #1 was shown before: not again
+    assert admin.errors == [] and back.errors == []  # type: ignore[attr-defined]
