@@ -1,6 +1,5 @@
 """Regenerate docs/shop.png: the shop demo (examples/shop) on two Herald nodes behind
-nginx, the admin's page and the customer's page side by side, just after the admin
-shipped order #1. Run from the repo root: .venv/bin/python scripts/screenshot_shop.py
+nginx: the customer's page just after the admin shipped order #1. Run from the repo root: .venv/bin/python scripts/screenshot_shop.py
 """
 
 from __future__ import annotations
@@ -57,14 +56,13 @@ async def main() -> None:
                 await admin.wait_for_selector("#notice")
                 await carol.locator("#herald-list li").first.wait_for()
                 await asyncio.sleep(0.4)
-                await admin.screenshot(path=str(ROOT / "docs" / "shop-admin.png"))
                 await carol.screenshot(path=str(ROOT / "docs" / "shop.png"))
                 await browser.close()
         finally:
             shop.terminate()
             await shop.wait()
             await cluster.stop()
-    print("wrote docs/shop.png and docs/shop-admin.png")
+    print("wrote docs/shop.png")
 
 
 if __name__ == "__main__":
