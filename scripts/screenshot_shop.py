@@ -1,5 +1,6 @@
 """Regenerate docs/shop.png: the shop demo (examples/shop) on two Herald nodes behind
-nginx: the customer's page just after the admin shipped order #1. Run from the repo root: .venv/bin/python scripts/screenshot_shop.py
+nginx: the customer's page just after the admin shipped order #1. Run from the repo
+root: .venv/bin/python scripts/screenshot_shop.py
 """
 
 from __future__ import annotations
