@@ -20,7 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
