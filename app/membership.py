@@ -8,7 +8,8 @@ mean of the live, non-draining nodes) sheds the surplus gradually: every second 
 closes a few of its sockets (``rate`` of them, at least one) with 1001, and the clients
 reconnect through the load balancer at once, most of them to the other nodes. Never
 while this node drains (it is closing everything anyway), never alone (a single node has
-nowhere to send anyone), and slowly enough that the reconnects are no storm.
+nowhere to send anyone), and slowly enough that the reconnects are no storm. A ``rate``
+of 0 turns it off.
 
 A node that stops deletes its row; the row of a node that died goes stale and is ignored
 after ``3 * interval``.
@@ -45,6 +46,7 @@ class Membership:
         self._rate = rate
         self._task: asyncio.Task[None] | None = None
         self.surplus = 0  # sockets above this node's share, as of the last heartbeat
+        self._seen_surplus = False  # the previous heartbeat found a surplus too
         self.nodes: list[NodeRow] = []  # the last heartbeats read
 
     def start(self) -> None:
@@ -88,7 +90,15 @@ class Membership:
             self.surplus = 0  # blind: do not move anyone
             return
         mean = self.share(self.nodes)
-        if mean is None or self._hub.draining or sockets <= self._factor * mean + 1:
+        if (mean is None or self._rate <= 0 or self._hub.draining
+                or sockets <= self._factor * mean + 1):
+            self.surplus = 0
+            self._seen_surplus = False
+        elif not self._seen_surplus:
+            # Another node's row may be up to an interval old (it may have taken its
+            # sockets since): act only on a surplus two heartbeats in a row show, by
+            # when every node has written a fresh one.
+            self._seen_surplus = True
             self.surplus = 0
         else:
             self.surplus = int(sockets - mean)

@@ -418,30 +418,36 @@ class Store:
         seq, all read in one snapshot, so a client that opens its socket with that seq
         as its cursor gets exactly what came after the page."""
 
-        async def op(conn: asyncpg.Connection) -> HistoryPage:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await conn.fetch(
-                    f"""
-                    SELECT {ROW_COLUMNS} FROM herald.notifications
-                    WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-                      AND (NOT $3 OR read_at IS NULL)
-                      AND (archived_at IS NOT NULL) = $4
-                      AND ($5::text IS NULL OR category = $5)
-                      AND {LIVE}
-                    ORDER BY seq DESC LIMIT $6
-                    """,
-                    user, before_seq, unread_only, archived, category, limit,
-                )
-                totals = await conn.fetchrow(
-                    f"""
-                    SELECT (SELECT count(*) FROM herald.notifications
-                            WHERE user_id = $1 AND {UNREAD}) AS unread,
-                           coalesce((SELECT last_seq FROM herald.user_counters
-                                     WHERE user_id = $1), 0) AS last_seq
-                    """,
-                    user,
-                )
+        async def read(conn: asyncpg.Connection) -> HistoryPage:
+            rows = await conn.fetch(
+                f"""
+                SELECT {ROW_COLUMNS} FROM herald.notifications
+                WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                  AND (NOT $3 OR read_at IS NULL)
+                  AND (archived_at IS NOT NULL) = $4
+                  AND ($5::text IS NULL OR category = $5)
+                  AND {LIVE}
+                ORDER BY seq DESC LIMIT $6
+                """,
+                user, before_seq, unread_only, archived, category, limit,
+            )
+            totals = await conn.fetchrow(
+                f"""
+                SELECT (SELECT count(*) FROM herald.notifications
+                        WHERE user_id = $1 AND {UNREAD}) AS unread,
+                       coalesce((SELECT last_seq FROM herald.user_counters
+                                 WHERE user_id = $1), 0) AS last_seq
+                """,
+                user,
+            )
             return HistoryPage(list(rows), int(totals["unread"]), int(totals["last_seq"]))
+
+        async def op(conn: asyncpg.Connection) -> HistoryPage:
+            if conn.is_in_transaction():  # the store's own (behind a transaction pooler)
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return await read(conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await read(conn)
 
         return await self._retrying(op)
 

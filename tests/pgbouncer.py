@@ -10,6 +10,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,13 +25,15 @@ def free_port() -> int:
 
 
 class PgBouncer:
-    def __init__(self, upstream_url: str, workdir: Path, pool_mode: str = "transaction"):
+    def __init__(self, upstream_url: str, pool_mode: str = "transaction"):
         parts = urlsplit(upstream_url)
         self.database = parts.path.lstrip("/") or "postgres"
         self.user = parts.username or "postgres"
         host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
         self.upstream = f"host={host} port={parts.port or 5432}"
-        self.workdir = Path(workdir)
+        # Its own directory in /tmp: PgBouncer runs as another user, who cannot enter
+        # pytest's private temporary directories.
+        self.workdir = Path(tempfile.mkdtemp(prefix="herald-pgbouncer-"))
         self.pool_mode = pool_mode
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,7 +44,6 @@ class PgBouncer:
 
     async def start(self) -> None:
         assert Path(BINARY).exists(), "pgbouncer is not installed (scripts/test installs it)"
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o777)
         (self.workdir / "users.txt").write_text(f'"{self.user}" ""\n')
         conf = self.workdir / "pgbouncer.ini"
@@ -49,8 +51,9 @@ class PgBouncer:
             f"[databases]\n* = {self.upstream}\n\n[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.workdir / 'users.txt'}\n"
-            f"pool_mode = {self.pool_mode}\nmax_client_conn = 1000\n"
+            f"pool_mode = {self.pool_mode}\n"
             "default_pool_size = 8\nignore_startup_parameters = extra_float_digits\n"
+            "max_client_conn = 200\n"
             f"logfile = {self.workdir / 'pgbouncer.log'}\n")
         for path in self.workdir.iterdir():
             path.chmod(0o644)
@@ -77,3 +80,4 @@ class PgBouncer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             await asyncio.to_thread(self.proc.wait, 10)
+        shutil.rmtree(self.workdir, ignore_errors=True)

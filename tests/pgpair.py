@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pgserver
@@ -41,8 +42,10 @@ def _as_server_user() -> dict[str, object]:
 
 
 class PgPair:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self) -> None:
+        # Its own directory in /tmp: the servers run as another user, who cannot enter
+        # pytest's private temporary directories.
+        self.root = Path(tempfile.mkdtemp(prefix="herald-pgpair-"))
         self.ports = [free_port(), free_port()]
         self.dirs = [self.root / "primary", self.root / "standby"]
         self.running = [False, False]
@@ -64,7 +67,6 @@ class PgPair:
         return result.stdout
 
     async def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o777)
         primary, standby = self.dirs
         await self._run("initdb", "-D", str(primary), "-A", "trust", "-U", "postgres",

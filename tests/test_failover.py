@@ -30,8 +30,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[PgPair]:
-    p = PgPair(tmp_path / "pg")
+async def pair() -> AsyncIterator[PgPair]:
+    p = PgPair()
     await p.start()
     yield p
     await p.stop()
@@ -75,12 +75,13 @@ async def test_primary_crash_and_promotion_lose_nothing(pair: PgPair) -> None:
         assert await until_delivered(checker, timeout=60), checker.report().summary()
         await asyncio.sleep(0.5)  # late duplicates, if any, show up now
         report = checker.report()
+        print(f"failover: {report.summary()}; publisher retries {publisher.failures}")
         assert report.total("lost") == 0, report.summary()
         assert report.total("duplicated") == 0, report.summary()
         assert report.total("out_of_order") == 0, report.summary()
         assert report.committed >= 600, report.summary()
         assert publisher.failures > 0  # the crash was felt by the writers
-        assert all(c.connections == 1 for c in clients)  # no socket had to reconnect
+        assert all(c.connections == 1 for c in clients), [(c.connections, c.close_codes) for c in clients if c.connections != 1]
         for node in nodes:
             await wait_for(lambda node=node: ready(node.port), timeout=30)
             assert node.bus.reconnects >= 1

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -28,8 +27,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-async def bouncer(database_url: str, tmp_path: Path) -> AsyncIterator[PgBouncer]:
-    b = PgBouncer(database_url, tmp_path / "pgbouncer")
+async def bouncer(database_url: str) -> AsyncIterator[PgBouncer]:
+    b = PgBouncer(database_url)
     await b.start()
     yield b
     await b.stop()
@@ -107,8 +106,9 @@ async def test_a_bus_through_pgbouncer_is_refused_with_one_line(bouncer: PgBounc
 async def test_herald_status_shows_the_cluster(make_node, clients, database_url) -> None:
     from tests.conftest import token_for
 
-    a = await make_node("node-a", heartbeat_interval=0.3)
-    b = await make_node("node-b", heartbeat_interval=0.3)
+    # (rebalance_rate=0: node-a would otherwise hand one of its 3 sockets to node-b)
+    a = await make_node("node-a", heartbeat_interval=0.3, rebalance_rate=0.0)
+    b = await make_node("node-b", heartbeat_interval=0.3, rebalance_rate=0.0)
     for _ in range(3):
         sock = await clients(a.port)
         await sock.hello(token_for("status-user"))
