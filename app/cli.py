@@ -37,7 +37,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     helps = {
-        "database_url": "PostgreSQL URL (env HERALD_DATABASE_URL; none = embedded PostgreSQL)",
+        "database_url": "PostgreSQL URL, libpq style; several hosts find the primary, e.g. "
+        "postgresql://u@db1,db2/herald?target_session_attrs=read-write (env "
+        "HERALD_DATABASE_URL; none = embedded PostgreSQL)",
+        "bus_database_url": "a direct PostgreSQL URL for LISTEN and the relay, when "
+        "HERALD_DATABASE_URL goes through PgBouncer in transaction mode (env "
+        "HERALD_BUS_DATABASE_URL)",
         "secret": "JWT signing secret (env HERALD_SECRET)",
         "api_key": "API key for POST /api/notifications (env HERALD_API_KEY)",
         "port": "HTTP port (env HERALD_PORT, default 8888; 0 = any free port)",
@@ -85,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run a node (embedded PostgreSQL if no URL)",
                            description="Run a Herald node. Flags override environment.")
-    _config_flags(serve, "database_url", "secret", "api_key", "port", "host", "node",
-                  "allowed_origins", "data_dir")
+    _config_flags(serve, "database_url", "bus_database_url", "secret", "api_key", "port",
+                  "host", "node", "allowed_origins", "data_dir")
     serve.add_argument("--dev", action="store_true", default=None,
                        help="enable the /login page (pick any user; never in production)")
     serve.add_argument("--log-level", default="INFO",
@@ -129,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="age in days (a positive number, e.g. 30 or 0.5)")
     _config_flags(prune, "database_url", "data_dir")
 
+    status = sub.add_parser(
+        "status", help="show the cluster: nodes, sockets, relay, NOTIFY queue, backlog",
+        description="Print every node's last heartbeat (sockets, start, relay leader), the "
+        "relay's lease, PostgreSQL's NOTIFY queue usage and the oldest notification not "
+        "yet delivered to any client.")
+    _config_flags(status, "database_url", "data_dir")
+
     tail = sub.add_parser("tail", help="print USER's notifications live",
                           description="Connect to a node as USER and print notifications "
                           "as they arrive; reconnects and resumes on its own.")
@@ -166,8 +178,8 @@ def _database(config: Config) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import HeraldServer
 
-    config = _load(args, ["database_url", "secret", "api_key", "port", "host", "node",
-                          "allowed_origins", "data_dir", "dev"])
+    config = _load(args, ["database_url", "bus_database_url", "secret", "api_key", "port",
+                          "host", "node", "allowed_origins", "data_dir", "dev"])
     setup_logging(args.log_level, args.log_format or config.log_format, config.node)
     url = _database(config)
     if config.embedded:
@@ -250,9 +262,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     url = _database(config)
 
     async def run() -> dict[str, Any]:
-        pool = await db.create_pool(url, "herald:send", min_size=1, max_size=1)
+        pool, pooled = await db.open_store_pool(url, "herald:send", min_size=1, max_size=1)
         try:
-            (row,) = await Store(pool).insert([NewNotification(**valid)])
+            (row,) = await Store(pool, in_transactions=pooled).insert(
+                [NewNotification(**valid)])
         finally:
             await pool.close()
         return {"id": row.id, "seq": row.seq, "user_id": row.user_id,
@@ -279,10 +292,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     url = _database(config)
 
     async def run() -> tuple[int, int]:
-        pool = await db.create_pool(url, "herald:prune", min_size=1, max_size=1)
+        pool, pooled = await db.open_store_pool(url, "herald:prune", min_size=1, max_size=1)
         try:
-            result = await prune_pass(Store(pool), days, batch=config.prune_batch,
-                                      pause=config.prune_pause)
+            result = await prune_pass(Store(pool, in_transactions=pooled), days,
+                                      batch=config.prune_batch, pause=config.prune_pause)
         except PruneBusy as err:
             raise CliError(str(err)) from None
         finally:
@@ -296,6 +309,57 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         print(f"deleted {expired} rows ({expired} expired; none by age: no --older-than "
               "or HERALD_RETENTION_DAYS)")
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from app.store import Store
+
+    config = _load(args, ["database_url", "data_dir", "heartbeat_interval"])
+    url = _database(config)
+
+    async def run() -> str:
+        pool, pooled = await db.open_store_pool(url, "herald:status", min_size=1, max_size=1)
+        try:
+            status = await Store(pool, in_transactions=pooled).cluster_status()
+        finally:
+            await pool.close()
+        stale = 3 * config.heartbeat_interval
+        alive = [n for n in status.nodes if n.age < stale]
+        lines = [f"herald status: {len(alive)} node{'s' * (len(alive) != 1)} alive, "
+                 f"{sum(n.sockets for n in alive)} sockets"]
+        if status.nodes:
+            lines.append(f"  {'node':<20} {'sockets':>8}  {'started (UTC)':<19}  "
+                         f"{'heartbeat':<12} {'relay':<7} state")
+        for n in status.nodes:
+            state = "gone" if n.age >= stale else "draining" if n.draining else "serving"
+            lines.append(f"  {n.name[:20]:<20} {n.sockets:>8}  "
+                         f"{n.started_at.strftime('%Y-%m-%d %H:%M:%S')}  "
+                         f"{_ago(n.age):<12} {'leader' if n.relay_leader else '':<7} {state}")
+        lines.append(f"NOTIFY queue: {status.notify_queue_usage:.2%} used")
+        lines.append("relay: " + (f"batching (lease until {status.relay_batched_until:%H:%M:%S})"
+                                  if status.relay_batched_until
+                                  else "writers notify directly"))
+        oldest = status.oldest_undelivered
+        if oldest is None:
+            lines.append("oldest undelivered: none")
+        else:
+            age = (datetime.now(timezone.utc) - oldest["created_at"]).total_seconds()
+            lines.append(f"oldest undelivered: {_ago(max(0.0, age))} "
+                         f"({oldest['user_id']} #{oldest['seq']})")
+        return "\n".join(lines)
+
+    print(asyncio.run(run()))
     return 0
 
 
@@ -432,7 +496,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"bench": cmd_bench, "serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,
-            "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster, "prune": cmd_prune}
+            "send": cmd_send, "tail": cmd_tail, "cluster": cmd_cluster, "prune": cmd_prune,
+            "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def free_port() -> int:
 def render_nginx_conf(template: str, listen_port: int, node_ports: list[int]) -> str:
     """``docker/nginx.conf`` with the node addresses and the listen port replaced."""
     servers = "\n".join(
-        f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" for p in node_ports)
+        f"        server 127.0.0.1:{p} max_fails=0;" for p in node_ports)
     text, count = re.subn(r"# BEGIN herald nodes\n.*?# END herald nodes",
                           f"# BEGIN herald nodes\n{servers}\n        # END herald nodes",
                           template, flags=re.S)

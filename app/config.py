@@ -32,6 +32,9 @@ class Config:
     database_url: str | None
     secret: str
     api_key: str | None
+    # LISTEN, the relay and its election need one long session on PostgreSQL itself;
+    # when HERALD_DATABASE_URL goes through a transaction pooler, this one must not.
+    bus_database_url: str | None = None
     port: int = 8888
     host: str = ""
     node: str = ""
@@ -41,6 +44,7 @@ class Config:
     hello_timeout: float = 10.0
     bus_ping_interval: float = 5.0
     ws_ping_interval: float = 25.0
+    ws_pong_timeout: float = 10.0
     max_frame_bytes: int = 64 * 1024
     max_pending_bytes: int = 1024 * 1024
     slow_consumer_timeout: float = 30.0
@@ -62,6 +66,8 @@ class Config:
     prune_batch: int = 1000
     prune_pause: float = 0.1
     uvloop: bool = True
+    heartbeat_interval: float = 2.0
+    rebalance_rate: float = 0.03
 
     @property
     def tokens(self) -> Tokens:
@@ -136,6 +142,13 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _fraction_or_zero(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError("must be a fraction in [0, 1]")
+    return number
+
+
 def _log_format(value: str) -> str:
     if value not in ("json", "text"):
         raise ValueError("must be json or text")
@@ -153,6 +166,7 @@ def _flag(value: str) -> bool:
 
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "database_url": ("HERALD_DATABASE_URL", _database_url),
+    "bus_database_url": ("HERALD_BUS_DATABASE_URL", _database_url),
     "secret": ("HERALD_SECRET", str),
     "api_key": ("HERALD_API_KEY", str),
     "port": ("HERALD_PORT", _port),
@@ -164,6 +178,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "hello_timeout": ("HERALD_HELLO_TIMEOUT", _positive_float),
     "bus_ping_interval": ("HERALD_BUS_PING_INTERVAL", _positive_float),
     "ws_ping_interval": ("HERALD_WS_PING_INTERVAL", _positive_float),
+    "ws_pong_timeout": ("HERALD_WS_PONG_TIMEOUT", _positive_float),
     "max_frame_bytes": ("HERALD_MAX_FRAME_BYTES", _positive_int),
     "max_pending_bytes": ("HERALD_MAX_PENDING_BYTES", _positive_int),
     "slow_consumer_timeout": ("HERALD_SLOW_CONSUMER_TIMEOUT", _positive_float),
@@ -185,6 +200,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "prune_batch": ("HERALD_PRUNE_BATCH", _positive_int),
     "prune_pause": ("HERALD_PRUNE_PAUSE", _non_negative_float),
     "uvloop": ("HERALD_UVLOOP", _flag),
+    "heartbeat_interval": ("HERALD_HEARTBEAT_INTERVAL", _positive_float),
+    "rebalance_rate": ("HERALD_REBALANCE_RATE", _fraction_or_zero),
 }
 
 

@@ -7,15 +7,36 @@ package ``pgserver`` in ``<data_dir>/pg`` (Unix socket only, no TCP port), share
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
+
+
+class _OneLineFloorWarnings(logging.Filter):
+    """asyncpg logs every failed attempt to reopen its pool's floor connections with a
+    full traceback (one per second or so for as long as the database is down). Keep the
+    warning, as one line naming the error: the outage itself is visible in /readyz."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg.startswith("Failed to restore the pool connection floor") \
+                and record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = "database: cannot reopen the pool's connections (%s: %s); retrying"
+            record.args = (type(error).__name__, str(error).splitlines()[0] if str(error)
+                           else "")
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLineFloorWarnings())
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -25,9 +46,29 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def sqlalchemy_url(url: str) -> str:
-    """Any PostgreSQL URL → the ``postgresql+asyncpg://`` form SQLAlchemy/alembic need."""
+    """Any PostgreSQL URL → the ``postgresql+asyncpg://`` form SQLAlchemy/alembic need.
+
+    A libpq multi-host URL (``postgresql://u@db1:5432,db2:5432/herald?target_session_
+    attrs=read-write``, which asyncpg reads as it is) becomes SQLAlchemy's form of it,
+    one ``host=name:port`` query argument per host (a port is required there: 5432 when
+    none is given); ``target_session_attrs`` and the other arguments go through to
+    asyncpg unchanged."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return urlunsplit(parts._replace(scheme="postgresql+asyncpg"))
+    query = [f"host={quote(_with_port(host), safe=':[]')}" for host in hosts.split(",")]
+    if parts.query:
+        query.append(parts.query)
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", netloc=userinfo + at,
+                                     query="&".join(query)))
+
+
+def _with_port(host: str) -> str:
+    """``db1`` → ``db1:5432``; ``db1:6432`` and ``[::1]:5432`` stay as they are."""
+    if host.endswith("]") or ":" not in host.rsplit("]", 1)[-1]:
+        return f"{host}:5432"
+    return host
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -47,11 +88,73 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(dsn: str, application_name: str, **kwargs: Any) -> asyncpg.Pool:
-    """Open the node's query pool. Raises ``OSError``/``asyncpg`` errors if unreachable."""
+async def _init_pooled_connection(conn: asyncpg.Connection) -> None:
+    # Behind a transaction pooler, consecutive statements may reach different servers:
+    # the codec's type lookups must run in one transaction (one server) too.
+    async with conn.transaction():
+        await _init_connection(conn)
+
+
+async def backend_pid(conn: asyncpg.Connection) -> int:
+    """The server process serving ``conn``'s next statement, read with the simple query
+    protocol (a NOTICE carries it): no prepared statement, which a transaction pooler
+    such as PgBouncer 1.18 cannot carry between servers."""
+    pids: asyncio.Queue[int] = asyncio.Queue()
+
+    def listener(_conn: Any, message: Any) -> None:
+        if str(message.message).startswith("herald-pid "):
+            pids.put_nowait(int(str(message.message).split()[1]))
+
+    conn.add_log_listener(listener)
+    try:
+        await conn.execute(
+            "DO $$ BEGIN RAISE NOTICE 'herald-pid %', pg_backend_pid(); END $$")
+        return await asyncio.wait_for(pids.get(), 5)
+    finally:
+        conn.remove_log_listener(listener)
+
+
+async def behind_transaction_pooler(dsn: str, application_name: str = "herald:probe") -> bool:
+    """Whether connections to ``dsn`` go through a pooler in transaction (or statement)
+    mode, which hands a client's statements to whichever server is free: LISTEN does
+    not work there, nor do prepared statements across statements.
+
+    The probe: a second client opens a transaction right after the first one's
+    statement. Directly, or through a session-mode pooler, each client keeps its own
+    server, so the pids differ. A transaction pooler hands the second client the server
+    the first one just gave back (PgBouncer's default LIFO reuse), or moves the first
+    one to another server: either way the probe sees it. Best effort: a pooler that
+    hands out servers in round robin can still hide."""
+    first = await asyncpg.connect(asyncpg_dsn(dsn), statement_cache_size=0, timeout=10,
+                                  server_settings={"application_name": application_name})
+    try:
+        mine = await backend_pid(first)
+        second = await asyncpg.connect(asyncpg_dsn(dsn), statement_cache_size=0, timeout=10,
+                                       server_settings={"application_name": application_name})
+        try:
+            await second.execute("BEGIN")
+            theirs = await backend_pid(second)
+            again = await backend_pid(first)
+            await second.execute("ROLLBACK")
+        finally:
+            await second.close()
+        return theirs == mine or again != mine
+    finally:
+        await first.close()
+
+
+async def create_pool(dsn: str, application_name: str, pooled: bool = False,
+                      **kwargs: Any) -> asyncpg.Pool:
+    """Open the node's query pool. Raises ``OSError``/``asyncpg`` errors if unreachable.
+
+    ``pooled``: the URL goes through a transaction pooler (``behind_transaction_pooler``):
+    no prepared statement cache, and the callers (``app.store``) run every statement
+    inside a transaction so that all of its protocol messages reach one server."""
+    if pooled:
+        kwargs.setdefault("statement_cache_size", 0)
     pool = await asyncpg.create_pool(
         asyncpg_dsn(dsn),
-        init=_init_connection,
+        init=_init_pooled_connection if pooled else _init_connection,
         min_size=kwargs.pop("min_size", 1),
         max_size=kwargs.pop("max_size", 10),
         server_settings={"application_name": application_name, "timezone": "UTC"},
@@ -63,6 +166,14 @@ async def create_pool(dsn: str, application_name: str, **kwargs: Any) -> asyncpg
     )
     assert pool is not None
     return pool
+
+
+async def open_store_pool(dsn: str, application_name: str, **kwargs: Any
+                          ) -> tuple[asyncpg.Pool, bool]:
+    """A pool for ``app.store``, and whether it goes through a transaction pooler (then
+    the store must run each operation in a transaction: ``Store(in_transactions=...)``)."""
+    pooled = await behind_transaction_pooler(dsn, application_name)
+    return await create_pool(dsn, application_name, pooled=pooled, **kwargs), pooled
 
 
 async def connect(dsn: str, application_name: str, timeout: float = 10) -> asyncpg.Connection:

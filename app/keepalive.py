@@ -12,8 +12,12 @@ the same instant (measured: that burst was the whole p99 tail at 10,000 users).
 Contract, per registered client (``app.hub.Client`` plus the attributes below):
 
 * at or after ``expires_at`` (epoch seconds) the client's ``expire()`` is called once;
-* every ``ping_interval`` seconds, at its turn, it is pinged; a client that has answered
-  no ping for two intervals (``last_pong``) is closed with ``close_dead()`` instead.
+* every ``ping_interval`` seconds, at its turn, it is pinged (``ping_now()`` sets
+  ``ping_sent_at``; its pong sets ``last_pong``);
+* a client whose latest ping has gone unanswered for ``pong_timeout`` seconds is closed
+  with ``close_dead()``. A peer that dies right after a pong is therefore closed within
+  ``ping_interval + pong_timeout`` (SPEC "Dead peers"): the sweep runs often enough
+  (``tick``) for that bound to hold to within a quarter of the timeout.
 
 Clients that have not said hello yet are not in the hub; their hello timeout closes them.
 """
@@ -31,6 +35,7 @@ from app.hub import Hub
 class Kept(Protocol):
     expires_at: float
     last_pong: float  # time.monotonic() of the last pong (or of the hello)
+    ping_sent_at: float  # time.monotonic() of the last ping (0: none yet)
 
     def ping_now(self) -> None: ...
 
@@ -40,10 +45,12 @@ class Kept(Protocol):
 
 
 class Keepalive:
-    def __init__(self, hub: Hub, ping_interval: float, tick: float = 1.0) -> None:
+    def __init__(self, hub: Hub, ping_interval: float, pong_timeout: float = 10.0,
+                 tick: float = 1.0) -> None:
         self._hub = hub
         self._ping_interval = ping_interval
-        self._tick = min(tick, ping_interval)
+        self._pong_timeout = pong_timeout
+        self._tick = min(tick, ping_interval / 4, pong_timeout / 4)
         self._slots = max(1, round(ping_interval / self._tick))
         self._turn = 0  # the slot pinged by the next sweep
         self._task: asyncio.Task[None] | None = None
@@ -60,16 +67,16 @@ class Keepalive:
             self.sweep(time.time(), time.monotonic())
 
     def sweep(self, now: float, mono: float) -> None:
-        """Expire tokens that ran out; ping (or close) the clients whose turn it is."""
+        """Expire tokens that ran out; close peers that let a ping go unanswered past the
+        timeout; ping the clients whose turn it is."""
         turn, self._turn = self._turn, (self._turn + 1) % self._slots
-        # Silent for two intervals (two pings unanswered, or none since the hello).
-        dead_before = mono - 2 * self._ping_interval + self._tick / 2
+        # Checked every tick: unanswered for (about) the timeout, never more.
+        overdue = mono - self._pong_timeout + self._tick
         for client in self._hub.all_clients():
             kept: Kept = client  # type: ignore[assignment]
             if kept.expires_at <= now:
                 kept.expire()
+            elif kept.last_pong < kept.ping_sent_at <= overdue:
+                kept.close_dead()
             elif (id(client) >> 6) % self._slots == turn:
-                if kept.last_pong < dead_before:
-                    kept.close_dead()
-                else:
-                    kept.ping_now()
+                kept.ping_now()

@@ -63,6 +63,11 @@ class Metrics:
             "Rows deleted by this node's retention passes (old or expired)",
             registry=r,
         )
+        self.shed = Counter(
+            "herald_rebalanced",
+            "Sockets this node closed (1001) because it held more than its share",
+            registry=r,
+        )
         self.refused = Counter(
             "herald_refused",
             "Frames, connections and requests refused, by reason",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     Identity,
     Index,
+    Integer,
     MetaData,
     SmallInteger,
     Table,
@@ -144,6 +146,20 @@ relay = Table(
            server_default=text("'-infinity'")),
     Column("holder", Text, nullable=True),
     CheckConstraint("id = 1", name="single_row"),
+)
+
+# Every node's heartbeat (revision 0007): its share of the sockets, for the others to see
+# (app/membership.py) and for `herald status`.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("sockets", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False,
+           server_default=text("now()")),
+    Column("relay_leader", Boolean, nullable=False, server_default=text("false")),
+    Column("draining", Boolean, nullable=False, server_default=text("false")),
 )
 
 # Rows left to the relay (revision 0005): one (user, highest seq) pointer per user per

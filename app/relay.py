@@ -78,6 +78,7 @@ class Relay:
         self._vacuum_interval = vacuum_interval
         self._connect = connect
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.leader = False
         self.batched = False
         self.rate = 0.0  # inserts per second, as last measured by the leader
@@ -87,36 +88,56 @@ class Relay:
         self._calm_since = 0.0  # monotonic time the rate was last at or above CALM * threshold
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="herald-relay")
 
-    async def stop(self) -> None:
-        """Stop; a leader ends its lease first so writers notify directly at once."""
-        await tasks.cancel(self._task)
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop between two polls; a leader ends its lease first, so writers notify
+        directly at once. Not by cancelling a poll: the connection would still be busy
+        unwinding it, and ending the lease on it would be a second operation at once
+        (asyncpg: "cannot switch to state 12; another operation is in progress")."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except asyncio.TimeoutError:  # stuck on a dead database: the lease runs out
+            await tasks.cancel(self._task)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, unless asked to stop meanwhile; True if it is time to stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping.is_set():
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connect(self._dsn, f"herald:{self._node}:relay"[:63])
                 while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY,
                                               timeout=10):
-                    await asyncio.sleep(self._standby_interval)
+                    backoff = 0.1  # the database answers: only the election is lost
+                    if await self._sleep(self._standby_interval):
+                        return
                 self.leader = True
                 self.elections += 1
+                backoff = 0.1
                 log.info("relay: %s leads", self._node)
-                await self._lead(conn)
-            except asyncio.CancelledError:
-                if conn is not None and self.leader:
-                    await self._end_lease(conn)
-                raise
+                await self._lead(conn)  # returns when asked to stop
+                await self._end_lease(conn)
+                return
             except Exception as err:  # connection lost or refused: stand by again
                 log.warning("relay: %s (%s)", type(err).__name__, err)
             finally:
                 self.leader = self.batched = False
                 if conn is not None and not conn.is_closed():
                     conn.terminate()  # releases the advisory lock with the session
-            await asyncio.sleep(backoff * (0.5 + random.random()))
+            if await self._sleep(backoff * (0.5 + random.random())):
+                return
             backoff = min(backoff * 2, 5.0)
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
@@ -146,7 +167,9 @@ class Relay:
                 await self._steer(conn, now)
             # While direct, keep polling slowly: a transaction that read the lease just
             # before it ended still has pointers to announce.
-            await asyncio.sleep(self.poll_interval() if self.batched else self._idle_interval)
+            if await self._sleep(self.poll_interval() if self.batched
+                                 else self._idle_interval):
+                return
 
     def poll_interval(self) -> float:
         """Seconds to the next poll while batching: ``interval`` at the threshold, growing

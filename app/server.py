@@ -15,10 +15,11 @@ import tornado.netutil
 
 from app import db, models, protocol, schema, tasks
 from app.bus import Bus
-from app.config import Config
+from app.config import Config, ConfigError
 from app.hub import Hub
 from app.keepalive import Keepalive
 from app.looplag import Loopwatch
+from app.membership import Membership
 from app.metrics import Metrics
 from app.node import Node
 from app.relay import Relay
@@ -43,6 +44,7 @@ class HeraldServer:
         self.relay: Relay | None = None
         self._keepalive: Keepalive | None = None
         self.pruner: Pruner | None = None
+        self.membership: Membership | None = None
         self.loopwatch = Loopwatch(self.metrics.loop_lag.observe)
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
@@ -52,7 +54,19 @@ class HeraldServer:
         """Connect, verify the schema is at head, listen, then accept connections.
         Raises ``schema.SchemaError`` or a connection error if the database is not usable."""
         name = self.config.node
-        pool = await db.create_pool(self.database_url, f"herald:{name}"[:63])
+        bus_url = self.bus_url
+        if await db.behind_transaction_pooler(bus_url, f"herald:{name}:probe"[:63]):
+            variable = ("HERALD_BUS_DATABASE_URL" if self.config.bus_database_url
+                        else "HERALD_DATABASE_URL")
+            raise ConfigError(
+                f"{variable} goes through a pooler in transaction mode, where LISTEN does "
+                "not work: set HERALD_BUS_DATABASE_URL to a direct connection to PostgreSQL "
+                "(the pool may stay on the pooler)")
+        pooled = bus_url != self.database_url and await db.behind_transaction_pooler(
+            self.database_url, f"herald:{name}:probe"[:63])
+        if pooled:
+            log.info("the pool goes through a transaction pooler: statements in transactions")
+        pool = await db.create_pool(self.database_url, f"herald:{name}"[:63], pooled=pooled)
         self._pool = pool
         try:
             async with pool.acquire() as conn:
@@ -60,11 +74,11 @@ class HeraldServer:
         except BaseException:
             await pool.close()
             raise
-        store = Store(pool)
+        store = Store(pool, in_transactions=pooled)
         self.node = node = Node(name, store, self.hub, self.metrics)
         self._worker = asyncio.create_task(node.run(), name="herald-node")
         self._bus = bus = Bus(
-            self.database_url,
+            bus_url,
             models.CHANNEL,
             node.enqueue,
             node.on_listening,
@@ -77,7 +91,7 @@ class HeraldServer:
         await bus.start()
         # Every node stands for relay; one leads (app/relay.py). Started after LISTEN is up
         # so this node hears its own sync.
-        self.relay = relay = Relay(self.database_url, name,
+        self.relay = relay = Relay(bus_url, name,
                                    threshold=self.config.relay_threshold,
                                    interval=self.config.relay_interval)
         self.metrics.relay_leader.set_function(lambda: 1 if relay.leader else 0)
@@ -88,7 +102,12 @@ class HeraldServer:
                              self.metrics.pruned.inc, interval=self.config.prune_interval,
                              batch=self.config.prune_batch, pause=self.config.prune_pause)
         self.pruner.start()
-        self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval)
+        self.membership = Membership(
+            store, self.hub, name, lambda: relay.leader, self.metrics.shed.inc,
+            interval=self.config.heartbeat_interval, rate=self.config.rebalance_rate)
+        self.membership.start()
+        self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval,
+                                    self.config.ws_pong_timeout)
         self._keepalive.start()
         self.loopwatch.start()
         app = make_app(
@@ -129,6 +148,8 @@ class HeraldServer:
         if self._keepalive is not None:
             await self._keepalive.stop()
         await self.loopwatch.stop()
+        if self.membership is not None:
+            await self.membership.stop()
         if self.pruner is not None:
             await self.pruner.stop()
         if self.relay is not None:
@@ -138,6 +159,11 @@ class HeraldServer:
         await tasks.cancel(self._worker)
         if self._pool is not None:
             await self._pool.close()  # type: ignore[attr-defined]
+
+    @property
+    def bus_url(self) -> str:
+        """Where LISTEN, the relay and its election connect (a direct connection)."""
+        return self.config.bus_database_url or self.database_url
 
     @property
     def draining(self) -> bool:

@@ -146,6 +146,26 @@ class ReadAll:
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    """A node's last heartbeat (``herald.nodes``)."""
+
+    name: str
+    sockets: int
+    started_at: datetime
+    age: float  # seconds since its heartbeat
+    relay_leader: bool
+    draining: bool
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    nodes: list[NodeRow]
+    notify_queue_usage: float  # pg_notification_queue_usage()
+    relay_batched_until: datetime | None  # the relay's lease, if it holds
+    oldest_undelivered: asyncpg.Record | None  # (user_id, seq, created_at)
+
+
+@dataclass(frozen=True)
 class SessionStart:
     """What a connecting client needs: the user's newest seq, where its replay starts
     (deliver every seq above ``baseline``), and the unread count."""
@@ -156,16 +176,25 @@ class SessionStart:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool, retries: int = 4) -> None:
+    """``in_transactions``: the pool goes through a transaction pooler (PgBouncer in
+    transaction mode): every operation then runs inside a transaction, the only unit
+    such a pooler keeps on one server (``db.behind_transaction_pooler``)."""
+
+    def __init__(self, pool: asyncpg.Pool, retries: int = 4,
+                 in_transactions: bool = False) -> None:
         self._pool = pool
         self._retries = retries
+        self._in_transactions = in_transactions
 
     async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
                 async with self._pool.acquire() as conn:
-                    return await op(conn)
+                    if not self._in_transactions:
+                        return await op(conn)
+                    async with conn.transaction():
+                        return await op(conn)
             except CONNECTION_ERRORS as err:
                 if attempt == self._retries:
                     raise
@@ -177,7 +206,56 @@ class Store:
     async def ping(self) -> None:
         """Raise if the database does not answer ``SELECT 1`` within 2 s."""
         async with self._pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1", timeout=2)
+            await conn.execute("SELECT 1", timeout=2)  # the simple protocol: any pooler
+
+    # --- the cluster's view of itself (revision 0007) --------------------------------------
+
+    async def heartbeat(self, name: str, sockets: int, relay_leader: bool, draining: bool,
+                        ) -> list[NodeRow]:
+        """Record this node's heartbeat; return every node's latest one (this one too)."""
+
+        async def op(conn: asyncpg.Connection) -> list[NodeRow]:
+            await conn.execute(
+                """
+                INSERT INTO herald.nodes AS n (name, sockets, relay_leader, draining)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT (name) DO UPDATE SET sockets = $2, relay_leader = $3,
+                    draining = $4, heartbeat_at = now()
+                """, name, sockets, relay_leader, draining)
+            return await self._nodes(conn)
+
+        return await self._retrying(op)
+
+    async def _nodes(self, conn: asyncpg.Connection) -> list[NodeRow]:
+        rows = await conn.fetch(
+            "SELECT name, sockets, started_at, relay_leader, draining, "
+            "extract(epoch FROM now() - heartbeat_at)::float8 AS age "
+            "FROM herald.nodes ORDER BY name")
+        return [NodeRow(r["name"], r["sockets"], r["started_at"], r["age"],
+                        r["relay_leader"], r["draining"]) for r in rows]
+
+    async def forget_node(self, name: str) -> None:
+        """A node that stops takes its row away."""
+        await self._retrying(lambda conn: conn.execute(
+            "DELETE FROM herald.nodes WHERE name = $1", name))
+
+    async def cluster_status(self) -> ClusterStatus:
+        """What `herald status` shows."""
+
+        async def op(conn: asyncpg.Connection) -> ClusterStatus:
+            nodes = await self._nodes(conn)
+            usage = await conn.fetchval("SELECT pg_notification_queue_usage()")
+            lease = await conn.fetchval(
+                "SELECT batched_until FROM herald.relay WHERE id = 1 "
+                "AND batched_until > clock_timestamp()")
+            # The created_at index, walked from the oldest row: stops at the first
+            # undelivered one.
+            oldest = await conn.fetchrow(
+                f"SELECT user_id, seq, created_at FROM herald.notifications "
+                f"WHERE delivered_at IS NULL AND {LIVE} ORDER BY created_at LIMIT 1")
+            return ClusterStatus(nodes, float(usage), lease, oldest)
+
+        return await self._retrying(op)
 
     async def insert(self, items: Sequence[NewNotification]) -> list[Inserted]:
         """Insert ``items`` in one statement and one transaction, in list order.
@@ -340,30 +418,36 @@ class Store:
         seq, all read in one snapshot, so a client that opens its socket with that seq
         as its cursor gets exactly what came after the page."""
 
-        async def op(conn: asyncpg.Connection) -> HistoryPage:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await conn.fetch(
-                    f"""
-                    SELECT {ROW_COLUMNS} FROM herald.notifications
-                    WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-                      AND (NOT $3 OR read_at IS NULL)
-                      AND (archived_at IS NOT NULL) = $4
-                      AND ($5::text IS NULL OR category = $5)
-                      AND {LIVE}
-                    ORDER BY seq DESC LIMIT $6
-                    """,
-                    user, before_seq, unread_only, archived, category, limit,
-                )
-                totals = await conn.fetchrow(
-                    f"""
-                    SELECT (SELECT count(*) FROM herald.notifications
-                            WHERE user_id = $1 AND {UNREAD}) AS unread,
-                           coalesce((SELECT last_seq FROM herald.user_counters
-                                     WHERE user_id = $1), 0) AS last_seq
-                    """,
-                    user,
-                )
+        async def read(conn: asyncpg.Connection) -> HistoryPage:
+            rows = await conn.fetch(
+                f"""
+                SELECT {ROW_COLUMNS} FROM herald.notifications
+                WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                  AND (NOT $3 OR read_at IS NULL)
+                  AND (archived_at IS NOT NULL) = $4
+                  AND ($5::text IS NULL OR category = $5)
+                  AND {LIVE}
+                ORDER BY seq DESC LIMIT $6
+                """,
+                user, before_seq, unread_only, archived, category, limit,
+            )
+            totals = await conn.fetchrow(
+                f"""
+                SELECT (SELECT count(*) FROM herald.notifications
+                        WHERE user_id = $1 AND {UNREAD}) AS unread,
+                       coalesce((SELECT last_seq FROM herald.user_counters
+                                 WHERE user_id = $1), 0) AS last_seq
+                """,
+                user,
+            )
             return HistoryPage(list(rows), int(totals["unread"]), int(totals["last_seq"]))
+
+        async def op(conn: asyncpg.Connection) -> HistoryPage:
+            if conn.is_in_transaction():  # the store's own (behind a transaction pooler)
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return await read(conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await read(conn)
 
         return await self._retrying(op)
 

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 import pytest_asyncio
+from tornado.httpclient import AsyncHTTPClient
 
 from app import auth, db
 from app.checker import Checker, Report
@@ -151,6 +152,56 @@ async def test_sigterm_then_rolling_restart(cluster: LocalCluster, pool) -> None
         going_away = sum(c.close_codes.count(1001) for c in run.fleet.clients)
         print(f"[rolling] {going_away} sockets closed with 1001 and resumed")
         assert going_away >= USERS / 3
+        # The node restarted last took most of the sockets; the nodes even it out.
+        started = time.monotonic()
+        history = [await sockets_per_node(cluster)]
+        while max(history[-1]) > 1.5 * sum(history[-1]) / 3:
+            assert time.monotonic() - started < 60, history
+            await asyncio.sleep(1.0)
+            history.append(await sockets_per_node(cluster))
+        await run.fleet.wait_live(timeout=15)
+        print(f"[rolling] sockets per node right after the restarts {history[0]}, "
+              f"balanced {history[-1]} after {time.monotonic() - started:.1f}s")
+
+
+async def sockets_per_node(cluster: LocalCluster) -> list[int]:
+    """Each node's herald_connections, from its /metrics."""
+    counts = []
+    for port in cluster.node_ports:
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics",
+                                                 raise_error=False)
+        value = 0.0
+        if response.code == 200:
+            for line in response.body.decode().splitlines():
+                if line.startswith("herald_connections "):
+                    value = float(line.split()[1])
+        counts.append(int(value))
+    return counts
+
+
+async def test_clients_are_never_locked_out(cluster: LocalCluster, pool) -> None:
+    """Through nginx: SIGKILL the busiest node and restart it, twice, then SIGTERM the
+    busiest one: each time every client it held is live again, on another node, within
+    5 s (nginx must not take the healthy nodes out of its rotation)."""
+    async with Run(cluster, "lockout") as run:
+        times = []
+        for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+            counts = await sockets_per_node(cluster)
+            busiest = counts.index(max(counts))
+            name = cluster.node_name(busiest)
+            victims = {c: c.connections for c in run.fleet.clients if c.node == name}
+            assert victims, (name, run.fleet.by_node())
+            await cluster.stop_node(busiest, sig)
+            started = time.monotonic()
+            while not all(c.connections > before and c.live.is_set() and c.node != name
+                          for c, before in victims.items()):
+                assert time.monotonic() - started < 15, "clients locked out"
+                await asyncio.sleep(0.02)
+            times.append(time.monotonic() - started)
+            print(f"[lockout] {sig.name} {name}: its {len(victims)} clients live elsewhere "
+                  f"after {times[-1]:.2f}s")
+            await cluster.start_node(busiest)
+        assert max(times) < 5.0, times
 
 
 async def test_listen_connections_terminated_repeatedly(cluster: LocalCluster, pool) -> None:

@@ -132,8 +132,8 @@ def test_cluster_nginx_config_is_the_docker_one() -> None:
     changed = [line for line in difflib.ndiff(template.splitlines(), rendered.splitlines())
                if line[:1] in "+-"]
     indent = " " * 8
-    expected = [f"- {indent}server node{i}:8888 max_fails=1 fail_timeout=3s;" for i in (1, 2, 3)]
-    expected += [f"+ {indent}server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;"
+    expected = [f"- {indent}server node{i}:8888 max_fails=0;" for i in (1, 2, 3)]
+    expected += [f"+ {indent}server 127.0.0.1:{p} max_fails=0;"
                  for p in (9001, 9002, 9003)]
     expected += [f"- {indent}listen 8080;", f"+ {indent}listen 127.0.0.1:9000;"]
     assert sorted(changed) == sorted(expected)

@@ -11,6 +11,8 @@ from app.hub import Hub
 from app.keepalive import Keepalive
 from tests.test_hardening import metric
 
+CLOCK = [0.0]  # the monotonic time of the sweep being run
+
 
 class Peer:
     """A registered socket as the sweep sees it."""
@@ -19,30 +21,37 @@ class Peer:
         self.user, self.cursor = user, 0
         self.expires_at = float("inf")
         self.last_pong = 0.0
+        self.ping_sent_at = 0.0
         self.pings = 0
         self.closed = False
         self.answers = True
+        self.closed_at: float | None = None
 
     def ping_now(self) -> None:
         self.pings += 1
+        if self.last_pong >= self.ping_sent_at:
+            self.ping_sent_at = CLOCK[0]
 
     def expire(self) -> None:
         self.closed = True
 
     def close_dead(self) -> None:
+        if not self.closed:
+            self.closed_at = CLOCK[0]
         self.closed = True
 
 
-def sweep_for(keepalive: Keepalive, peers: list[Peer], start: float, seconds: int) -> list[int]:
-    """Run one sweep per second; peers that answer pong at once. Returns pings per sweep."""
+def sweep_for(keepalive: Keepalive, peers: list[Peer], start: float, seconds: float,
+              tick: float = 1.0) -> list[int]:
+    """Run one sweep per tick; peers that answer pong at once. Returns pings per sweep."""
     per_sweep = []
-    for t in range(seconds):
-        mono = start + t
+    for t in range(int(seconds / tick)):
+        mono = CLOCK[0] = start + t * tick
         before = sum(p.pings for p in peers)
         keepalive.sweep(now=time.time(), mono=mono)
         for peer in peers:
-            if peer.answers and not peer.closed:
-                peer.last_pong = mono
+            if peer.answers and not peer.closed and peer.ping_sent_at > peer.last_pong:
+                peer.last_pong = mono + 0.001
         per_sweep.append(sum(p.pings for p in peers) - before)
     return per_sweep
 
@@ -59,17 +68,27 @@ def test_pings_are_spread_over_the_interval() -> None:
     assert max(per_sweep) < 2000 / 10 * 2, per_sweep  # never all at once
 
 
-def test_a_silent_peer_is_closed_after_two_intervals_a_live_one_never() -> None:
-    hub = Hub()
-    live, silent = Peer("live"), Peer("silent")
-    silent.answers = False
-    for peer in (live, silent):
-        peer.last_pong = 500.0
-        hub.add(peer)  # type: ignore[arg-type]
-    keepalive = Keepalive(hub, ping_interval=5.0, tick=1.0)
-    sweep_for(keepalive, [live, silent], 500.0, 30)
-    assert silent.closed and not live.closed
-    assert 2 <= silent.pings <= 3 and live.pings == 6
+def test_a_peer_that_dies_is_closed_within_interval_plus_pong_timeout() -> None:
+    """SPEC "Dead peers": whenever a peer stops answering (right after a pong is the
+    worst case), it is closed within ping interval + pong timeout; a live one never."""
+    for interval, timeout in ((5.0, 2.0), (25.0, 10.0), (2.0, 1.0)):
+        hub = Hub()
+        live, silent = Peer("live"), Peer("silent")
+        for peer in (live, silent):
+            peer.last_pong = 500.0
+            hub.add(peer)  # type: ignore[arg-type]
+        keepalive = Keepalive(hub, ping_interval=interval, pong_timeout=timeout)
+        tick = keepalive._tick
+        sweep_for(keepalive, [live, silent], 500.0, 3 * interval, tick)
+        died = silent.last_pong  # it answered up to here, then never again
+        silent.answers = False
+        sweep_for(keepalive, [live, silent], 500.0 + 3 * interval, 3 * interval + 2 * timeout,
+                  tick)
+        assert silent.closed and not live.closed, (interval, timeout)
+        assert silent.closed_at is not None
+        assert silent.closed_at - died <= interval + timeout, (interval, timeout,
+                                                               silent.closed_at - died)
+        assert live.pings >= 5
 
 
 async def test_event_loop_lag_is_measured(make_node) -> None:

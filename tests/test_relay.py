@@ -188,3 +188,21 @@ def test_sync_is_the_only_new_bus_kind() -> None:
     for payload in ('{"k":"sync","u":{"a":1}}', '{"k":"synced"}'):
         with pytest.raises(protocol.ProtocolError):
             protocol.parse_bus_event(payload)
+
+
+async def test_a_stopping_leader_ends_its_lease_cleanly(fresh) -> None:
+    """Stopped while it polls every few milliseconds, the leader finishes the poll, ends
+    the lease (writers notify directly at once) and stops without an error; five times
+    over, to land in the middle of a poll."""
+    sql = fresh["sql"]
+    for i in range(5):
+        node = await fresh["node"](f"node-{i}", relay_threshold=0.0)
+        relay = node.relay
+        assert relay is not None
+        await wait_for(lambda relay=relay: relay.batched, timeout=10)
+        assert await sql.fetchval("SELECT batched_until > now() FROM herald.relay")
+        await asyncio.sleep(0.013 * i)
+        await relay.stop()
+        assert relay._task is not None and relay._task.done()
+        assert relay._task.exception() is None
+        assert await sql.fetchval("SELECT batched_until = '-infinity' FROM herald.relay")

@@ -191,16 +191,23 @@ async def test_node_shutdown_closes_sockets_with_1001(make_node, clients, user) 
 async def test_keepalive_closes_a_peer_that_stops_answering_pings(make_node, clients,
                                                                    user) -> None:
     """One node-wide sweep pings every socket; a client that never answers (here: a raw
-    socket that said hello and stopped reading) is closed, a live one is kept."""
-    node = await make_node("node-a", ws_ping_interval=0.3)
+    socket that said hello and stopped reading) is closed within ping interval + pong
+    timeout (SPEC "Dead peers"), a live one is kept."""
+    node = await make_node("node-a", ws_ping_interval=0.4, ws_pong_timeout=0.8)
     live = await clients(node.port)
     await live.hello(token_for(user))
     silent = await asyncio.to_thread(stalled_client, node.port, token_for(f"{user}-silent"))
+    dead = node.metrics.refused.labels("dead_peer")
     try:
         await wait_for(lambda: node.hub.count() == 2, timeout=5)
-        await wait_for(lambda: node.hub.count() == 1, timeout=15)
+        started = time.monotonic()  # it stopped answering before this: the bound holds
+        await wait_for(lambda: dead._value.get() == 1, timeout=5, interval=0.01)
+        assert time.monotonic() - started <= 0.4 + 0.8 + 0.1  # (+ one sweep's jitter)
+        # Tornado waits 5 s for a close reply it will not get, then lets the socket go.
+        await wait_for(lambda: node.hub.count() == 1, timeout=10)
         assert node.hub.clients(user)  # the one that answers pings is still there
         await live.sync()
+        assert dead._value.get() == 1
     finally:
         silent.close()
 

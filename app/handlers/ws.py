@@ -33,7 +33,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     # Slots keep our state out of the instance dict: Tornado puts 27 attributes there,
     # and past 30 a dict stops sharing its keys with the other instances (1.3 KB/socket).
     __slots__ = ("node", "hub", "config", "metrics", "conn_id", "_counted", "user", "cursor",
-                 "_hello_timer", "_cookie_token", "expires_at", "last_pong", "_tokens",
+                 "_hello_timer", "_cookie_token", "expires_at", "last_pong", "ping_sent_at",
+                 "_tokens",
                  "_refilled", "_registered", "_closing", "_last_write", "_paused", "_batch",
                  "held")
 
@@ -47,6 +48,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._cookie_token: str | None = None
         self.expires_at = float("inf")  # the token's exp; app.keepalive closes us then
         self.last_pong = 0.0
+        self.ping_sent_at = 0.0  # app.keepalive: the last ping, answered or not
         self._tokens = float(config.frame_burst)
         self._refilled = time.monotonic()
         self._registered = False
@@ -201,6 +203,9 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         if not self._closing and self.ws_connection is not None:
             try:
                 self.ping()
+                # Unanswered pings do not push the deadline back: only the first counts.
+                if self.last_pong >= self.ping_sent_at:
+                    self.ping_sent_at = time.monotonic()
             except tornado.websocket.WebSocketClosedError:
                 pass
 
@@ -208,7 +213,10 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self.last_pong = time.monotonic()
 
     def close_dead(self) -> None:
+        if self._closing:
+            return  # closed already; the hub lets go of it once the close completes
         log.info("dead peer", extra={"user": self.user, "conn": self.conn_id})
+        self.metrics.refused.labels("dead_peer").inc()
         self.close(protocol.CLOSE_GOING_AWAY, "ping timed out")
 
     # --- app.hub.Client -----------------------------------------------------------------
