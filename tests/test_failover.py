@@ -81,7 +81,8 @@ async def test_primary_crash_and_promotion_lose_nothing(pair: PgPair) -> None:
         assert report.total("out_of_order") == 0, report.summary()
         assert report.committed >= 600, report.summary()
         assert publisher.failures > 0  # the crash was felt by the writers
-        assert all(c.connections == 1 for c in clients), [(c.connections, c.close_codes) for c in clients if c.connections != 1]
+        moved = [(c.connections, c.close_codes) for c in clients if c.connections != 1]
+        assert not moved  # no socket had to reconnect
         for node in nodes:
             await wait_for(lambda node=node: ready(node.port), timeout=30)
             assert node.bus.reconnects >= 1
