@@ -16,7 +16,7 @@ Contract, per registered client (``app.hub.Client`` plus the attributes below):
   ``ping_sent_at``; its pong sets ``last_pong``);
 * a client whose latest ping has gone unanswered for ``pong_timeout`` seconds is closed
   with ``close_dead()``. A peer that dies right after a pong is therefore closed within
-  ``ping_interval + pong_timeout`` (SPEC "Dead peers"): the sweep runs often enough
+  ``ping_interval + pong_timeout`` (docs/protocol.md, Liveness): the sweep runs often enough
   (``tick``) for that bound to hold to within a quarter of the timeout.
 
 Clients that have not said hello yet are not in the hub; their hello timeout closes them.

@@ -60,7 +60,7 @@ FRAME = f"""json_build_object(
 
 # A row past its expires_at is never pushed, replayed, listed or counted.
 LIVE = "(expires_at IS NULL OR expires_at > now())"
-# What the unread count counts (SPEC, Lifecycle).
+# What the unread count counts (docs/protocol.md).
 UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {LIVE}"
 
 # Lifecycle changes a user can make: kind -> (assignment, rows it changes). The

@@ -3,7 +3,7 @@ socket, then Herald and the Socket.IO peer under the same workload, written to
 docs/benchmarks.md and docs/benchmarks.png.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/herald bench                      # U = 1,000 and 10,000 (about 30 minutes)
+    .venv/bin/herald bench                      # U = 1,000 and 10,000 (about 25 minutes)
     .venv/bin/herald bench --quick --out /tmp/b.md   # the CI smoke run: correctness only
 """
 
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-ceiling", action="store_true",
                         help="leave out pgbench and the memory figure (for iterating)")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets a process
     asyncio.run(ensure_database(args.database_url))
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     # The raw figures, for other charts or comparisons between runs.
     out.with_suffix(".json").write_text(json.dumps(
         [dataclasses.asdict(r) for r in all_results], indent=1) + "\n")
-    lines += [f"![latency and throughput]({out.with_suffix('.png').name})", ""]
+    lines += [f"![latency and throughput]({out.with_suffix('.png').name})", "",
+              f"This run took {(time.monotonic() - started) / 60:.0f} minutes.", ""]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 

@@ -69,7 +69,7 @@ def test_pings_are_spread_over_the_interval() -> None:
 
 
 def test_a_peer_that_dies_is_closed_within_interval_plus_pong_timeout() -> None:
-    """SPEC "Dead peers": whenever a peer stops answering (right after a pong is the
+    """docs/protocol.md "Liveness": whenever a peer stops answering (right after a pong is the
     worst case), it is closed within ping interval + pong timeout; a live one never."""
     for interval, timeout in ((5.0, 2.0), (25.0, 10.0), (2.0, 1.0)):
         hub = Hub()

@@ -1,6 +1,7 @@
-"""Rows change and go away (SPEC "Lifecycle"): deleted and expired rows never stall a
-client, and unread / archive / unarchive reach every socket of the user on every node,
-from the WebSocket, HTTP and plain SQL. Two real nodes, a real PostgreSQL."""
+"""Rows change and go away (README section of that name; docs/protocol.md "The
+guarantees"): deleted and expired rows never stall a client, and unread / archive /
+unarchive reach every socket of the user on every node, from the WebSocket, HTTP and
+plain SQL. Two real nodes, a real PostgreSQL."""
 
 from __future__ import annotations
 

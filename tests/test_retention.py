@@ -1,5 +1,6 @@
-"""Retention (SPEC "Lifecycle"): `herald prune` and the nodes' own passes delete old and
-expired rows in small batches while clients stay connected and inserts keep flowing.
+"""Retention (README "Rows change and go away"): `herald prune` and the nodes' own
+passes delete old and expired rows in small batches while clients stay connected and
+inserts keep flowing.
 
 Each test takes a database of its own: pruning deletes rows of every user."""
 

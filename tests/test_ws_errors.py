@@ -192,7 +192,7 @@ async def test_keepalive_closes_a_peer_that_stops_answering_pings(make_node, cli
                                                                    user) -> None:
     """One node-wide sweep pings every socket; a client that never answers (here: a raw
     socket that said hello and stopped reading) is closed within ping interval + pong
-    timeout (SPEC "Dead peers"), a live one is kept."""
+    timeout (docs/protocol.md "Liveness"), a live one is kept."""
     node = await make_node("node-a", ws_ping_interval=0.4, ws_pong_timeout=0.8)
     live = await clients(node.port)
     await live.hello(token_for(user))

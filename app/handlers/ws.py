@@ -1,4 +1,4 @@
-"""``/ws``: the WebSocket protocol of SPEC.md, one handler instance per connection.
+"""``/ws``: the WebSocket protocol (docs/protocol.md), one handler instance per connection.
 
 Lifecycle: open → (hello within ``hello_timeout``) → welcome + replay → live frames.
 Tornado delivers the next message only after a coroutine ``on_message`` returns, so a
@@ -188,7 +188,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             await self.node.open_session(self, hello.last_seq)
         except DB_ERRORS as err:
             log.warning("ws: session start for %s failed: %s", self.user, err)
-            self.fail("unavailable", "database unavailable; reconnect shortly", 1011)
+            self.fail("unavailable", "database unavailable; reconnect shortly",
+                      protocol.CLOSE_UNAVAILABLE)
         except ClientGone:
             self.node.close_session(self)
 
