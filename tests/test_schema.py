@@ -17,7 +17,8 @@ from app import db, schema
 from tests.conftest import insert
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "<schema>"}
+HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "nodes",
+               "<schema>"}
 
 
 async def _listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
