@@ -29,9 +29,7 @@ What changes:
   twice (harmless: a pointer only says "fetch from your cursor"), never missed.
 """
 
-import importlib.util
-from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import sqlalchemy as sa
 from alembic import op
@@ -164,14 +162,70 @@ $$;
 """
 
 
-def _sibling(filename: str) -> Any:
-    """Load another revision's module (their names start with a digit, so no import)."""
-    path = Path(__file__).with_name(filename)
-    spec = importlib.util.spec_from_file_location(f"herald_revision_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# --- what downgrade() restores: revisions 0002 and 0001 as they were (copied, not
+# imported: a revision is frozen once released, and so are the objects it made) -----
+
+ASSIGN_SEQ_V2 = r"""
+CREATE OR REPLACE FUNCTION herald.assign_seq() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    current_seq bigint;
+BEGIN
+    IF NEW.user_id IS NULL OR char_length(NEW.user_id) NOT BETWEEN 1 AND 255 THEN
+        -- Leave the row to the table's own NOT NULL / CHECK constraints, which name the
+        -- offending column; never create a counter for an invalid user id.
+        NEW.seq := 0;
+        RETURN NEW;
+    END IF;
+    IF NEW.data IS NULL THEN
+        NEW.data := '{}'::jsonb;
+    END IF;
+    IF NEW.idempotency_key IS NULL THEN
+        INSERT INTO herald.user_counters AS c (user_id, last_seq)
+        VALUES (NEW.user_id, 1)
+        ON CONFLICT (user_id) DO UPDATE SET last_seq = c.last_seq + 1
+        RETURNING c.last_seq INTO NEW.seq;
+        RETURN NEW;
+    END IF;
+    -- Keyed: lock the user's counter, then look for the key, then take a seq.
+    INSERT INTO herald.user_counters (user_id, last_seq) VALUES (NEW.user_id, 0)
+    ON CONFLICT (user_id) DO NOTHING;
+    SELECT last_seq INTO current_seq FROM herald.user_counters
+    WHERE user_id = NEW.user_id FOR UPDATE;
+    IF EXISTS (SELECT 1 FROM herald.notifications
+               WHERE user_id = NEW.user_id AND idempotency_key = NEW.idempotency_key) THEN
+        RETURN NULL;  -- already published: skip silently, the caller reads the original
+    END IF;
+    UPDATE herald.user_counters SET last_seq = current_seq + 1 WHERE user_id = NEW.user_id;
+    NEW.seq := current_seq + 1;
+    RETURN NEW;
+END
+$$;
+"""
+
+NOTIFY_INSERTED_V1 = r"""
+CREATE OR REPLACE FUNCTION herald.notify_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    rec record;
+    item text;
+    chunk text := '';
+BEGIN
+    FOR rec IN SELECT user_id, max(seq) AS seq FROM inserted GROUP BY user_id LOOP
+        item := to_json(rec.user_id)::text || ':' || rec.seq;
+        IF chunk <> '' AND octet_length(chunk) + octet_length(item) > 7000 THEN
+            PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+            chunk := '';
+        END IF;
+        chunk := CASE WHEN chunk = '' THEN item ELSE chunk || ',' || item END;
+    END LOOP;
+    IF chunk <> '' THEN
+        PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
 
 
 def upgrade() -> None:
@@ -198,12 +252,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     bind = op.get_bind()
-    bind.exec_driver_sql(_sibling("0002_idempotency_key.py").ASSIGN_SEQ_V2)
-    functions = _sibling("0001_notifications.py").FUNCTIONS
-    start = functions.index("CREATE FUNCTION herald.notify_inserted()")
-    end = functions.index("CREATE FUNCTION", start + 1)
-    bind.exec_driver_sql(functions[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE "
-                                                      "FUNCTION", 1))
+    bind.exec_driver_sql(ASSIGN_SEQ_V2)
+    bind.exec_driver_sql(NOTIFY_INSERTED_V1)
     for fn in ("relay_poll(pg_snapshot)", "announce(text[], bigint[])", "relay_batched()"):
         op.execute(f"DROP FUNCTION herald.{fn}")
     op.drop_table("relay", schema="herald")
