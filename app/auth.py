@@ -36,8 +36,8 @@ def mint_token(
     audience: str | None = None, issuer: str | None = None,
 ) -> str:
     """Sign a token for ``user`` valid for ``ttl`` seconds (what any backend would do)."""
-    if not 1 <= len(user) <= models.USER_ID_MAX:
-        raise ValueError(f"user id must be 1-{models.USER_ID_MAX} characters")
+    if not models.is_user_id(user):
+        raise ValueError(f"user id must be {models.USER_ID_RULE}")
     issued = int(now if now is not None else time.time())
     claims: dict[str, object] = {"sub": user, "iat": issued, "exp": issued + ttl}
     if audience:
@@ -72,8 +72,8 @@ def verify_token(
     except jwt.InvalidTokenError as err:
         raise AuthError(f"invalid token: {err}") from None
     user = claims.get("sub")
-    if not isinstance(user, str) or not 1 <= len(user) <= models.USER_ID_MAX:
-        raise AuthError("invalid token: sub must be a user id of 1-255 characters")
+    if not models.is_user_id(user):
+        raise AuthError(f"invalid token: sub must be a user id, {models.USER_ID_RULE}")
     return Claims(user=user, expires_at=float(claims["exp"]))
 
 

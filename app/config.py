@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -27,60 +27,6 @@ class ConfigError(Exception):
     """Invalid or missing configuration; ``str(err)`` is the one line shown to the user."""
 
 
-@dataclass(frozen=True)
-class Config:
-    database_url: str | None
-    secret: str
-    api_key: str | None
-    # LISTEN, the relay and its election need one long session on PostgreSQL itself;
-    # when HERALD_DATABASE_URL goes through a transaction pooler, this one must not.
-    bus_database_url: str | None = None
-    port: int = 8888
-    host: str = ""
-    node: str = ""
-    allowed_origins: tuple[str, ...] = ()
-    data_dir: Path = field(default_factory=lambda: Path.home() / ".herald")
-    dev: bool = False
-    hello_timeout: float = 10.0
-    bus_ping_interval: float = 5.0
-    ws_ping_interval: float = 25.0
-    ws_pong_timeout: float = 10.0
-    max_frame_bytes: int = 64 * 1024
-    max_pending_bytes: int = 1024 * 1024
-    slow_consumer_timeout: float = 30.0
-    frame_rate: float = 50.0
-    frame_burst: int = 200
-    max_publish_batch: int = 1000
-    shutdown_grace: float = 5.0
-    token_ttl: int = 3600
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    max_connections: int = 20_000
-    max_connections_per_user: int = 20
-    notify_queue_max: float = 0.5
-    log_format: str = "json"
-    relay_threshold: float = 800.0
-    relay_interval: float = 0.005
-    retention_days: float = 0.0
-    prune_interval: float = 60.0
-    prune_batch: int = 1000
-    prune_pause: float = 0.1
-    uvloop: bool = True
-    heartbeat_interval: float = 2.0
-    rebalance_rate: float = 0.03
-
-    @property
-    def tokens(self) -> Tokens:
-        """How this deployment mints and verifies user tokens."""
-        return Tokens(self.secret, self.jwt_audience, self.jwt_issuer)
-
-    @property
-    def embedded(self) -> bool:
-        """True when Herald runs its own PostgreSQL from ``data_dir`` (no URL given)."""
-        return self.database_url is None
-
-
-# name -> (environment variable, parser)
 def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -164,44 +110,156 @@ def _flag(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "database_url": ("HERALD_DATABASE_URL", _database_url),
-    "bus_database_url": ("HERALD_BUS_DATABASE_URL", _database_url),
-    "secret": ("HERALD_SECRET", str),
-    "api_key": ("HERALD_API_KEY", str),
-    "port": ("HERALD_PORT", _port),
-    "host": ("HERALD_HOST", str),
-    "node": ("HERALD_NODE", str),
-    "allowed_origins": ("HERALD_ALLOWED_ORIGINS", _origins),
-    "data_dir": ("HERALD_DATA_DIR", lambda v: Path(v).expanduser()),
-    "dev": ("HERALD_DEV", _flag),
-    "hello_timeout": ("HERALD_HELLO_TIMEOUT", _positive_float),
-    "bus_ping_interval": ("HERALD_BUS_PING_INTERVAL", _positive_float),
-    "ws_ping_interval": ("HERALD_WS_PING_INTERVAL", _positive_float),
-    "ws_pong_timeout": ("HERALD_WS_PONG_TIMEOUT", _positive_float),
-    "max_frame_bytes": ("HERALD_MAX_FRAME_BYTES", _positive_int),
-    "max_pending_bytes": ("HERALD_MAX_PENDING_BYTES", _positive_int),
-    "slow_consumer_timeout": ("HERALD_SLOW_CONSUMER_TIMEOUT", _positive_float),
-    "frame_rate": ("HERALD_FRAME_RATE", _positive_float),
-    "frame_burst": ("HERALD_FRAME_BURST", _positive_int),
-    "max_publish_batch": ("HERALD_MAX_PUBLISH_BATCH", _positive_int),
-    "shutdown_grace": ("HERALD_SHUTDOWN_GRACE", _positive_float),
-    "token_ttl": ("HERALD_TOKEN_TTL", _positive_int),
-    "jwt_audience": ("HERALD_JWT_AUDIENCE", str),
-    "jwt_issuer": ("HERALD_JWT_ISSUER", str),
-    "max_connections": ("HERALD_MAX_CONNECTIONS", _positive_int),
-    "max_connections_per_user": ("HERALD_MAX_CONNECTIONS_PER_USER", _positive_int),
-    "notify_queue_max": ("HERALD_NOTIFY_QUEUE_MAX", _fraction),
-    "log_format": ("HERALD_LOG_FORMAT", _log_format),
-    "relay_threshold": ("HERALD_RELAY_THRESHOLD", _non_negative_float),
-    "relay_interval": ("HERALD_RELAY_INTERVAL", _positive_float),
-    "retention_days": ("HERALD_RETENTION_DAYS", retention_days),
-    "prune_interval": ("HERALD_PRUNE_INTERVAL", _positive_float),
-    "prune_batch": ("HERALD_PRUNE_BATCH", _positive_int),
-    "prune_pause": ("HERALD_PRUNE_PAUSE", _non_negative_float),
-    "uvloop": ("HERALD_UVLOOP", _flag),
-    "heartbeat_interval": ("HERALD_HEARTBEAT_INTERVAL", _positive_float),
-    "rebalance_rate": ("HERALD_REBALANCE_RATE", _fraction_or_zero),
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def setting(default: Any, parse: Callable[[str], Any], help: str,
+            shown: str | None = None) -> Any:
+    """A ``Config`` field: ``parse`` turns the environment's (or a flag's) text into the
+    value or raises ``ValueError`` saying what is wrong; ``help`` is the one line the
+    CLI's ``--help`` and the README show; ``shown`` documents a default its value does
+    not explain."""
+    return field(default=default, metadata={"parse": parse, "help": help, "shown": shown})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, declared once: its type, default, parser and help. The environment
+    variable is ``HERALD_`` + the name in capitals; the CLI flag ``--name-with-dashes``
+    (on the commands that take it) shows the same help."""
+
+    database_url: str | None = setting(
+        None, _database_url, "PostgreSQL URL, libpq style; several hosts find the primary, "
+        "e.g. postgresql://u@db1,db2/herald?target_session_attrs=read-write",
+        shown="none: embedded PostgreSQL")
+    secret: str = setting("", str, "JWT signing secret (HS256); required with an external "
+                          "database", shown="generated in the data dir (embedded only)")
+    api_key: str | None = setting(
+        None, str, "API key for POST /api/notifications; unset = HTTP publishing disabled",
+        shown="generated in the data dir (embedded only)")
+    # LISTEN, the relay and its election need one long session on PostgreSQL itself;
+    # when HERALD_DATABASE_URL goes through a transaction pooler, this one must not.
+    bus_database_url: str | None = setting(
+        None, _database_url, "a direct PostgreSQL URL for LISTEN, the relay and its "
+        "election, when HERALD_DATABASE_URL goes through PgBouncer in transaction mode",
+        shown="HERALD_DATABASE_URL")
+    port: int = setting(8888, _port, "HTTP and WebSocket port (0 = any free port)")
+    host: str = setting("", str, "bind address", shown="all interfaces")
+    node: str = setting("", str, "node name (in welcome, logs, application_name)",
+                        shown="hostname:port")
+    allowed_origins: tuple[str, ...] = setting(
+        (), _origins, "comma-separated browser origins allowed to open sockets and use the "
+        "cookie; * = any", shown="same origin only")
+    data_dir: Path = setting(Path.home() / ".herald", _path,
+                             "embedded database and generated secrets", shown="~/.herald")
+    dev: bool = setting(False, _flag, "the /login page (pick any user) and the send form; "
+                        "never in production")
+    hello_timeout: float = setting(10.0, _positive_float,
+                                   "seconds to wait for hello before closing with 4408")
+    bus_ping_interval: float = setting(5.0, _positive_float,
+                                       "seconds between LISTEN liveness pings")
+    ws_ping_interval: float = setting(
+        25.0, _positive_float, "seconds between a socket's WebSocket pings (spread over the "
+        "interval across sockets)")
+    ws_pong_timeout: float = setting(
+        10.0, _positive_float, "a socket whose ping goes unanswered this long is closed "
+        "with 1001")
+    max_frame_bytes: int = setting(64 * 1024, _positive_int,
+                                   "largest client frame; bigger closes with 1009")
+    max_pending_bytes: int = setting(
+        1024 * 1024, _positive_int, "unsent bytes per socket: delivery pauses at half, the "
+        "socket is closed with 4413 above it")
+    slow_consumer_timeout: float = setting(
+        30.0, _positive_float, "seconds a paused socket may go without draining before it "
+        "is closed with 4413")
+    frame_rate: float = setting(
+        50.0, _positive_float, "client frames per second (token bucket; acks are exempt "
+        "and coalesced); beyond: 4429")
+    frame_burst: int = setting(200, _positive_int, "the token bucket's size (frame_rate)")
+    max_publish_batch: int = setting(1000, _positive_int,
+                                     "notifications per publish request")
+    shutdown_grace: float = setting(
+        5.0, _positive_float, "seconds a stopping node waits for connections to close")
+    token_ttl: int = setting(3600, _positive_int, "lifetime in seconds of tokens Herald "
+                             "mints (herald token, the dev login)")
+    jwt_audience: str | None = setting(None, str, "when set, tokens must carry this aud "
+                                       "(and herald token adds it)")
+    jwt_issuer: str | None = setting(None, str, "when set, tokens must carry this iss "
+                                     "(and herald token adds it)")
+    max_connections: int = setting(20_000, _positive_int, "sockets per node; beyond: "
+                                   "error node_full, close 4503")
+    max_connections_per_user: int = setting(
+        20, _positive_int, "sockets per user per node; beyond: error too_many_connections, "
+        "close 4409")
+    notify_queue_max: float = setting(
+        0.5, _fraction, "/readyz fails while pg_notification_queue_usage() is above this "
+        "fraction")
+    log_format: str = setting("json", _log_format,
+                              "json (one object per line) or text")
+    relay_threshold: float = setting(
+        800.0, _non_negative_float, "inserts per second above which the elected relay "
+        "takes NOTIFY out of the writers' commits (0 = always)")
+    relay_interval: float = setting(0.005, _positive_float,
+                                    "seconds between the relay's polls while it batches")
+    retention_days: float = setting(
+        0.0, retention_days, "delete rows created more than this many days ago, and "
+        "expired rows; 0 = keep everything", shown="0 (keep)")
+    prune_interval: float = setting(
+        60.0, _positive_float, "seconds between retention passes (on the relay's leader)")
+    prune_batch: int = setting(1000, _positive_int, "rows per retention delete transaction")
+    prune_pause: float = setting(0.1, _non_negative_float,
+                                 "seconds between retention delete transactions")
+    uvloop: bool = setting(
+        True, _flag, "run the node on uvloop (~37% less CPU per wake-up than asyncio's "
+        "loop, bench/wakeup.py); off = asyncio's own loop")
+    heartbeat_interval: float = setting(
+        2.0, _positive_float, "seconds between a node's heartbeats in herald.nodes")
+    rebalance_rate: float = setting(
+        0.03, _fraction_or_zero, "share of its sockets a node holding more than its share "
+        "closes per second; 0 = never")
+
+    @property
+    def tokens(self) -> Tokens:
+        """How this deployment mints and verifies user tokens."""
+        return Tokens(self.secret, self.jwt_audience, self.jwt_issuer)
+
+    @property
+    def embedded(self) -> bool:
+        """True when Herald runs its own PostgreSQL from ``data_dir`` (no URL given)."""
+        return self.database_url is None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the environment, the CLI and the docs know of one ``Config`` field."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    default: Any
+    shown: str | None  # the default as documented, when its value says too little
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def documented_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        if self.default is None or self.default == ():
+            return "none"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: Setting(f.name, "HERALD_" + f.name.upper(), f.metadata["parse"],
+                    f.metadata["help"], f.default, f.metadata["shown"])
+    for f in fields(Config)
 }
 
 
@@ -232,23 +290,22 @@ def load_config(
     """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for name, (var, parse) in SETTINGS.items():
-        raw = env.get(var)
+    for name, spec in SETTINGS.items():
+        raw = env.get(spec.env)
         if raw is None or raw == "":
             continue
         try:
-            values[name] = parse(raw)
+            values[name] = spec.parse(raw)
         except ValueError as err:
-            raise ConfigError(f"{var}={raw!r} is invalid: {err}") from None
+            raise ConfigError(f"{spec.env}={raw!r} is invalid: {err}") from None
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         if isinstance(value, str) and name in SETTINGS:
             try:
-                value = SETTINGS[name][1](value)
+                value = SETTINGS[name].parse(value)
             except ValueError as err:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} {value!r} is invalid: {err}") from None
+                raise ConfigError(f"{SETTINGS[name].flag} {value!r} is invalid: {err}") from None
         values[name] = value
 
     data_dir = values.get("data_dir") or Path.home() / ".herald"

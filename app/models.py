@@ -8,6 +8,8 @@ same bounds as the database constraints.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,6 +39,15 @@ BODY_MAX = 10_000
 LINK_MAX = 2048
 DATA_MAX_BYTES = 16_384
 CATEGORY_MAX = 64
+
+# The one rule for user ids, wherever one comes from (a token's sub, a publish request,
+# a bus payload): the table's user_id_length constraint, checked before the database.
+USER_ID_RULE = f"a string of 1-{USER_ID_MAX} characters"
+
+
+def is_user_id(value: object) -> TypeGuard[str]:
+    """True for what ``notifications.user_id`` accepts (see ``USER_ID_RULE``)."""
+    return isinstance(value, str) and 1 <= len(value) <= USER_ID_MAX
 
 # Only absolute http(s) URLs or same-site paths: a javascript: link would be an XSS vector
 # in every client that renders it, and '//host' or '/\host' (browsers read a backslash as

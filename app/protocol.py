@@ -238,10 +238,6 @@ class SyncEvent:
 BusEvent = Union[NewEvent, ChangeEvent, SyncEvent]
 
 
-def _valid_user(value: Any) -> bool:
-    return isinstance(value, str) and 1 <= len(value) <= models.USER_ID_MAX
-
-
 def parse_bus_event(payload: str) -> BusEvent:
     """Strictly parse a NOTIFY payload. Any database role can NOTIFY on any channel, so a
     payload is only ever a hint: rows are re-read from the table before anything is sent.
@@ -253,12 +249,12 @@ def parse_bus_event(payload: str) -> BusEvent:
         if not isinstance(users, dict) or not users:
             raise ProtocolError("bad_bus_payload", "new: u must be a non-empty object")
         for user, seq in users.items():
-            if not _valid_user(user) or not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
+            if not models.is_user_id(user) or not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
                 raise ProtocolError("bad_bus_payload", "new: bad user or seq")
         return NewEvent(users=dict(users))
     if kind in CHANGE_KINDS:
         user = event.get("u")
-        if not isinstance(user, str) or not _valid_user(user):
+        if not models.is_user_id(user):
             raise ProtocolError("bad_bus_payload", f"{kind}: bad user")
         xid = event.get("x")
         if not isinstance(xid, int) or isinstance(xid, bool) or not 1 <= xid <= MAX_SEQ:
@@ -313,10 +309,8 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
     if unknown:
         raise ProtocolError("invalid_request", f"{where}: unknown field(s) {', '.join(unknown)}")
     user = item.get("user_id")
-    if not isinstance(user, str) or not 1 <= len(user) <= models.USER_ID_MAX:
-        raise ProtocolError(
-            "invalid_request", f"{where}.user_id must be a string of 1-{models.USER_ID_MAX} chars"
-        )
+    if not models.is_user_id(user):
+        raise ProtocolError("invalid_request", f"{where}.user_id must be {models.USER_ID_RULE}")
     title = item.get("title")
     if not isinstance(title, str) or not 1 <= len(title) <= models.TITLE_MAX:
         raise ProtocolError(

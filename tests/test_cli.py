@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +15,14 @@ from typing import Callable, Iterator
 import pytest
 
 from app import auth
+from app.config import SETTINGS
+from herald_dev.net import free_port
 from tests.conftest import SECRET
 
 HERALD = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def herald(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -114,6 +112,23 @@ def test_token_is_a_valid_jwt_for_the_user() -> None:
     assert result.returncode == 0, result.stderr
     claims = auth.verify_token(SECRET, result.stdout.strip())
     assert claims.user == "alice" and 100 < claims.expires_at - time.time() <= 120
+
+
+def test_every_setting_is_declared_once_and_documented_where_users_look() -> None:
+    """app/config.py declares each setting once; the README's configuration table lists
+    every one (and nothing else), and `herald serve --help` shows, for each flag it
+    takes, the declared help and the variable behind it."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Limits and security")]
+    variables = {spec.env for spec in SETTINGS.values()}
+    assert variables - set(re.findall(r"`(HERALD_[A-Z_]+)`", table)) == set()
+    assert set(re.findall(r"^\| `(HERALD_[A-Z_]+)`", table, re.M)) <= variables
+    shown = " ".join(herald("serve", "--help").stdout.split())
+    flags = [spec for spec in SETTINGS.values() if spec.flag + " " in shown]
+    assert len(flags) >= 9
+    for spec in flags:
+        assert f"env {spec.env}; default {spec.documented_default}" in shown, spec.name
+        assert " ".join(spec.help.split()[:3]) in shown, spec.name
 
 
 @pytest.mark.parametrize("args, env, message", [

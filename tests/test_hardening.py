@@ -14,7 +14,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from app import auth
-from app.loadgen import stalled_client
+from herald_dev.rawws import stalled_client
 from tests.conftest import API_KEY, SECRET, insert, token_for
 from tests.helpers import WsClient, wait_for
 from tests.proxy import PgProxy
@@ -256,12 +256,13 @@ async def test_notify_queue_usage_is_exported_and_degrades_readiness(
 async def test_database_unreachable_for_a_while(make_node, clients, sql, database_url,
                                                 user) -> None:
     """The node loses every database connection (pool and LISTEN) for two seconds:
-    connected clients stay, new ones get a clear 'unavailable', /readyz says 503, and
-    everything committed meanwhile arrives once the database is back."""
+    connected clients stay, new ones get a clear 'unavailable', publishing (the API and
+    the dev send form alike) answers 503, /readyz says 503, and everything committed
+    meanwhile arrives once the database is back."""
     proxy = PgProxy(database_url)
     await proxy.start()
     try:
-        node = await make_node(database_url=proxy.url, bus_ping_interval=0.3)
+        node = await make_node(database_url=proxy.url, bus_ping_interval=0.3, dev=True)
         client = await clients(node.port)
         await client.hello(token_for(user))
         await client.sync()
@@ -275,6 +276,10 @@ async def test_database_unreachable_for_a_while(make_node, clients, sql, databas
         await newcomer.send({"type": "hello", "token": token_for(user + "-new")})
         code, frames = await newcomer.closed(timeout=30)
         assert code == 1011 and frames[-1]["code"] == "unavailable"
+        for path, key in (("/api/notifications", API_KEY), ("/dev/send", token_for(user))):
+            code, body = await call(node.port, "POST", path,
+                                    {"user_id": user, "title": "not now"}, token=key)
+            assert (code, body["error"]["code"]) == (503, "unavailable"), (path, body)
         proxy.refuse_new = False
         frames = await client.notifications(5, timeout=20)
         assert [f["title"] for f in frames] == [f"during outage {i}" for i in range(5)]

@@ -51,7 +51,12 @@ class NotificationsHandler(JsonHandler):
     def initialize(self, store: Store, config: Config, metrics: Metrics) -> None:
         self.store, self.config, self.metrics = store, config, metrics
 
-    async def post(self) -> None:
+    # Notifications one request may publish.
+    def max_items(self) -> int:
+        return self.config.max_publish_batch
+
+    def authorize_publish(self) -> None:
+        """Publishing takes the API key (raises ``ApiError`` 401 without it)."""
         if not self.config.api_key:
             raise ApiError(
                 401, "unauthorized", "publishing over HTTP is disabled: set HERALD_API_KEY"
@@ -61,8 +66,12 @@ class NotificationsHandler(JsonHandler):
         ):
             self.metrics.refused.labels("api_key").inc()
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer)")
+
+    async def post(self) -> None:
+        """Validate, insert in one transaction, answer: the one publishing path of HTTP."""
+        self.authorize_publish()
         try:
-            items = protocol.parse_publish(self.request.body, self.config.max_publish_batch,
+            items = protocol.parse_publish(self.request.body, self.max_items(),
                                            self.request.headers.get("Idempotency-Key"))
         except protocol.ProtocolError as err:
             self.metrics.refused.labels("publish_body").inc()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import tornado.web
 
-from app import auth, protocol
+from app import auth
 from app.config import Config
-from app.handlers.base import ApiError, JsonHandler
-from app.metrics import Metrics
-from app.store import NewNotification, Store
+from app.handlers.api import NotificationsHandler
 
 
 class InboxHandler(tornado.web.RequestHandler):
@@ -62,19 +60,15 @@ class LogoutHandler(InboxHandler):
         self.redirect("/login")
 
 
-class DevSendHandler(JsonHandler):
-    """``POST /dev/send`` (``--dev`` only): a signed-in user sends a notification to any
-    user from the inbox page, without an API key in the browser."""
+class DevSendHandler(NotificationsHandler):
+    """``POST /dev/send`` (``--dev`` only): a signed-in user sends one notification to any
+    user from the inbox page, without an API key in the browser. Everything after the
+    authorization is the publish API's (validation, errors, metrics, answer)."""
 
-    def initialize(self, store: Store, config: Config, metrics: Metrics) -> None:
-        self.store, self.config, self.metrics = store, config, metrics
+    SUPPORTED_METHODS = ("POST",)
 
-    async def post(self) -> None:
+    def max_items(self) -> int:
+        return 1
+
+    def authorize_publish(self) -> None:
         self.current_user_id()
-        try:
-            (item,) = protocol.parse_publish(self.request.body, 1)
-        except protocol.ProtocolError as err:
-            raise ApiError(400, err.code, err.message) from None
-        (row,) = await self.store.insert([NewNotification(**item)])
-        self.write_json({"notifications": [{"id": row.id, "seq": row.seq,
-                                            "user_id": row.user_id}]}, status=201)
