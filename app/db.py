@@ -194,7 +194,12 @@ def start_embedded(data_dir: Path) -> str:
     stopped when the last one exits. Raises ``RuntimeError`` with the server log's tail
     when it cannot start.
     """
-    import pgserver  # imported lazily: only the embedded mode needs it
+    try:
+        import pgserver  # imported lazily: only the embedded mode needs it
+    except ImportError:
+        raise RuntimeError(
+            "no database URL, and the embedded PostgreSQL is not installed: set "
+            "HERALD_DATABASE_URL, or pip install 'herald[embedded]'") from None
 
     pgdata = Path(data_dir).expanduser().resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)

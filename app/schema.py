@@ -1,22 +1,19 @@
 """Schema management through alembic: upgrade to head, and "is this database at head?".
 
-The migrations live in the top-level ``migrations/`` folder next to ``alembic.ini``;
-``herald migrate`` and ``alembic upgrade head`` run the very same revisions.
+The migrations live in the top-level ``migrations/`` folder next to ``alembic.ini`` (and
+inside the package once installed, see ``app.resources``); ``herald migrate`` and
+``alembic upgrade head`` run the very same revisions.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import asyncpg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
-from app.db import asyncpg_dsn
+from app import resources
 from app.models import VERSION_TABLE
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class SchemaError(Exception):
@@ -24,10 +21,10 @@ class SchemaError(Exception):
 
 
 def alembic_config(url: str | None = None) -> AlembicConfig:
-    """An alembic config for this checkout's migrations, optionally bound to ``url``."""
-    ini = ROOT / "alembic.ini"
-    cfg = AlembicConfig(str(ini)) if ini.exists() else AlembicConfig()
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    """An alembic config for Herald's migrations, optionally bound to ``url``."""
+    ini = resources.alembic_ini()
+    cfg = AlembicConfig(str(ini)) if ini is not None else AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.folder("migrations")))
     if url:
         # alembic's config is ConfigParser-based: a literal % must be doubled.
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -37,11 +34,6 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
 def upgrade(url: str, revision: str = "head") -> None:
     """Run ``alembic upgrade <revision>`` against ``url`` (blocking; call outside a loop)."""
     command.upgrade(alembic_config(url), revision)
-
-
-def downgrade(url: str, revision: str) -> None:
-    """Run ``alembic downgrade <revision>`` against ``url`` (blocking)."""
-    command.downgrade(alembic_config(url), revision)
 
 
 def head_revision() -> str:
@@ -65,10 +57,3 @@ async def check_at_head(conn: asyncpg.Connection) -> None:
             "run `herald migrate` (or `alembic upgrade head`)"
         )
 
-
-async def check_url_at_head(url: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
-    try:
-        await check_at_head(conn)
-    finally:
-        await conn.close()

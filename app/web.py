@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import tornado.web
 
-from app import protocol
+from app import protocol, resources
 from app.config import Config
 from app.handlers.api import ChangeHandler, NotificationsHandler
 from app.handlers.base import NotFoundHandler
@@ -19,8 +18,6 @@ from app.logs import log_request
 from app.metrics import Metrics
 from app.node import Node
 from app.store import Store
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_app(
@@ -54,8 +51,8 @@ def make_app(
         ]
     return tornado.web.Application(
         routes,
-        template_path=str(ROOT / "templates"),
-        static_path=str(ROOT / "static"),
+        template_path=str(resources.folder("templates")),
+        static_path=str(resources.folder("static")),
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
         default_handler_class=NotFoundHandler,
