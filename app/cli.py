@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -20,7 +21,14 @@ from typing import Any, Coroutine, NoReturn, Sequence
 import asyncpg
 
 from app import __version__, db, gcpolicy, protocol, schema, tasks
-from app.config import MAX_RETENTION_DAYS, Config, ConfigError, load_config, retention_days
+from app.config import (
+    MAX_RETENTION_DAYS,
+    SETTINGS,
+    Config,
+    ConfigError,
+    load_config,
+    retention_days,
+)
 from app.logs import setup_logging
 
 log = logging.getLogger("herald")
@@ -35,38 +43,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _help(name: str) -> str:
+    """The help a setting declares in ``app.config``, with its variable and default."""
+    spec = SETTINGS[name]
+    return f"{spec.help} (env {spec.env}; default {spec.documented_default})".replace("%", "%%")
+
+
 def _config_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    helps = {
-        "database_url": "PostgreSQL URL, libpq style; several hosts find the primary, e.g. "
-        "postgresql://u@db1,db2/herald?target_session_attrs=read-write (env "
-        "HERALD_DATABASE_URL; none = embedded PostgreSQL)",
-        "bus_database_url": "a direct PostgreSQL URL for LISTEN and the relay, when "
-        "HERALD_DATABASE_URL goes through PgBouncer in transaction mode (env "
-        "HERALD_BUS_DATABASE_URL)",
-        "secret": "JWT signing secret (env HERALD_SECRET)",
-        "api_key": "API key for POST /api/notifications (env HERALD_API_KEY)",
-        "port": "HTTP port (env HERALD_PORT, default 8888; 0 = any free port)",
-        "host": "bind address (env HERALD_HOST, default all interfaces)",
-        "node": "node name (env HERALD_NODE, default host:port)",
-        "allowed_origins": "comma-separated browser origins (env HERALD_ALLOWED_ORIGINS)",
-        "data_dir": "embedded database and generated secrets (env HERALD_DATA_DIR, "
-        "default ~/.herald)",
-    }
+    """Flags for these settings (a switch for a boolean one)."""
     for name in names:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                            help=helps[name])
+        if isinstance(SETTINGS[name].default, bool):
+            parser.add_argument(SETTINGS[name].flag, dest=name, action="store_true",
+                                default=None, help=_help(name))
+        else:
+            parser.add_argument(SETTINGS[name].flag, dest=name, default=None,
+                                help=_help(name))
 
 
 def _add_cluster(sub: "argparse._SubParsersAction[_Parser]") -> None:
     cluster = sub.add_parser(
         "cluster", help="run N nodes behind nginx locally (development)",
         description="Start N `herald serve` nodes behind nginx (docker/nginx.conf) on one "
-        "port, on HERALD_DATABASE_URL or the embedded PostgreSQL. Ctrl-C stops all of it.")
+        "port, on HERALD_DATABASE_URL or the embedded PostgreSQL. Ctrl-C stops all of it. "
+        "A developer command: it runs herald_dev/cluster.py from a source checkout.")
     cluster.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     cluster.add_argument("--port", type=int, default=8080, help="nginx port (default 8080)")
-    cluster.add_argument("--dev", action="store_true", default=None,
-                         help="nodes with the /login page and the send form (as serve --dev)")
-    _config_flags(cluster, "database_url", "secret", "api_key", "allowed_origins", "data_dir")
+    _config_flags(cluster, *CLUSTER_SETTINGS, "dev")
 
 
 def _add_bench(sub: "argparse._SubParsersAction[_Parser]") -> None:
@@ -91,13 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a node (embedded PostgreSQL if no URL)",
                            description="Run a Herald node. Flags override environment.")
     _config_flags(serve, "database_url", "bus_database_url", "secret", "api_key", "port",
-                  "host", "node", "allowed_origins", "data_dir")
-    serve.add_argument("--dev", action="store_true", default=None,
-                       help="enable the /login page (pick any user; never in production)")
+                  "host", "node", "allowed_origins", "data_dir", "dev", "log_format")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    serve.add_argument("--log-format", default=None, choices=["json", "text"],
-                       help="json: one object per line (env HERALD_LOG_FORMAT, default json)")
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to head",
                              description="Same as `alembic upgrade head`.")
@@ -106,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a user JWT signed with HERALD_SECRET",
                            description="Print a JWT (HS256) whose sub is USER.")
     token.add_argument("user", metavar="USER")
-    token.add_argument("--ttl", type=int, default=None,
-                       help="lifetime in seconds (env HERALD_TOKEN_TTL, default 3600)")
+    token.add_argument("--ttl", type=int, default=None, help=_help("token_ttl"))
     _config_flags(token, "database_url", "secret", "data_dir")
 
     send = sub.add_parser("send", help="insert a notification for USER",
@@ -179,8 +176,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import HeraldServer
 
     config = _load(args, ["database_url", "bus_database_url", "secret", "api_key", "port",
-                          "host", "node", "allowed_origins", "data_dir", "dev"])
-    setup_logging(args.log_level, args.log_format or config.log_format, config.node)
+                          "host", "node", "allowed_origins", "data_dir", "dev", "log_format"])
+    setup_logging(args.log_level, config.log_format, config.node)
     url = _database(config)
     if config.embedded:
         schema.upgrade(url)
@@ -381,11 +378,11 @@ def _describe(frame: dict[str, Any]) -> str:
     return line
 
 
-def _show(frame: dict[str, Any], raw: str, as_json: bool) -> None:
+def _show(frame: dict[str, Any], as_json: bool) -> None:
     """Print one server frame the way ``herald tail`` shows it."""
     kind = frame.get("type")
     if as_json:
-        print(raw, flush=True)
+        print(json.dumps(frame, ensure_ascii=False), flush=True)
     elif kind == "welcome":
         print(f"herald tail: {frame['user']} on node {frame['node']} "
               f"(last seq {frame['last_seq']}, {frame['unread']} unread)",
@@ -401,43 +398,23 @@ def _show(frame: dict[str, Any], raw: str, as_json: bool) -> None:
 
 
 async def _tail(config: Config, args: argparse.Namespace) -> int:
-    from tornado.websocket import WebSocketClosedError, websocket_connect
+    from app.client import ResumingClient
 
     url = args.url or f"ws://127.0.0.1:{config.port}/ws"
-    cursor: int | None = args.last_seq
-    backoff = 0.2
-    while True:
-        try:
-            conn = await websocket_connect(url, connect_timeout=5)
-        except (OSError, asyncio.TimeoutError, WebSocketClosedError) as err:
-            print(f"herald tail: cannot connect to {url} ({err}); retrying", file=sys.stderr)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            continue
-        token = config.tokens.mint(args.user, config.token_ttl)
-        await conn.write_message(json.dumps({"type": "hello", "token": token,
-                                             "last_seq": cursor, "batch": True}))
-        while True:
-            message = await conn.read_message()
-            if message is None:
-                break
-            assert isinstance(message, str)
-            acked = cursor
-            for line in message.split("\n"):  # "batch": one message per line
-                frame = json.loads(line)
-                _show(frame, line, args.json)
-                if frame.get("type") == "welcome":
-                    backoff = 0.2
-                elif frame.get("type") == "notification":
-                    cursor = frame["seq"]
-            if args.ack and cursor is not None and cursor != acked:
-                # Cumulative: one ack for everything this message brought.
-                await conn.write_message(json.dumps({"type": "ack", "seq": cursor}))
-        if conn.close_code == protocol.CLOSE_UNAUTHORIZED:
-            raise CliError(f"{url} refused the token: {conn.close_reason}")
-        print(f"herald tail: disconnected ({conn.close_code}); reconnecting", file=sys.stderr)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 5.0)
+
+    def closed(code: int | None, reason: str | None) -> None:
+        if code != protocol.CLOSE_UNAUTHORIZED:
+            print(f"herald tail: disconnected ({code}); reconnecting", file=sys.stderr)
+
+    client = ResumingClient(
+        url, lambda: config.tokens.mint(args.user, config.token_ttl),
+        on_frame=lambda frame: _show(frame, args.json), on_close=closed,
+        on_connect_error=lambda err: print(f"herald tail: cannot connect to {url} ({err}); "
+                                           "retrying", file=sys.stderr),
+        cursor=args.last_seq, ack_delay=0.0 if args.ack else None, backoff=(0.2, 5.0),
+        stop_on=frozenset({protocol.CLOSE_UNAUTHORIZED}))
+    await client.run()
+    raise CliError(f"{url} refused the token: {client.close_reason}")
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -445,54 +422,41 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return asyncio.run(_tail(config, args))
 
 
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from app.cluster import ClusterError, LocalCluster
+def _from_checkout(command: str, module: str, argv: Sequence[str],
+                   env: dict[str, str] | None = None) -> NoReturn:
+    """Hand over to the development harness (``bench/``, ``herald_dev/``): it lives in
+    the source checkout next to ``app/`` and is not part of the installed package, so
+    these commands exist only in a checkout's editable install."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / module.split(".")[0] / "__init__.py").exists():
+        raise CliError(f"herald {command} is a developer command: run it from a source "
+                       "checkout (git clone, then pip install -e '.[embedded,bench]')")
+    path = os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH")) if p)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv],
+              {**os.environ, **(env or {}), "PYTHONPATH": path})
 
+
+CLUSTER_SETTINGS = ("database_url", "secret", "api_key", "allowed_origins", "data_dir")
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Check the flags here (one-line errors), then run herald_dev/cluster.py with them
+    as its environment."""
     if not 1 <= args.nodes <= 16:
         raise CliError("--nodes must be between 1 and 16")
-    config = _load(args, ["database_url", "secret", "api_key", "allowed_origins", "data_dir",
-                          "dev"])
-    url = _database(config)
-    node_env = {"HERALD_DEV": "1" if config.dev else "0"}
-    if config.allowed_origins:
-        node_env["HERALD_ALLOWED_ORIGINS"] = ",".join(config.allowed_origins)
-
-    async def run() -> None:
-        cluster = LocalCluster(config.data_dir / "cluster", nodes=args.nodes, port=args.port,
-                               database_url=url, secret=config.secret,
-                               api_key=config.api_key or "", node_env=node_env)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await cluster.start()
-            print(f"herald: {args.nodes} nodes behind nginx at {cluster.url} "
-                  f"(WebSocket {cluster.ws_url}); logs in {cluster.workdir}",
-                  file=sys.stderr, flush=True)
-            if config.dev:
-                print(f"herald: dev login at {cluster.url}/login", file=sys.stderr, flush=True)
-            await stop.wait()
-        except ClusterError as err:
-            raise CliError(str(err)) from None
-        finally:
-            await cluster.stop()
-
-    asyncio.run(run())
-    return 0
+    env = {SETTINGS[name].env: getattr(args, name) for name in CLUSTER_SETTINGS
+           if getattr(args, name) is not None}
+    if args.dev:
+        env[SETTINGS["dev"].env] = "1"
+    load_config(env={**os.environ, **env})
+    _from_checkout("cluster", "herald_dev.cluster",
+                   ["--nodes", str(args.nodes), "--port", str(args.port)], env)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    checkout = Path(__file__).resolve().parent.parent  # bench/ sits beside app/, unpackaged
-    if (checkout / "bench" / "__main__.py").exists() and str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    try:
-        from bench.__main__ import main as bench_main
-    except ImportError as err:
-        raise CliError(f"herald bench needs a source checkout with the bench extra "
-                       f"(pip install -e '.[bench]'): {err}") from None
-    bench_main(args.rest)
-    return 0
+    _from_checkout("bench", "bench", args.rest)
 
 
 COMMANDS = {"bench": cmd_bench, "serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token,

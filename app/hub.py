@@ -22,7 +22,7 @@ memory, and a client that never drains is closed by its own stall timer.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, NamedTuple, Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ class Hub:
             except ClientGone:
                 self.remove(client)
 
-    def close_all(self, code: int, reason: str, clients: Iterable[Client] | None = None) -> None:
-        for client in list(clients if clients is not None else self.all_clients()):
+    def close_all(self, code: int, reason: str) -> None:
+        for client in self.all_clients():
             client.close(code, reason)
 
     def all_clients(self) -> list[Client]:

@@ -20,9 +20,9 @@ import psutil
 from hdrh.histogram import HdrHistogram
 
 from app import auth, db
-from app.checker import Checker
-from app.cluster import free_port
-from app.loadgen import FleetClient
+from herald_dev.checker import Checker
+from herald_dev.loadgen import FleetClient
+from herald_dev.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 Log = Callable[[str], object]
@@ -258,9 +258,8 @@ async def replay_storm(pool: asyncpg.Pool, clients: list[FleetClient], nodes: "H
         checker.committed(row["user_id"], row["seq"])
     fresh = []
     for old in clients:
-        client = FleetClient(old.url, old.user, old._token, checker)
-        client.cursor = old.cursor
-        fresh.append(client)
+        fresh.append(FleetClient(old.url, old.user, old.token_for, checker,
+                                 cursor=old.cursor))
     started = time.monotonic()
     for client in fresh:
         client.start()

@@ -10,11 +10,11 @@ import subprocess
 import time
 
 from app import auth
-from app.checker import Checker
-from app.cluster import free_port
-from app.loadgen import FleetClient
 from bench import socketio_load
 from bench.herald_load import SECRET, HeraldNodes, Log, Window, open_clients, rss_mb
+from herald_dev.checker import Checker
+from herald_dev.loadgen import FleetClient
+from herald_dev.net import free_port
 
 
 async def herald(url: str, sockets: int, log: Log = print) -> dict[str, float]:

@@ -15,7 +15,7 @@ import resource
 import sys
 
 from app import db
-from app.loadgen import Publisher, sql_sender
+from herald_dev.loadgen import Publisher, sql_sender
 
 
 class Committed:

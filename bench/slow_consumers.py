@@ -4,14 +4,13 @@ notifications (9 MB each, far beyond what the kernel's socket buffers absorb). R
 the node's RSS before and after, with Herald's pending-bytes limit and with the limit
 raised so high that it never acts (Tornado's default: an unbounded write buffer).
 
-    .venv/bin/python bench/slow_consumers.py
+    .venv/bin/python -m bench.slow_consumers
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,20 +21,13 @@ from urllib.request import urlopen
 import asyncpg
 import psutil
 
+from app import auth, db, schema
+from herald_dev.net import free_port
+from herald_dev.rawws import stalled_client
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app import auth, db, schema  # noqa: E402
-from app.loadgen import stalled_client  # noqa: E402
-
 SECRET = "bench-secret-0123456789abcdef0123"
 BODY = 9000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

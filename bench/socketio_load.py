@@ -16,8 +16,6 @@ from pathlib import Path
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from app.checker import Checker
-from app.cluster import free_port
 from bench.herald_load import (
     Log,
     ScenarioResult,
@@ -29,6 +27,8 @@ from bench.herald_load import (
     run_publisher,
     until_delivered,
 )
+from herald_dev.checker import Checker
+from herald_dev.net import free_port
 
 PEER = Path(__file__).resolve().parent / "socketio_peer"
 CACHE = Path.home() / ".cache" / "herald-bench" / "socketio"

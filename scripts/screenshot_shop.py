@@ -17,7 +17,8 @@ from playwright.async_api import async_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.cluster import LocalCluster, free_port  # noqa: E402
+from herald_dev.cluster import LocalCluster  # noqa: E402
+from herald_dev.net import free_port  # noqa: E402
 
 SHOP = ROOT / "examples" / "shop"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -7,11 +7,15 @@ import json
 import time
 from typing import Any, Awaitable, Callable
 
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import WebSocketClientConnection
+
+from app import client
 
 
 class WsClient:
-    """A WebSocket client speaking Herald's protocol over a real socket."""
+    """A WebSocket client speaking Herald's protocol over a real socket, one step at a
+    time (``app.client`` writes the frames), so tests can also send what a good client
+    never would."""
 
     def __init__(self, conn: WebSocketClientConnection) -> None:
         self.conn = conn
@@ -20,11 +24,7 @@ class WsClient:
 
     @classmethod
     async def connect(cls, port: int, headers: dict[str, str] | None = None) -> "WsClient":
-        from tornado.httpclient import HTTPRequest
-
-        request = HTTPRequest(f"ws://127.0.0.1:{port}/ws", headers=headers or {},
-                              connect_timeout=5)
-        return cls(await websocket_connect(request))
+        return cls(await client.connect(f"ws://127.0.0.1:{port}/ws", headers))
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         if isinstance(frame, dict):
@@ -42,11 +42,9 @@ class WsClient:
         self.frames.append(frame)
         return frame
 
-    async def hello(self, token: str | None, last_seq: int | None = None) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "hello", "last_seq": last_seq}
-        if token is not None:
-            frame["token"] = token
-        await self.send(frame)
+    async def hello(self, token: str | None, last_seq: int | None = None,
+                    batch: bool = False) -> dict[str, Any]:
+        await self.send(client.hello_frame(token, last_seq, batch))
         welcome = await self.recv()
         assert welcome is not None and welcome["type"] == "welcome", welcome
         return welcome

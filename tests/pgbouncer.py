@@ -5,23 +5,16 @@ database. As root it runs as the ``pgserver`` user (PgBouncer refuses root)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from herald_dev.net import free_port
+from herald_dev.pgbin import server_user
+
 BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-USER = "pgserver"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgBouncer:
@@ -57,12 +50,8 @@ class PgBouncer:
             f"logfile = {self.workdir / 'pgbouncer.log'}\n")
         for path in self.workdir.iterdir():
             path.chmod(0o644)
-        kwargs: dict[str, object] = {}
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(USER)
-            kwargs = {"user": entry.pw_uid, "group": entry.pw_gid}
         self.proc = subprocess.Popen([BINARY, str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+                                     stderr=subprocess.DEVNULL, **server_user())  # type: ignore[call-overload]
         for _ in range(100):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)

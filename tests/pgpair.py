@@ -10,35 +10,13 @@ servers run as the ``pgserver`` user, as pgserver itself does.
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-import pgserver
-
-BIN = Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
-USER = "pgserver"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_server_user() -> dict[str, object]:
-    """subprocess arguments: PostgreSQL refuses to run as root."""
-    if os.geteuid() != 0:
-        return {}
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-r", "-s", "/bin/false", USER], check=True)
-    return {"user": USER, "group": pwd.getpwnam(USER).pw_gid}
+from herald_dev.net import free_port
+from herald_dev.pgbin import BIN, server_user
 
 
 class PgPair:
@@ -61,7 +39,7 @@ class PgPair:
     async def _run(self, *args: str, timeout: float = 120) -> str:
         result = await asyncio.to_thread(
             subprocess.run, [str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
-            timeout=timeout, **_as_server_user())
+            timeout=timeout, **server_user())
         if result.returncode != 0:
             raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()[-500:]}")
         return result.stdout

@@ -21,9 +21,9 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient
 
 from app import auth, db
-from app.checker import Checker, Report
-from app.cluster import LocalCluster
-from app.loadgen import Fleet, Publisher, http_sender, sql_sender
+from herald_dev.checker import Checker, Report
+from herald_dev.cluster import LocalCluster
+from herald_dev.loadgen import Fleet, Publisher, http_sender, sql_sender
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio(loop_scope="module"),
               pytest.mark.timeout(180)]

@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from app import client as herald_client
+from herald_dev.rawws import send_text, stalled_client
 from tests.conftest import API_KEY, insert, token_for
 from tests.helpers import wait_for
 
@@ -88,23 +90,37 @@ async def test_offline_user_gets_replay_then_ack_stops_it(make_node, clients, sq
 
 
 async def test_ack_cannot_mark_rows_the_connection_was_never_sent(
-    make_node, clients, sql, user
+    make_node, sql, user
 ) -> None:
-    node = await make_node()
-    client = await clients(node.port)
-    await client.hello(token_for(user))
-    await insert(sql, user, "one")
-    await client.notifications(1)
-    await insert(sql, user, "two", )
-    await client.notifications(1)
-    await sql.fetchval("SELECT 1")
-    await client.send({"type": "ack", "seq": 1000})
-    await client.send({"type": "ping"})
-    assert (await client.recv())["type"] == "pong"
-    delivered = await sql.fetchval(
-        "SELECT max(seq) FROM herald.notifications WHERE user_id = $1 "
-        "AND delivered_at IS NOT NULL", user)
-    assert delivered == 2
+    """A client that stopped reading holds the node's delivery at its cursor while rows
+    keep coming: an ack "up to 1000" from it marks delivered what that socket was sent,
+    not the rows after its cursor (which another device has not seen either)."""
+    node = await make_node(max_pending_bytes=64 * 1024, slow_consumer_timeout=60.0)
+    sock = await asyncio.to_thread(stalled_client, node.port, token_for(user))
+    try:
+        await wait_for(lambda: len(node.hub.clients(user)) == 1)
+        (session,) = node.hub.clients(user)
+        await sql.execute(  # 200 x 24 KB: far past the socket buffers and the pause mark
+            "INSERT INTO herald.notifications (user_id, title, body, data) "
+            "SELECT $1, 'n' || g, repeat('x', 9000), jsonb_build_object('pad', "
+            "repeat('y', 15000)) FROM generate_series(1, 200) g", user)
+        await wait_for(lambda: session.cursor > 0 and session.room() <= 0)
+        sent = session.cursor
+        assert 0 < sent < 200  # paused: rows exist that this socket was never sent
+        await asyncio.to_thread(send_text, sock, json.dumps({"type": "ack", "seq": 1000}))
+
+        async def acked() -> bool:
+            return await sql.fetchval(
+                "SELECT count(delivered_at) FROM herald.notifications WHERE user_id = $1",
+                user) > 0
+
+        await wait_for(acked)  # the ack's write is asynchronous: wait until it landed
+        delivered = await sql.fetchval(
+            "SELECT max(seq) FROM herald.notifications WHERE user_id = $1 "
+            "AND delivered_at IS NOT NULL", user)
+        assert delivered == sent
+    finally:
+        sock.close()
 
 
 async def test_resume_on_other_node_while_300_inserts_race(
@@ -274,12 +290,9 @@ async def test_batching_clients_get_bursts_as_lines_others_one_frame_each(
 ) -> None:
     """hello "batch": true lets the node put a burst in few WebSocket frames, one JSON
     message per line; a client that did not ask gets exactly one message per frame."""
-    from tornado.websocket import websocket_connect
-
     node = await make_node()
-    batching = await websocket_connect(f"ws://127.0.0.1:{node.port}/ws")
-    await batching.write_message(json.dumps(
-        {"type": "hello", "token": token_for(user), "last_seq": 0, "batch": True}))
+    batching = await herald_client.connect(f"ws://127.0.0.1:{node.port}/ws")
+    await batching.write_message(herald_client.hello_frame(token_for(user), 0, batch=True))
     plain = await clients(node.port)
     await plain.hello(token_for(user), last_seq=0)
     try:
@@ -293,7 +306,7 @@ async def test_batching_clients_get_bursts_as_lines_others_one_frame_each(
             message = await asyncio.wait_for(batching.read_message(), 10)
             assert isinstance(message, str)
             messages.append(message)
-            seqs.extend(json.loads(line)["seq"] for line in message.split("\n"))
+            seqs.extend(frame["seq"] for frame in herald_client.parse(message))
         assert seqs == list(range(1, 201))
         assert len(messages) < 20  # bursts, not a frame per row
         assert [f["seq"] for f in await plain.notifications(200)] == list(range(1, 201))

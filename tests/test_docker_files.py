@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from app import db, schema
-from app.cluster import render_nginx_conf
+from herald_dev.cluster import render_nginx_conf
 from tests.conftest import run_in_thread
 from tests.test_cli import free_port, wait_http
 

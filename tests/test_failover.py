@@ -16,10 +16,10 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from app import auth, db
-from app.checker import Checker
-from app.loadgen import FleetClient, Publisher, sql_sender
 from app.server import HeraldServer
 from bench.herald_load import until_delivered
+from herald_dev.checker import Checker
+from herald_dev.loadgen import FleetClient, Publisher, sql_sender
 from tests.conftest import SECRET, make_config
 from tests.helpers import wait_for
 from tests.pgpair import PgPair

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from app import schema
+from herald_dev.rawws import read_notifications, stalled_client
 from tests.conftest import API_KEY, insert, token_for
 from tests.helpers import WsClient, wait_for
 from tests.proxy import PgProxy
@@ -616,49 +617,12 @@ async def test_a_push_never_overtakes_the_replay_of_its_row(
     assert await client.recv() == {"type": "archive", "ids": [row["id"]], "unread": 0}
 
 
-def read_notifications(sock, count: int, timeout: float = 20.0) -> list[int]:
-    """Read ``count`` notification frames from a raw WebSocket (server frames are
-    unmasked); return their seqs."""
-    import socket as socketlib
-
-    sock.settimeout(timeout)
-    buffer = b""
-    seqs: list[int] = []
-
-    def take(n: int) -> bytes:
-        nonlocal buffer
-        while len(buffer) < n:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            buffer += chunk
-        data, buffer = buffer[:n], buffer[n:]
-        return data
-
-    try:
-        while len(seqs) < count:
-            head = take(2)
-            size = head[1] & 0x7F
-            if size == 126:
-                size = int.from_bytes(take(2), "big")
-            elif size == 127:
-                size = int.from_bytes(take(8), "big")
-            frame = json.loads(take(size))
-            if frame.get("type") == "notification":
-                seqs.append(frame["seq"])
-    except socketlib.timeout:
-        pass
-    return seqs
-
-
 async def test_a_client_past_the_mark_on_a_rounds_last_frame_is_resumed(
     make_node, sql, user
 ) -> None:
     """One row per round to a client that stopped reading, until its buffer passes the
     high-water mark on a round's last frame: once it reads again it gets every row,
     without any new insert to wake it up."""
-    from app.loadgen import stalled_client
-
     node = await make_node(max_pending_bytes=64 * 1024, slow_consumer_timeout=30.0)
     sock = await asyncio.to_thread(stalled_client, node.port, token_for(user))
     paused = node.metrics.replayed  # any resume after a pause is a replay from the cursor

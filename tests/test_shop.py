@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 from playwright.async_api import Page, expect
 
-from app.cluster import LocalCluster, free_port
+from herald_dev.cluster import LocalCluster
+from herald_dev.net import free_port
 from tests.test_browser import browser, new_page, track_errors  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

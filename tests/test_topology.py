@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 
 from app import auth, db
-from app.checker import Checker
 from app.config import ConfigError
-from app.loadgen import FleetClient, Publisher
 from app.server import HeraldServer
 from bench.herald_load import until_delivered
+from herald_dev.checker import Checker
+from herald_dev.loadgen import FleetClient, Publisher
 from tests.conftest import SECRET, make_config
 from tests.pgbouncer import PgBouncer
 from tests.test_cli import ROOT, clean_env

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from app import auth
-from app.loadgen import stalled_client
+from herald_dev.rawws import stalled_client
 from tests.conftest import SECRET, insert, token_for
 from tests.helpers import wait_for
 
