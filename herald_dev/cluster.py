@@ -117,6 +117,24 @@ class LocalCluster:
             await asyncio.sleep(0.1)
         raise ClusterError(f"{self.node_name(i)} not ready after {timeout}s")
 
+    async def sockets_per_node(self) -> list[int]:
+        """Each node's ``herald_connections``, from its /metrics (0 for a node down)."""
+        client = AsyncHTTPClient()
+        counts = []
+        for port in self.node_ports:
+            value = 0.0
+            try:
+                response = await client.fetch(f"http://127.0.0.1:{port}/metrics",
+                                              raise_error=False, request_timeout=5)
+            except OSError:
+                response = None
+            if response is not None and response.code == 200:
+                for line in response.body.decode().splitlines():
+                    if line.startswith("herald_connections "):
+                        value = float(line.split()[1])
+            counts.append(int(value))
+        return counts
+
     async def stop_node(self, i: int, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Signal node ``i`` and wait for it to exit; return its exit status."""
         proc = self.procs.pop(i)

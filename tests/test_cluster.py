@@ -18,7 +18,6 @@ from typing import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 import pytest_asyncio
-from tornado.httpclient import AsyncHTTPClient
 
 from app import auth, db
 from herald_dev.checker import Checker, Report
@@ -154,29 +153,14 @@ async def test_sigterm_then_rolling_restart(cluster: LocalCluster, pool) -> None
         assert going_away >= USERS / 3
         # The node restarted last took most of the sockets; the nodes even it out.
         started = time.monotonic()
-        history = [await sockets_per_node(cluster)]
+        history = [await cluster.sockets_per_node()]
         while max(history[-1]) > 1.5 * sum(history[-1]) / 3:
             assert time.monotonic() - started < 60, history
             await asyncio.sleep(1.0)
-            history.append(await sockets_per_node(cluster))
+            history.append(await cluster.sockets_per_node())
         await run.fleet.wait_live(timeout=15)
         print(f"[rolling] sockets per node right after the restarts {history[0]}, "
               f"balanced {history[-1]} after {time.monotonic() - started:.1f}s")
-
-
-async def sockets_per_node(cluster: LocalCluster) -> list[int]:
-    """Each node's herald_connections, from its /metrics."""
-    counts = []
-    for port in cluster.node_ports:
-        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics",
-                                                 raise_error=False)
-        value = 0.0
-        if response.code == 200:
-            for line in response.body.decode().splitlines():
-                if line.startswith("herald_connections "):
-                    value = float(line.split()[1])
-        counts.append(int(value))
-    return counts
 
 
 async def test_clients_are_never_locked_out(cluster: LocalCluster, pool) -> None:
@@ -186,7 +170,7 @@ async def test_clients_are_never_locked_out(cluster: LocalCluster, pool) -> None
     async with Run(cluster, "lockout") as run:
         times = []
         for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
-            counts = await sockets_per_node(cluster)
+            counts = await cluster.sockets_per_node()
             busiest = counts.index(max(counts))
             name = cluster.node_name(busiest)
             victims = {c: c.connections for c in run.fleet.clients if c.node == name}
