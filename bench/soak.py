@@ -36,6 +36,10 @@ from herald_dev.cluster import LocalCluster
 from herald_dev.loadgen import Fleet, Publisher, sql_sender
 
 FAULTS = ("kill", "term", "rolling", "listen", "postgres", "cut")
+# What a statement meets while PostgreSQL restarts (anything else is a bug: raise it).
+RESTARTING = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+              asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+              asyncpg.CannotConnectNowError)
 
 
 def log(message: str) -> None:
@@ -48,10 +52,10 @@ async def burst(pool: asyncpg.Pool, checker: Checker, users: list[str], rows: in
         try:
             inserted = await pool.fetch(
                 "INSERT INTO herald.notifications (user_id, title) "
-                "SELECT $1::text[] [1 + g % cardinality($1::text[])], 'burst' "
+                "SELECT ($1::text[])[1 + g % cardinality($1::text[])], 'burst' "
                 "FROM generate_series(1, $2) g RETURNING user_id, seq", users, rows,
                 timeout=30)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+        except RESTARTING:
             await asyncio.sleep(0.2)  # the database is restarting: burst again
             continue
         for row in inserted:
