@@ -3,7 +3,7 @@ socket, then Herald and the Socket.IO peer under the same workload, written to
 docs/benchmarks.md and docs/benchmarks.png.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/herald bench                      # U = 1,000 and 10,000 (about 25 minutes)
+    .venv/bin/herald bench                      # U = 1,000 and 10,000 (about 10 minutes)
     .venv/bin/herald bench --quick --out /tmp/b.md   # the CI smoke run: correctness only
 """
 
