@@ -72,6 +72,7 @@ async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
         assert await until_delivered(checker, timeout=30), checker.report().summary()
         await asyncio.sleep(0.3)
         report = checker.report()
+        print(f"\n[pgbouncer] {report.summary()}")
         assert report.ok and report.committed == 600, report.summary()
         assert all(node.node is not None for node in nodes)
         # The history and lifecycle paths work through the pooler too.
