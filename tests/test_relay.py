@@ -7,43 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 import pytest
 
-from app import db, protocol, schema
+from app import db, protocol
 from app.relay import SYNC_PAYLOAD
-from app.server import HeraldServer
-from tests.conftest import insert, make_config, token_for
+from tests.conftest import insert, listen, token_for
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-async def fresh(make_database: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
-    """A database of its own, a SQL connection to it, and a node factory for it."""
-    url = make_database()
-    await asyncio.to_thread(schema.upgrade, url)  # alembic runs its own event loop
-    conn = await db.connect(url, "herald-test-relay")
-    nodes: list[HeraldServer] = []
-
-    async def node(name: str, **overrides: Any) -> HeraldServer:
-        server = HeraldServer(make_config(node=name, **overrides), url)
-        await server.start()
-        nodes.append(server)
-        return server
-
-    yield {"url": url, "sql": conn, "node": node}
-    for server in nodes:
-        await server.stop()
-    await conn.close()
-
-
-async def _listen(url: str) -> tuple[asyncpg.Connection, asyncio.Queue[str]]:
-    conn = await db.connect(url, "herald-test-listen")
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[-1]))
-    return conn, queue
 
 
 async def test_lease_moves_notify_from_the_commit_to_relay_poll(fresh) -> None:
@@ -51,7 +22,7 @@ async def test_lease_moves_notify_from_the_commit_to_relay_poll(fresh) -> None:
     and sends nothing; relay_poll sees the pointer only once its transaction commits,
     announces it exactly once, and reports the id sequence's position."""
     sql = fresh["sql"]
-    listener, heard = await _listen(fresh["url"])
+    listener, heard = await listen(fresh["url"])
     poller = await db.connect(fresh["url"], "herald-test-poller")
     try:
         direct = await insert(sql, "alice", "direct")

@@ -8,39 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 import pytest
 
-from app import db, schema
-from app.server import HeraldServer
-from tests.conftest import make_config, relay_settled, token_for
+from tests.conftest import token_for
 from tests.helpers import wait_for
 from tests.test_cli import ROOT, clean_env
 from tests.test_hardening import metric
-
-
-@pytest.fixture
-async def fresh(make_database: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
-    """A migrated database of its own, a SQL connection and a node factory for it."""
-    url = make_database()
-    await asyncio.to_thread(schema.upgrade, url)  # alembic runs its own event loop
-    conn = await db.connect(url, "herald-test-retention")
-    nodes: list[HeraldServer] = []
-
-    async def node(name: str, **overrides: Any) -> HeraldServer:
-        server = HeraldServer(make_config(node=name, **overrides), url)
-        await server.start()
-        if not nodes:
-            await relay_settled(server)
-        nodes.append(server)
-        return server
-
-    yield {"url": url, "sql": conn, "node": node}
-    for server in nodes:
-        await server.stop()
-    await conn.close()
 
 
 async def seed(sql: asyncpg.Connection, user: str, old: int, expired: int, recent: int) -> None:

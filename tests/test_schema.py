@@ -15,18 +15,11 @@ import pytest
 from alembic import command
 
 from app import db, schema
-from tests.conftest import insert
+from tests.conftest import insert, listen
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "nodes",
                "<schema>"}
-
-
-async def _listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    conn = await db.connect(url, "herald-test-listen")
-    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[3]))
-    return conn, queue
 
 
 def _drain(queue: "asyncio.Queue[str]") -> list[dict[str, Any]]:
@@ -101,7 +94,7 @@ async def test_seq_order_is_commit_order(database_url: str, user: str, outcome: 
 async def test_push_happens_at_commit_and_never_on_rollback(
     database_url: str, sql: asyncpg.Connection, user: str
 ) -> None:
-    listener, queue = await _listen(database_url)
+    listener, queue = await listen(database_url)
     try:
         tx = sql.transaction()
         await tx.start()
@@ -129,7 +122,7 @@ async def test_bulk_insert_sends_few_small_notifies(
 ) -> None:
     """10,000 rows in one INSERT … SELECT: a handful of NOTIFYs, each under 8000 bytes,
     together naming every user with its highest seq."""
-    listener, queue = await _listen(database_url)
+    listener, queue = await listen(database_url)
     try:
         await sql.execute(
             "INSERT INTO herald.notifications (user_id, title) "
@@ -156,7 +149,7 @@ async def test_sql_update_of_read_at_is_announced(
     database_url: str, sql: asyncpg.Connection, user: str
 ) -> None:
     ids = [(await insert(sql, user, f"n{i}"))["id"] for i in range(3)]
-    listener, queue = await _listen(database_url)
+    listener, queue = await listen(database_url)
     try:
         await sql.execute("UPDATE herald.notifications SET read_at = now() "
                           "WHERE id = ANY($1::bigint[])", ids[:2])
@@ -196,7 +189,7 @@ async def test_sql_update_of_read_at_is_announced(
 async def test_bad_rows_are_rejected_with_a_named_constraint(
     database_url: str, sql: asyncpg.Connection, columns: str, values: str, constraint: str
 ) -> None:
-    listener, queue = await _listen(database_url)
+    listener, queue = await listen(database_url)
     try:
         before = await sql.fetchval("SELECT count(*) FROM herald.notifications")
         with pytest.raises(asyncpg.IntegrityConstraintViolationError) as err:
@@ -300,7 +293,7 @@ def test_lifecycle_revisions_on_a_populated_table(make_database: Callable[[], st
         if step == "fill":
             await conn.execute("INSERT INTO herald.notifications (user_id, title) "
                                "SELECT 'pop', 'n' || g FROM generate_series(1, 2000) g")
-        listener, queue = await _listen(url)
+        listener, queue = await listen(url)
         try:
             row = await conn.fetchrow("INSERT INTO herald.notifications (user_id, title) "
                                       "VALUES ('pop', $1) RETURNING id, seq", step)
@@ -392,7 +385,7 @@ async def _triggers_work(url: str, step: str) -> dict[str, Any]:
     """Insert a row for each of two users and mark one read: each insert is announced
     with its seq, the read is announced, and the rows and counters are still all there."""
     conn = await asyncpg.connect(db.asyncpg_dsn(url))
-    listener, queue = await _listen(url)
+    listener, queue = await listen(url)
     try:
         seqs = {}
         for user in ("ann", "bob"):
