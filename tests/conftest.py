@@ -8,6 +8,7 @@ import os
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -111,41 +112,10 @@ async def relay_settled(server: HeraldServer) -> None:
 NodeFactory = Callable[..., Awaitable[HeraldServer]]
 
 
-@pytest.fixture
-async def fresh(make_database: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
-    """A migrated database of its own (for tests that touch every user's rows or the
-    relay's lease), a SQL connection to it and a node factory for it (the first node's
-    relay settled, as in ``make_node``)."""
-    url = make_database()
-    await asyncio.to_thread(schema.upgrade, url)  # alembic runs its own event loop
-    conn = await db.connect(url, "herald-test-fresh")
-    nodes: list[HeraldServer] = []
-
-    async def node(name: str, **overrides: Any) -> HeraldServer:
-        server = HeraldServer(make_config(node=name, **overrides), url)
-        await server.start()
-        if not nodes:
-            await relay_settled(server)
-        nodes.append(server)
-        return server
-
-    yield {"url": url, "sql": conn, "node": node}
-    for server in nodes:
-        await server.stop()
-    await conn.close()
-
-
-async def listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
-    """A LISTEN connection on Herald's channel and the queue of its payloads."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    conn = await db.connect(url, "herald-test-listen")
-    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[-1]))
-    return conn, queue
-
-
-@pytest.fixture
-async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
-    """Start real Herald nodes (HTTP + WebSocket on a free port, own pool and LISTEN)."""
+@asynccontextmanager
+async def node_factory(database_url: str) -> AsyncIterator[NodeFactory]:
+    """Start real Herald nodes (HTTP + WebSocket on a free port, own pool and LISTEN) on
+    ``database_url``, or the ``database_url`` override; all stopped on exit."""
     nodes: list[HeraldServer] = []
 
     async def start(name: str = "node-a", **overrides: Any) -> HeraldServer:
@@ -157,9 +127,40 @@ async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
         nodes.append(server)
         return server
 
-    yield start
-    for server in nodes:
-        await server.stop()
+    try:
+        yield start
+    finally:
+        for server in nodes:
+            await server.stop()
+
+
+@pytest.fixture
+async def make_node(database_url: str) -> AsyncIterator[NodeFactory]:
+    """Nodes on the session's shared database (tests use unique users)."""
+    async with node_factory(database_url) as start:
+        yield start
+
+
+@pytest.fixture
+async def fresh(make_database: Callable[[], str]) -> AsyncIterator[dict[str, Any]]:
+    """A migrated database of its own (for tests that touch every user's rows or the
+    relay's lease), a SQL connection to it and a node factory for it."""
+    url = make_database()
+    await asyncio.to_thread(schema.upgrade, url)  # alembic runs its own event loop
+    conn = await db.connect(url, "herald-test-fresh")
+    try:
+        async with node_factory(url) as start:
+            yield {"url": url, "sql": conn, "node": start}
+    finally:
+        await conn.close()
+
+
+async def listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
+    """A LISTEN connection on Herald's channel and the queue of its payloads."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    conn = await db.connect(url, "herald-test-listen")
+    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[-1]))
+    return conn, queue
 
 
 @pytest.fixture
