@@ -6,7 +6,10 @@ the termination listener (the server closed the socket) and a ping with a timeou
 ``ping_interval`` seconds (a silently dead TCP connection raises nothing); the ping reads
 ``pg_notification_queue_usage()`` for the metrics and /readyz.
 
-``on_event`` is called with each raw payload and must only enqueue. ``on_listening``
+``on_event`` is called with each raw payload, and whether it came on the private channel
+(revision 0008: its name is in ``herald.bus_key``, which only trusted roles can read, so
+its payloads are trusted), and must only enqueue. A role that cannot read the key
+listens on the public channel alone, whose pointers announce every row anyway. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
 catch-up read of the table cannot miss a commit that happened during the gap. It gets
 ``since``: the oldest transaction id that may have committed after the previous
@@ -33,7 +36,7 @@ class Bus:
         self,
         dsn: str,
         channel: str,
-        on_event: Callable[[str], None],
+        on_event: Callable[[str, bool], None],
         on_listening: Callable[[bool, int | None], None],
         *,
         application_name: str = "herald-bus",
@@ -49,6 +52,7 @@ class Bus:
         self._connect = connect
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
+        self._private: str | None = None  # the private channel, once read
         self._first = asyncio.get_running_loop().create_future()  # set on first LISTEN
         self.connected = False
         self.reconnects = 0
@@ -67,7 +71,19 @@ class Bus:
         await self._drop()
 
     def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_event(payload)
+        self._on_event(payload, channel == self._private)
+
+    async def _private_channel(self, conn: asyncpg.Connection) -> str | None:
+        """The private channel's name, or None when this role cannot read it (or the
+        schema predates it): then only pointers arrive, and every row is fetched."""
+        try:
+            channel = await conn.fetchval("SELECT channel FROM herald.bus_key WHERE id = 1")
+        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as err:
+            if self._private is not None or not self._first.done():
+                log.warning("bus: no private channel (%s); every row is fetched",
+                            type(err).__name__)
+            return None
+        return str(channel) if channel else None
 
     async def _drop(self) -> None:
         self.connected = False
@@ -85,6 +101,9 @@ class Bus:
                 # mark its successor as lost.
                 self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await self._conn.add_listener(self._channel, self._listener)
+                self._private = await self._private_channel(self._conn)
+                if self._private is not None:
+                    await self._conn.add_listener(self._private, self._listener)
                 # The old connection was good up to its horizon; the new one from now.
                 since, self.horizon = self.horizon, await self._ping()
                 self.connected = True

@@ -118,6 +118,10 @@ class Hub:
     def users(self) -> list[str]:
         return list(self._by_user)
 
+    def has(self, user: str) -> bool:
+        """Whether ``user`` has a connection here."""
+        return user in self._by_user
+
     def clients(self, user: str) -> list[Client]:
         return list(self._by_user.get(user, ()))
 

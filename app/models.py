@@ -173,6 +173,16 @@ nodes = Table(
     Column("draining", Boolean, nullable=False, server_default=text("false")),
 )
 
+# The private bus channel's name (revision 0008), readable only by trusted roles: frames
+# sent on it are pushed as they stand (app/bus.py). No grant to PUBLIC.
+bus_key = Table(
+    "bus_key",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("channel", Text, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
 # Rows left to the relay (revision 0005): one (user, highest seq) pointer per user per
 # INSERT statement made under the lease, deleted by the relay as it announces them.
 # UNLOGGED: pointers are hints; after a crash or failover every node re-reads anyway.

@@ -36,6 +36,7 @@ class Payload:
     """A raw NOTIFY payload; parsed by the worker, not in the bus callback."""
 
     text: str
+    trusted: bool = False  # came on the private channel (app/bus.py)
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,23 @@ class ReplayPage:
 @dataclass
 class Plan:
     """What one round does: fetch for ``replay`` users from their cursors (no latency
-    measured), fetch for ``live`` users (new rows announced), push ``changes``."""
+    measured); send local users the ``frames`` the bus carried, then fetch for each
+    ``wanted`` user any connection still below the announced seq; push ``changes``."""
 
     replay: set[str] = field(default_factory=set)
-    live: set[str] = field(default_factory=set)
+    wanted: dict[str, int] = field(default_factory=dict)  # user -> highest seq announced
+    frames: list[protocol.FrameEvent] = field(default_factory=list)
     changes: list[protocol.ChangeEvent] = field(default_factory=list)
     # After a bus loss: push the state of rows changed by transactions from this xid on.
     resync_since: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.replay or self.live or self.changes or self.resync_since is not None)
+        return bool(self.replay or self.wanted or self.frames or self.changes
+                    or self.resync_since is not None)
+
+    def want(self, user: str, seq: int) -> None:
+        if seq > self.wanted.get(user, 0):
+            self.wanted[user] = seq
 
 
 def _confirms(change: protocol.ChangeEvent, state: RowState | None) -> bool:
@@ -131,9 +139,10 @@ class Node:
 
     # --- bus side ---------------------------------------------------------------------
 
-    def enqueue(self, payload: str) -> None:
-        """The bus callback: only enqueue (it runs inside asyncpg's protocol callback)."""
-        self._queue.put_nowait(Payload(payload))
+    def enqueue(self, payload: str, trusted: bool = False) -> None:
+        """The bus callback: only enqueue (it runs inside asyncpg's protocol callback).
+        ``trusted``: the payload came on the private channel (app/bus.py)."""
+        self._queue.put_nowait(Payload(payload, trusted))
 
     def on_listening(self, reconnected: bool, since: int | None = None) -> None:
         """LISTEN is (again) in place: read the table for every local user, since NOTIFYs
@@ -168,7 +177,7 @@ class Node:
                 log.warning("node: delivery round failed (%s); retrying", type(err).__name__)
             else:
                 log.exception("node: delivery round failed unexpectedly; retrying")
-            self._failed = Plan(replay=plan.replay | plan.live, changes=plan.changes,
+            self._failed = Plan(replay=plan.replay | set(plan.wanted), changes=plan.changes,
                                 resync_since=plan.resync_since)
             asyncio.get_running_loop().call_later(
                 self._retry_delay, self._queue.put_nowait, Retry()
@@ -180,7 +189,6 @@ class Node:
         once per round however many pointers named them."""
         plan, self._failed = self._failed, Plan()
         catch_up = False
-        wanted: dict[str, int] = {}  # user -> highest seq announced
         for event in events:
             if isinstance(event, CatchUp):
                 catch_up = True
@@ -190,6 +198,13 @@ class Node:
                 plan.replay.add(event.user)
             elif isinstance(event, Payload):
                 try:
+                    if event.trusted:
+                        frame = protocol.parse_frame_event(event.text)
+                        self._metrics.bus_events.labels("frame").inc()
+                        if self._hub.has(frame.user):
+                            plan.frames.append(frame)
+                            plan.want(frame.user, frame.seq)
+                        continue
                     bus_event = protocol.parse_bus_event(event.text)
                 except protocol.ProtocolError as err:
                     self._metrics.refused.labels("bus_payload").inc()
@@ -201,29 +216,45 @@ class Node:
                 elif isinstance(bus_event, protocol.NewEvent):
                     self._metrics.bus_events.labels("new").inc()
                     for user, seq in bus_event.users.items():
-                        if seq > wanted.get(user, 0):
-                            wanted[user] = seq
+                        if self._hub.has(user):
+                            plan.want(user, seq)
                 else:
                     self._metrics.bus_events.labels(bus_event.kind).inc()
                     if self._hub.clients(bus_event.user):
                         plan.changes.append(bus_event)
         if catch_up:
             plan.replay.update(self._hub.users())
-        for user, seq in wanted.items():
-            floor = self._hub.cursor_floor(user)
-            if floor is not None and floor < seq and user not in plan.replay:
-                plan.live.add(user)
         return plan
 
     async def _execute(self, plan: Plan) -> None:
+        if plan.frames:
+            self._deliver_frames(plan.frames)
+        # Whoever is still below an announced seq (the frame did not continue its cursor,
+        # or only a pointer came) is fetched for, from its cursor.
+        live = set()
+        for user, seq in plan.wanted.items():
+            floor = self._hub.cursor_floor(user)
+            if floor is not None and floor < seq and user not in plan.replay:
+                live.add(user)
         if plan.replay:
             await self.fetch_and_deliver(plan.replay, self._metrics.replayed)
-        if plan.live:
-            await self.fetch_and_deliver(plan.live, self._metrics.delivered, latency=True)
+        if live:
+            await self.fetch_and_deliver(live, self._metrics.delivered, latency=True)
         if plan.changes:
             await self._push_changes(plan.changes)
         if plan.resync_since is not None:
             await self._push_state(plan.resync_since)
+
+    def _deliver_frames(self, frames: Sequence[protocol.FrameEvent]) -> None:
+        """Send the frames the bus carried, in seq order per user. Each row's predecessor
+        is ``seq - 1``: a connection whose cursor is lower (a row before it is not yet
+        sent) gets nothing here, and the fetch that follows fills it in from its cursor."""
+        now = time.time()
+        for event in sorted(frames, key=lambda f: (f.user, f.seq)):
+            sent = self._hub.deliver(event.user, (Frame(event.seq - 1, event.seq, event.text),))
+            self._metrics.delivered.inc(len(sent))
+            for _ in sent:
+                self._metrics.latency.observe(max(0.0, now - event.created))
 
     async def _push_state(self, since: int) -> None:
         """After a bus loss: push, as ordinary change frames, the current read and archive

@@ -231,6 +231,19 @@ class ChangeEvent:
 
 
 @dataclass(frozen=True)
+class FrameEvent:
+    """A single-row insert's notification frame, rendered by its trigger and sent on the
+    private channel (revision 0008): ``text`` goes to the sockets as it stands. Its
+    predecessor is ``seq - 1`` (app/hub.py); ``created`` is ``created_at`` in epoch
+    seconds, for the latency metric."""
+
+    user: str
+    seq: int
+    created: float
+    text: str
+
+
+@dataclass(frozen=True)
 class SyncEvent:
     """A new relay leads: re-read the table for every connected user (app/relay.py)."""
 
@@ -272,6 +285,23 @@ def parse_bus_event(payload: str) -> BusEvent:
     if kind == "sync" and len(event) == 1:
         return SyncEvent()
     raise ProtocolError("bad_bus_payload", "unknown kind")
+
+
+FRAME_EVENT_KEYS = frozenset({"k", "u", "s", "t", "f"})
+
+
+def parse_frame_event(payload: str) -> FrameEvent:
+    """Strictly parse a payload of the private channel. Only roles that can read
+    ``herald.bus_key`` know that channel, so its frames are trusted as they stand; a
+    ``frame`` payload on the public channel is refused by ``parse_bus_event``."""
+    event = _json_object(payload, "bad_bus_payload", "payload")
+    user, seq, created, text = event.get("u"), event.get("s"), event.get("t"), event.get("f")
+    if (event.keys() == FRAME_EVENT_KEYS and event["k"] == "frame" and models.is_user_id(user)
+            and isinstance(seq, int) and _is_int(seq) and 1 <= seq <= MAX_SEQ
+            and isinstance(created, (int, float)) and not isinstance(created, bool)
+            and isinstance(text, str) and text):
+        return FrameEvent(user, seq, float(created), text)
+    raise ProtocolError("bad_bus_payload", "frame: bad fields")
 
 
 # --- HTTP publish body ----------------------------------------------------------------
