@@ -288,6 +288,22 @@ def parse_bus_event(payload: str) -> BusEvent:
 
 
 FRAME_EVENT_KEYS = frozenset({"k", "u", "s", "t", "f"})
+# How revision 0008's trigger starts every frame payload (json_build_object's layout).
+FRAME_EVENT_PREFIX = '{"k" : "frame", "u" : '
+_decoder = json.JSONDecoder()
+
+
+def frame_event_user(payload: str) -> str | None:
+    """The user a private-channel payload is for, read without parsing the frame it
+    carries (most payloads are for other nodes' users); None if it does not start as the
+    trigger writes it (``parse_frame_event`` then says what is wrong)."""
+    if not payload.startswith(FRAME_EVENT_PREFIX):
+        return None
+    try:
+        user, _ = _decoder.raw_decode(payload, len(FRAME_EVENT_PREFIX))
+    except ValueError:
+        return None
+    return user if isinstance(user, str) else None
 
 
 def parse_frame_event(payload: str) -> FrameEvent:
