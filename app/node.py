@@ -215,8 +215,8 @@ class Node:
             self._retry_delay = min(self._retry_delay * 2, 5.0)
 
     def _plan(self, events: Sequence[Event]) -> Plan:
-        """Parse and merge a batch of events into one round's work: users are fetched
-        once per round however many pointers named them."""
+        """Merge a batch of events into one round's work: users are fetched once per
+        round however many pointers named them."""
         plan, self._failed = self._failed, Plan()
         catch_up = False
         for event in events:
