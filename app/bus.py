@@ -7,8 +7,8 @@ the termination listener (the server closed the socket) and a ping with a timeou
 ``pg_notification_queue_usage()`` for the metrics and /readyz.
 
 ``on_event`` is called with each raw payload, and whether it came on the private channel
-(revision 0008: its name is in ``herald.bus_key``, which only trusted roles can read, so
-its payloads are trusted), and must only enqueue. A role that cannot read the key
+(revision 0008: its name is in ``herald_private.bus_key``, which only trusted roles can
+read, so its payloads are trusted), and must not block. A role that cannot read the key
 listens on the public channel alone, whose pointers announce every row anyway. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
 catch-up read of the table cannot miss a commit that happened during the gap. It gets
@@ -77,7 +77,8 @@ class Bus:
         """The private channel's name, or None when this role cannot read it (or the
         schema predates it): then only pointers arrive, and every row is fetched."""
         try:
-            channel = await conn.fetchval("SELECT channel FROM herald.bus_key WHERE id = 1")
+            channel = await conn.fetchval(
+                "SELECT channel FROM herald_private.bus_key WHERE id = 1")
         except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as err:
             if self._private is not None or not self._first.done():
                 log.warning("bus: no private channel (%s); every row is fetched",

@@ -173,15 +173,9 @@ nodes = Table(
     Column("draining", Boolean, nullable=False, server_default=text("false")),
 )
 
-# The private bus channel's name (revision 0008), readable only by trusted roles: frames
-# sent on it are pushed as they stand (app/bus.py). No grant to PUBLIC.
-bus_key = Table(
-    "bus_key",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("channel", Text, nullable=False),
-    CheckConstraint("id = 1", name="single_row"),
-)
+# herald_private.bus_key (revision 0008), the private bus channel's name, lives outside
+# schema herald (so that grants on all of herald's tables never include it) and outside
+# this metadata: alembic compares schema herald only.
 
 # Rows left to the relay (revision 0005): one (user, highest seq) pointer per user per
 # INSERT statement made under the lease, deleted by the relay as it announces them.

@@ -56,7 +56,7 @@ class Retry:
 BUS_KINDS: dict[type, str] = {protocol.NewEvent: "new", protocol.FrameEvent: "frame",
                               protocol.SyncEvent: "sync"}
 
-# Bus events arrive parsed, and only those about a user with a socket here.
+# Bus events arrive parsed; new rows only for users with a socket here.
 Event = Union[protocol.BusEvent, protocol.FrameEvent, CatchUp, Resume, Retry]
 
 
@@ -143,9 +143,9 @@ class Node:
         """The bus callback (``trusted``: the payload came on the private channel,
         app/bus.py): parse it, and queue it for the worker only if it concerns a user
         with a socket here. Every node hears every NOTIFY and most concern other nodes'
-        users; dropping those here spares the worker a wake-up each. Dropping is safe at
-        any moment: a session that starts later reads the table after it joins the hub,
-        and the NOTIFY came after its transaction committed."""
+        users; dropping those here spares the worker a wake-up each. Dropping a new row's
+        event is safe at any moment: a session that starts later reads the table after
+        it joins the hub, and the NOTIFY came after its transaction committed."""
         if trusted:
             user = protocol.frame_event_user(payload)
             if user is not None and not self._hub.has(user):
@@ -163,8 +163,10 @@ class Node:
         if isinstance(event, protocol.NewEvent):
             if not any(self._hub.has(user) for user in event.users):
                 return
-        elif not isinstance(event, protocol.SyncEvent) and not self._hub.has(event.user):
+        elif isinstance(event, protocol.FrameEvent) and not self._hub.has(event.user):
             return
+        # Change events are few, and one for a session that joins the hub meanwhile must
+        # still reach it: the worker decides on those, as late as it can.
         self._queue.put_nowait(event)
 
     def _count(self, kind: str) -> None:
@@ -235,7 +237,8 @@ class Node:
                 for user, seq in event.users.items():
                     plan.want(user, seq)
             elif isinstance(event, protocol.ChangeEvent):
-                plan.changes.append(event)
+                if self._hub.has(event.user):
+                    plan.changes.append(event)
         if catch_up:
             plan.replay.update(self._hub.users())
         return plan

@@ -308,7 +308,7 @@ def frame_event_user(payload: str) -> str | None:
 
 def parse_frame_event(payload: str) -> FrameEvent:
     """Strictly parse a payload of the private channel. Only roles that can read
-    ``herald.bus_key`` know that channel, so its frames are trusted as they stand; a
+    ``herald_private.bus_key`` know that channel, so its frames are trusted as they stand; a
     ``frame`` payload on the public channel is refused by ``parse_bus_event``."""
     event = _json_object(payload, "bad_bus_payload", "payload")
     user, seq, created, text = event.get("u"), event.get("s"), event.get("t"), event.get("f")

@@ -1,7 +1,7 @@
 """Inline frames (revision 0008): a transaction's first row goes out, rendered, on a private
 channel at COMMIT, and the node holding the user's socket sends it without a fetch.
 
-The private channel's name is in ``herald.bus_key``, which only the owner (and roles it
+The private channel's name is in ``herald_private.bus_key``, which only the owner (and roles it
 grants) can read; frames on it are trusted as they stand, a frame on the public channel is
 refused. Every row still gets its pointer on ``herald``, so a node that cannot read the
 key, or one on older code, fetches as before."""
@@ -29,7 +29,7 @@ async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[st
     each also checks that the node's quick read of the user agrees with the full parse."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     conn = await db.connect(url, "herald-test-private")
-    channel = await conn.fetchval("SELECT channel FROM herald.bus_key WHERE id = 1")
+    channel = await conn.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
 
     def heard(*args: Any) -> None:
         event = protocol.parse_frame_event(args[-1])
@@ -107,9 +107,11 @@ async def test_the_frame_is_the_fetched_frame_as_the_transaction_leaves_the_row(
 
 
 async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
-    """A role with nothing granted cannot read the key, so cannot listen to frames (which
-    carry titles and bodies) or forge them; its Bus listens to pointers only. A writer
-    with the grants README lists still sends frames (the trigger runs as the owner)."""
+    """A writer with the grants README lists, and even SELECT on every table of schema
+    herald, cannot read the key, so cannot listen to frames (which carry titles and
+    bodies) or forge them, nor attach the owner-run trigger function to a table of its
+    own; its Bus listens to pointers only. Its inserts still send frames (the trigger
+    runs as the owner)."""
     url, sql = fresh["url"], fresh["sql"]
     name = f"herald_t_{uuid.uuid4().hex[:8]}"
     await sql.execute(f"CREATE ROLE {name} LOGIN")
@@ -117,6 +119,8 @@ async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
     await sql.execute(f"GRANT INSERT, SELECT ON herald.notifications TO {name}")
     await sql.execute(f"GRANT SELECT, INSERT, UPDATE ON herald.user_counters TO {name}")
     await sql.execute(f"GRANT SELECT ON herald.relay TO {name}")
+    await sql.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA herald TO {name}")
+    await sql.execute(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
     database = await sql.fetchval("SELECT current_database()")
     await sql.execute(f"GRANT CONNECT ON DATABASE {database} TO {name}")
     parts = urlsplit(url)
@@ -133,7 +137,11 @@ async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
     private, frames = await _private(url)
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await limited.fetchval("SELECT channel FROM herald.bus_key")
+            await limited.fetchval("SELECT channel FROM herald_private.bus_key")
+        await limited.execute(f"CREATE TABLE {name}.t (id bigint)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="notify_frame"):
+            await limited.execute(f"CREATE TRIGGER t AFTER INSERT ON {name}.t FOR EACH ROW "
+                                  "EXECUTE FUNCTION herald.notify_frame()")
         await bus.start()
         await owner_bus.start()
         row = await insert(limited, "carol", "from the limited writer")
@@ -171,7 +179,7 @@ async def test_a_frame_is_sent_as_it_stands_only_from_the_private_channel(
     await client.expect_silence(0.5)
     assert await metric(node.port, 'herald_refused_total{reason="bus_payload"}') == refused + 1
 
-    channel = await sql.fetchval("SELECT channel FROM herald.bus_key WHERE id = 1")
+    channel = await sql.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
     await sql.execute("SELECT pg_notify($1, $2)", channel, payload)
     assert await client.notifications(1) == [fake]
     for bad in ({"k": "frame", "u": user, "s": 3, "t": 0}, {"k": "new", "u": {user: 3}}):

@@ -18,7 +18,7 @@ from app import db, schema
 from tests.conftest import insert, listen
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "nodes", "bus_key",
+HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "nodes",
                "<schema>"}
 
 

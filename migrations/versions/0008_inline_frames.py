@@ -11,18 +11,21 @@ was a quarter of a node's CPU per notification (py-spy, docs/benchmarks.md).
 
 What changes:
 
-* ``herald.bus_key`` (one row, no grant to PUBLIC) holds a channel name made of 184
-  random bits. Only its owner (and roles it grants SELECT) know it, so only they can
-  LISTEN there or NOTIFY there: a payload on it is trusted, unlike one on ``herald``,
-  which any role can send and read.
-* A deferred constraint trigger, ``notify_frame``, fires at COMMIT for the first row a
-  transaction inserted (if it has no ``expires_at``) and, in direct mode, sends
+* ``herald_private.bus_key`` (one row, in a schema of its own with no USAGE for anyone
+  but the owner) holds a channel name made of 184 random bits. Only the owner (and roles
+  it grants USAGE and SELECT) know it, so only they can LISTEN or NOTIFY there: a payload
+  on it is trusted, unlike one on ``herald``, which any role can send and read.
+* A deferred constraint trigger, ``notify_frame``, fires at COMMIT for the first row
+  without ``expires_at`` a transaction inserted and, in direct mode, sends
   ``{"k":"frame","u":user,"s":seq,"t":created epoch,"f":"<notification frame text>"}``
   on the private channel, rendered from the row as the transaction leaves it (nothing if
   it deleted the row again), when it fits in a NOTIFY. The pointer on ``herald`` still
   goes out as before: a node listening on both delivers the frame as it stands (its
   predecessor is ``seq - 1``, app/hub.py) and needs no fetch; one that cannot read the
-  key, or runs older code, fetches.
+  key, or runs older code, fetches. A transaction that runs ``SET CONSTRAINTS ALL
+  IMMEDIATE`` makes it fire at the end of that INSERT instead: a later change to that row
+  in the same transaction then reaches clients only as read/archive events, and a later
+  DELETE of it is not taken back (README, *Inline frames*).
 * The frame rendering is a copy of ``app/store.py``'s ``FRAME``;
   tests/test_inline.py holds the two equal.
 """
@@ -40,14 +43,17 @@ LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 # gen_random_uuid() draws from the server's strong random source: 32 hex digits of the
 # first (122 random bits) and 16 of the second; 55 characters in all (the cap is 63).
-BUS_KEY = ("""
-CREATE TABLE herald.bus_key (
+# In a schema of its own, to which nobody else has USAGE: a grant on every table of schema
+# herald (or default privileges there) must not hand out the channel by accident.
+BUS_KEY = ("CREATE SCHEMA herald_private",
+           "REVOKE ALL ON SCHEMA herald_private FROM PUBLIC", """
+CREATE TABLE herald_private.bus_key (
     id integer NOT NULL,
     channel text NOT NULL,
     CONSTRAINT pk_bus_key PRIMARY KEY (id),
     CONSTRAINT ck_bus_key_single_row CHECK (id = 1)
-)""", "REVOKE ALL ON herald.bus_key FROM PUBLIC", """
-INSERT INTO herald.bus_key (id, channel)
+)""", "REVOKE ALL ON herald_private.bus_key FROM PUBLIC", """
+INSERT INTO herald_private.bus_key (id, channel)
 SELECT 1, 'herald_' || left(replace(gen_random_uuid()::text || gen_random_uuid()::text,
                                     '-', ''), 48)""")
 
@@ -91,13 +97,16 @@ DECLARE
     private text;
     payload text;
 BEGIN
+    IF TG_TABLE_SCHEMA <> 'herald' OR TG_TABLE_NAME <> 'notifications' THEN
+        RETURN NULL;  -- only ever the trigger below (EXECUTE is revoked from PUBLIC too)
+    END IF;
     IF herald.relay_batched() THEN
         RETURN NULL;  -- the relay's batches keep NOTIFY out of the writers' commits
     END IF;
     SELECT json_build_object('k', 'frame', 'u', n.user_id, 's', n.seq,
                              't', extract(epoch FROM n.created_at), 'f', {FRAME})::text
     INTO payload FROM herald.notifications AS n WHERE n.id = NEW.id AND n.expires_at IS NULL;
-    SELECT channel INTO private FROM herald.bus_key WHERE id = 1;
+    SELECT channel INTO private FROM herald_private.bus_key WHERE id = 1;
     -- 8000 bytes is NOTIFY's cap; a larger frame is fetched, as every other row is.
     IF payload IS NOT NULL AND private IS NOT NULL AND octet_length(payload) < 7900 THEN
         PERFORM pg_notify(private, payload);
@@ -122,10 +131,14 @@ def _run(*statements: str) -> None:
 
 
 def upgrade() -> None:
-    _run(LOCK_TIMEOUT, *BUS_KEY, INLINE_CANDIDATE, NOTIFY_FRAME, FRAME_TRIGGER)
+    # EXECUTE on a trigger function is checked when a trigger is created, not when it
+    # fires: revoked, no other role can attach this owner-run function to a table of its
+    # own and have it send rows on the private channel.
+    _run(LOCK_TIMEOUT, *BUS_KEY, INLINE_CANDIDATE, NOTIFY_FRAME,
+         "REVOKE EXECUTE ON FUNCTION herald.notify_frame() FROM PUBLIC", FRAME_TRIGGER)
 
 
 def downgrade() -> None:
     _run(LOCK_TIMEOUT, "DROP TRIGGER notify_frame ON herald.notifications",
          "DROP FUNCTION herald.notify_frame()", "DROP FUNCTION herald.inline_candidate(bigint)",
-         "DROP TABLE herald.bus_key")
+         "DROP TABLE herald_private.bus_key", "DROP SCHEMA herald_private")
