@@ -43,11 +43,14 @@ class FleetClient(ResumingClient):
 
 
 class Fleet:
-    """``users`` clients, one socket each, all through ``url``."""
+    """``users`` clients, one socket each, all through ``url`` (a load balancer), or
+    through the ``url`` list in turn (user i to ``url[i % len(url)]``)."""
 
-    def __init__(self, url: str, users: Sequence[str], token: Callable[[str], str],
-                 checker: Checker) -> None:
-        self.clients = [FleetClient(url, u, token, checker) for u in users]
+    def __init__(self, url: str | Sequence[str], users: Sequence[str],
+                 token: Callable[[str], str], checker: Checker) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        self.clients = [FleetClient(urls[i % len(urls)], u, token, checker)
+                        for i, u in enumerate(users)]
 
     async def start(self, timeout: float = 30) -> None:
         for client in self.clients:

@@ -19,7 +19,7 @@ from app import auth, db
 from app.server import HeraldServer
 from bench.herald_load import until_delivered
 from herald_dev.checker import Checker
-from herald_dev.loadgen import FleetClient, Publisher, sql_sender
+from herald_dev.loadgen import Fleet, Publisher, sql_sender
 from tests.conftest import SECRET, make_config
 from tests.helpers import wait_for
 from tests.pgpair import PgPair
@@ -56,15 +56,12 @@ async def test_primary_crash_and_promotion_lose_nothing(pair: PgPair) -> None:
         await node.start()
     checker = Checker()
     users = [f"fo-{i}" for i in range(20)]
-    clients = [FleetClient(f"ws://127.0.0.1:{nodes[i % 2].port}/ws", user,
-                           lambda u: auth.mint_token(SECRET, u, 3600), checker)
-               for i, user in enumerate(users)]
+    fleet = Fleet([f"ws://127.0.0.1:{node.port}/ws" for node in nodes], users,
+                  lambda u: auth.mint_token(SECRET, u, 3600), checker)
     pool = await db.create_pool(url, "herald-test-publisher", min_size=4, max_size=8,
                                 command_timeout=5)
     try:
-        for client in clients:
-            client.start()
-        await asyncio.wait_for(asyncio.gather(*(c.live.wait() for c in clients)), 30)
+        await fleet.start()
         publisher = Publisher(sql_sender(pool), checker, users, concurrency=8)
         publishing = asyncio.create_task(publisher.run(100.0, 8.0))
         await asyncio.sleep(2.0)
@@ -81,14 +78,13 @@ async def test_primary_crash_and_promotion_lose_nothing(pair: PgPair) -> None:
         assert report.total("out_of_order") == 0, report.summary()
         assert report.committed >= 600, report.summary()
         assert publisher.failures > 0  # the crash was felt by the writers
-        moved = [(c.connections, c.close_codes) for c in clients if c.connections != 1]
+        moved = [(c.connections, c.close_codes) for c in fleet.clients if c.connections != 1]
         assert not moved  # no socket had to reconnect
         for node in nodes:
             await wait_for(lambda node=node: ready(node.port), timeout=30)
             assert node.bus.reconnects >= 1
     finally:
-        for client in clients:
-            await client.stop()
+        await fleet.stop()
         await pool.close()
         for node in nodes:
             await node.stop()

@@ -18,7 +18,7 @@ from app.config import ConfigError
 from app.server import HeraldServer
 from bench.herald_load import until_delivered
 from herald_dev.checker import Checker
-from herald_dev.loadgen import FleetClient, Publisher
+from herald_dev.loadgen import Fleet, Publisher
 from tests.conftest import SECRET, make_config
 from tests.pgbouncer import PgBouncer
 from tests.test_cli import ROOT, clean_env
@@ -50,9 +50,8 @@ async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
         await node.start()
     checker = Checker()
     users = [f"pgb-{i}" for i in range(20)]
-    clients = [FleetClient(f"ws://127.0.0.1:{nodes[i % 2].port}/ws", user,
-                           lambda u: auth.mint_token(SECRET, u, 3600), checker)
-               for i, user in enumerate(users)]
+    fleet = Fleet([f"ws://127.0.0.1:{node.port}/ws" for node in nodes], users,
+                  lambda u: auth.mint_token(SECRET, u, 3600), checker)
     # A backend writing through PgBouncer in transaction mode: no statement cache, each
     # statement in its transaction (PgBouncer 1.18 keeps only a transaction on a server).
     pool = await asyncpg.create_pool(bouncer.url, min_size=4, max_size=8,
@@ -65,9 +64,7 @@ async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
                 "($1, $2, jsonb_build_object('n', 1)) RETURNING seq", user, title))
 
     try:
-        for client in clients:
-            client.start()
-        await asyncio.wait_for(asyncio.gather(*(c.live.wait() for c in clients)), 30)
+        await fleet.start()
         await Publisher(send, checker, users, concurrency=8).run(150.0, 4.0)
         assert await until_delivered(checker, timeout=30), checker.report().summary()
         await asyncio.sleep(0.3)
@@ -81,8 +78,7 @@ async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
                                 token=auth.mint_token(SECRET, users[0], 60))
         assert code == 200 and body["notifications"], body
     finally:
-        for client in clients:
-            await client.stop()
+        await fleet.stop()
         await pool.close()
         for node in nodes:
             await node.stop()
