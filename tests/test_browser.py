@@ -58,6 +58,21 @@ async def login(page: Page, port: int, user: str) -> None:
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
 
 
+@pytest.fixture
+async def proxied_page(make_node, browser, user) -> AsyncIterator[tuple[Page, TcpProxy]]:
+    """A page signed in as ``user`` on a dev node, through a TCP proxy the test can cut
+    (``refuse_new``, ``cut_all``) to take the node away from the browser."""
+    node = await make_node(dev=True)
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    try:
+        page = await new_page(browser)
+        await login(page, proxy.port, user)
+        yield page, proxy
+    finally:
+        await proxy.stop()
+
+
 def titles(page: Page):
     return page.locator("#list li .title")
 
@@ -121,38 +136,31 @@ async def test_mark_all_read(make_node, browser, sql, user) -> None:
 
 
 async def test_offline_then_back_gets_missed_ones_once_in_order(
-    make_node, browser, sql, user
+    proxied_page, sql, user
 ) -> None:
-    node = await make_node(dev=True)
-    proxy = TcpProxy.to_port(node.port)
-    await proxy.start()
-    try:
-        page = await new_page(browser)
-        await login(page, proxy.port, user)
-        await insert(sql, user, "before")
-        await expect(titles(page)).to_have_text(["before"])
+    page, proxy = proxied_page
+    await insert(sql, user, "before")
+    await expect(titles(page)).to_have_text(["before"])
 
-        proxy.refuse_new = True
-        proxy.cut_all()  # the server side goes away mid-connection
-        await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
-        await expect(page.locator("#status-text")).to_have_text(re.compile(r"^Reconnecting"))
-        for i in range(3):
-            await insert(sql, user, f"missed {i}")
-        await asyncio.sleep(0.5)
-        proxy.refuse_new = False
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live",
-                                                                timeout=40_000)
-        await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
-                                                 "before"])
-        await expect(page.locator("#badge")).to_have_text("4")
+    proxy.refuse_new = True
+    proxy.cut_all()  # the server side goes away mid-connection
+    await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
+    await expect(page.locator("#status-text")).to_have_text(re.compile(r"^Reconnecting"))
+    for i in range(3):
+        await insert(sql, user, f"missed {i}")
+    await asyncio.sleep(0.5)
+    proxy.refuse_new = False
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live",
+                                                            timeout=40_000)
+    await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
+                                             "before"])
+    await expect(page.locator("#badge")).to_have_text("4")
 
-        await page.reload()  # the same list, nothing twice
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
-                                                 "before"])
-        await expect(page.locator("#badge")).to_have_text("4")
-    finally:
-        await proxy.stop()
+    await page.reload()  # the same list, nothing twice
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(titles(page)).to_have_text(["missed 2", "missed 1", "missed 0",
+                                             "before"])
+    await expect(page.locator("#badge")).to_have_text("4")
 
 
 async def test_notification_text_is_never_html(make_node, browser, sql, user) -> None:
@@ -457,44 +465,37 @@ async def test_a_backslash_link_is_refused_and_never_followed(
 
 
 async def test_changes_made_offline_wait_and_reach_the_server(
-    make_node, browser, sql, user
+    proxied_page, sql, user
 ) -> None:
-    node = await make_node(dev=True)
-    proxy = TcpProxy.to_port(node.port)
-    await proxy.start()
-    try:
-        page = await new_page(browser)
-        await login(page, proxy.port, user)
-        for i in range(3):
-            await insert(sql, user, f"n{i}")
-        await expect(page.locator("#badge")).to_have_text("3")
-        proxy.refuse_new = True
-        proxy.cut_all()
-        await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
-        await page.locator("#list li", has_text="n1").locator(".item-main").click()
-        await page.locator("#list li", has_text="n0").locator(".act-archive").click()
-        await expect(page.locator("#badge")).to_have_text("1")  # shown at once ...
-        await expect(page.locator("#pending")).to_have_text("2 changes waiting")  # ... honestly
-        proxy.refuse_new = False
-        await page.click("#retry")
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        await expect(page.locator("#pending")).to_be_hidden()
-        await expect(page.locator("#badge")).to_have_text("1")
+    page, proxy = proxied_page
+    for i in range(3):
+        await insert(sql, user, f"n{i}")
+    await expect(page.locator("#badge")).to_have_text("3")
+    proxy.refuse_new = True
+    proxy.cut_all()
+    await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
+    await page.locator("#list li", has_text="n1").locator(".item-main").click()
+    await page.locator("#list li", has_text="n0").locator(".act-archive").click()
+    await expect(page.locator("#badge")).to_have_text("1")  # shown at once ...
+    await expect(page.locator("#pending")).to_have_text("2 changes waiting")  # ... honestly
+    proxy.refuse_new = False
+    await page.click("#retry")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#pending")).to_be_hidden()
+    await expect(page.locator("#badge")).to_have_text("1")
 
-        async def saved() -> bool:
-            rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read, archived_at "
-                                   "IS NOT NULL AS archived FROM herald.notifications "
-                                   "WHERE user_id = $1 ORDER BY seq", user)
-            return [(r["title"], r["read"], r["archived"]) for r in rows] == [
-                ("n0", False, True), ("n1", True, False), ("n2", False, False)]
-        await wait_for(saved, timeout=10)
-        await page.reload()
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        await expect(titles(page)).to_have_text(["n2", "n1"])
-        await expect(page.locator("#badge")).to_have_text("1")
-        assert page.errors == []  # type: ignore[attr-defined]  # no "Failed to fetch"
-    finally:
-        await proxy.stop()
+    async def saved() -> bool:
+        rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read, archived_at "
+                               "IS NOT NULL AS archived FROM herald.notifications "
+                               "WHERE user_id = $1 ORDER BY seq", user)
+        return [(r["title"], r["read"], r["archived"]) for r in rows] == [
+            ("n0", False, True), ("n1", True, False), ("n2", False, False)]
+    await wait_for(saved, timeout=10)
+    await page.reload()
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(titles(page)).to_have_text(["n2", "n1"])
+    await expect(page.locator("#badge")).to_have_text("1")
+    assert page.errors == []  # type: ignore[attr-defined]  # no "Failed to fetch"
 
 
 async def test_signed_out_shows_one_coherent_state(make_node, browser) -> None:
@@ -529,36 +530,27 @@ async def test_an_expired_session_keeps_the_list_and_resumes_with_a_new_token(
     await expect(page.locator("#who")).to_have_text(f"Signed in as {user}")
 
 
-async def test_recovery_is_quick_says_when_and_can_be_hurried(
-    make_node, browser, user
-) -> None:
-    node = await make_node(dev=True)
-    proxy = TcpProxy.to_port(node.port)
-    await proxy.start()
-    try:
-        page = await new_page(browser)
-        await login(page, proxy.port, user)
-        proxy.refuse_new = True
-        proxy.cut_all()
-        await expect(page.locator("#status-text")).to_have_text(re.compile(
-            r"Reconnecting in \d s"), timeout=10_000)
-        await asyncio.sleep(12)  # an outage long enough for the backoff to reach its cap
-        proxy.refuse_new = False
-        started = time.monotonic()
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live",
-                                                                timeout=10_000)
-        assert time.monotonic() - started < 6.5  # the backoff is capped at 5 s
-        proxy.refuse_new = True
-        proxy.cut_all()
-        await expect(page.locator("#retry")).to_be_visible()
-        await asyncio.sleep(3)
-        proxy.refuse_new = False
-        started = time.monotonic()
-        await page.click("#retry")
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        assert time.monotonic() - started < 2
-    finally:
-        await proxy.stop()
+async def test_recovery_is_quick_says_when_and_can_be_hurried(proxied_page) -> None:
+    page, proxy = proxied_page
+    proxy.refuse_new = True
+    proxy.cut_all()
+    await expect(page.locator("#status-text")).to_have_text(re.compile(
+        r"Reconnecting in \d s"), timeout=10_000)
+    await asyncio.sleep(12)  # an outage long enough for the backoff to reach its cap
+    proxy.refuse_new = False
+    started = time.monotonic()
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live",
+                                                            timeout=10_000)
+    assert time.monotonic() - started < 6.5  # the backoff is capped at 5 s
+    proxy.refuse_new = True
+    proxy.cut_all()
+    await expect(page.locator("#retry")).to_be_visible()
+    await asyncio.sleep(3)
+    proxy.refuse_new = False
+    started = time.monotonic()
+    await page.click("#retry")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert time.monotonic() - started < 2
 
 
 async def test_right_to_left_text_reads_right_to_left(make_node, browser, sql, user) -> None:
