@@ -23,13 +23,11 @@ import math
 import random
 from typing import Callable
 
-from app import tasks
+from app import protocol, tasks
 from app.hub import Hub
 from app.store import DB_ERRORS, NodeRow, Store
 
 log = logging.getLogger(__name__)
-
-CLOSE_GOING_AWAY = 1001
 
 
 class Membership:
@@ -59,9 +57,6 @@ class Membership:
             await asyncio.wait_for(self._store.forget_node(self.name), 2)
         except DB_ERRORS:  # asyncio.TimeoutError among them
             pass
-
-    def live(self) -> list[NodeRow]:
-        return [n for n in self.nodes if n.age < 3 * self._interval]
 
     def share(self, nodes: list[NodeRow]) -> float | None:
         """The mean sockets of the live nodes that take new ones (None: no other)."""
@@ -110,7 +105,7 @@ class Membership:
         clients = self._hub.all_clients()
         count = min(self.surplus, max(1, math.ceil(len(clients) * self._rate)), len(clients))
         for client in random.sample(clients, count):
-            client.close(CLOSE_GOING_AWAY, "rebalancing: reconnect")
+            client.close(protocol.CLOSE_GOING_AWAY, "rebalancing: reconnect")
         self.surplus -= count
         self._on_shed(count)
         log.info("membership: shed %d sockets (%d to go)", count, self.surplus)

@@ -52,10 +52,6 @@ class Retry:
     """Run a round for what the last one failed to do."""
 
 
-# herald_bus_events_total's kind label of each bus event (a change event has its own kind).
-BUS_KINDS: dict[type, str] = {protocol.NewEvent: "new", protocol.FrameEvent: "frame",
-                              protocol.SyncEvent: "sync"}
-
 # Bus events arrive parsed; new rows only for users with a socket here.
 Event = Union[protocol.BusEvent, protocol.FrameEvent, CatchUp, Resume, Retry]
 
@@ -158,8 +154,7 @@ class Node:
             self._metrics.refused.labels("bus_payload").inc()
             log.warning("bus: ignored payload (%s): %.200r", err.message, payload)
             return
-        self._count(event.kind if isinstance(event, protocol.ChangeEvent)
-                    else BUS_KINDS[type(event)])
+        self._count(event.kind)
         if isinstance(event, protocol.NewEvent):
             if not any(self._hub.has(user) for user in event.users):
                 return

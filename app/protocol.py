@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 from app import models
 
@@ -214,6 +214,7 @@ def error(code: str, message: str) -> str:
 class NewEvent:
     """Users with new rows, each with the highest new seq (a pointer, not the data)."""
 
+    kind: ClassVar[str] = "new"
     users: dict[str, int]
 
 
@@ -237,6 +238,7 @@ class FrameEvent:
     predecessor is ``seq - 1`` (app/hub.py); ``created`` is ``created_at`` in epoch
     seconds, for the latency metric."""
 
+    kind: ClassVar[str] = "frame"
     user: str
     seq: int
     created: float
@@ -246,6 +248,8 @@ class FrameEvent:
 @dataclass(frozen=True)
 class SyncEvent:
     """A new relay leads: re-read the table for every connected user (app/relay.py)."""
+
+    kind: ClassVar[str] = "sync"
 
 
 BusEvent = Union[NewEvent, ChangeEvent, SyncEvent]
