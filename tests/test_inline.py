@@ -92,6 +92,10 @@ async def test_the_frame_is_the_fetched_frame_as_the_transaction_leaves_the_row(
 
         await sql.execute("INSERT INTO herald.notifications (user_id, title, expires_at) "
                           "VALUES ('alice', 'expires', now() + interval '1 day')")
+        async with sql.transaction():  # given an expiry before COMMIT: as if at insert
+            row = await insert(sql, "alice", "expires later")
+            await sql.execute("UPDATE herald.notifications SET expires_at = now() + "
+                              "interval '1 day' WHERE id = $1", row["id"])
         await insert(sql, "alice", "too big for a NOTIFY", body="x" * 8000)
         tx = sql.transaction()
         await tx.start()
@@ -188,6 +192,31 @@ async def test_a_frame_is_sent_as_it_stands_only_from_the_private_channel(
     assert await metric(node.port, 'herald_refused_total{reason="bus_payload"}') == refused + 3
 
 
+async def test_a_frame_that_does_not_continue_the_cursor_waits_for_the_fetch(
+    make_node, clients, sql, user
+) -> None:
+    """A frame is sent only on top of its predecessor (``seq - 1``): one that would skip a
+    row is held back, and the fetch that follows sends what exists from the cursor."""
+    node = await make_node("node-a")
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    await insert(sql, user, "one")
+    assert [f["seq"] for f in await client.notifications(1)] == [1]
+    channel = await sql.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
+    three = {"type": "notification", "id": 0, "seq": 3, "title": "two ahead"}
+    payload = json.dumps({"k": "frame", "u": user, "s": 3, "t": 0, "f": json.dumps(three)})
+    await sql.execute("SELECT pg_notify($1, $2)", channel, payload)
+    await client.expect_silence(0.5)  # seq 2 was never sent: 3 may not jump it
+
+    async with sql.transaction():  # seq 2 gets a pointer only; the frame of 3 comes along
+        await insert(sql, user + "-other", "the transaction's first row")
+        await insert(sql, user, "two")
+        await sql.execute("SELECT pg_notify($1, $2)", channel, payload)
+    (two,) = await client.notifications(1)
+    assert (two["seq"], two["title"]) == (2, "two")
+    await client.expect_silence(0.5)  # the frame of 3 was looked at before the fetch
+
+
 async def test_frames_and_fetches_mix_without_gap_duplicate_or_reorder(
     make_node, clients, sql, user
 ) -> None:
@@ -222,5 +251,6 @@ def test_the_quick_user_read_refuses_what_the_trigger_would_not_write() -> None:
     good = '{"k" : "frame", "u" : "al\\"ice", "s" : 1, "t" : 0, "f" : "{}"}'
     assert protocol.frame_event_user(good) == 'al"ice'
     for bad in ('{"k":"frame","u":"alice"}', '{"k" : "frame", "u" : 7, "s" : 1}',
+                '{"k" : "other", "u" : "alice", "s" : 1, "t" : 0, "f" : "{}"}',
                 '{"k" : "frame", "u" : "unterminated', "", "not json"):
         assert protocol.frame_event_user(bad) is None
