@@ -53,7 +53,8 @@ def send_text(sock: socket.socket, text: str) -> None:
 
 def read_notifications(sock: socket.socket, count: int, timeout: float = 20.0) -> list[int]:
     """Read until ``count`` notification frames arrived or ``timeout`` passed without
-    data; return their seqs (server frames are unmasked)."""
+    data; return their seqs (server frames are unmasked, text frames hold the messages,
+    anything else is skipped)."""
     sock.settimeout(timeout)
     buffer = b""
     seqs: list[int] = []
@@ -76,7 +77,10 @@ def read_notifications(sock: socket.socket, count: int, timeout: float = 20.0) -
                 size = int.from_bytes(take(2), "big")
             elif size == 127:
                 size = int.from_bytes(take(8), "big")
-            for frame in parse(take(size).decode()):
+            payload = take(size)
+            if head[0] & 0x0F != 0x1:
+                continue  # a ping (the node's keepalive) or another control frame
+            for frame in parse(payload.decode()):
                 if frame.get("type") == "notification":
                     seqs.append(frame["seq"])
     except socket.timeout:
