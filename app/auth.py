@@ -7,6 +7,7 @@ frame or a query string can name another user.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,13 +51,26 @@ def mint_token(
         return jwt.encode(claims, secret, ALGORITHM)
 
 
+# Tokens Herald accepts expire within this many seconds unless configured otherwise.
+MAX_LIFETIME = 7 * 86400
+
+
+def _numeric_date(value: object) -> bool:
+    """A JWT NumericDate (RFC 7519): a JSON number of seconds, not a string, not a bool,
+    finite and within the years datetime knows."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value < 253402300800)
+
+
 def verify_token(
-    secret: str, token: str | None, audience: str | None = None, issuer: str | None = None
+    secret: str, token: str | None, audience: str | None = None, issuer: str | None = None,
+    max_lifetime: float = MAX_LIFETIME, now: float | None = None,
 ) -> Claims:
     """Return the token's claims, or raise ``AuthError``: missing, malformed, wrong
-    signature, an algorithm other than HS256 (``none`` included), no ``exp``, expired,
-    a ``sub`` that is not a valid user id, or — when configured — the wrong ``aud`` or
-    ``iss``."""
+    signature, an algorithm other than HS256 (``none`` included), no ``exp``, an ``exp``
+    (or ``iat``, ``nbf``) that is not a plain number, expired, expiring more than
+    ``max_lifetime`` seconds from now, a ``sub`` that is not a valid user id, or — when
+    configured — the wrong ``aud`` or ``iss``."""
     if not token:
         raise AuthError("missing token")
     required = ["exp", "sub"] + (["aud"] if audience else []) + (["iss"] if issuer else [])
@@ -71,6 +85,12 @@ def verify_token(
         raise AuthError("token expired") from None
     except jwt.InvalidTokenError as err:
         raise AuthError(f"invalid token: {err}") from None
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _numeric_date(claims[name]):
+            raise AuthError(f"invalid token: {name} must be a number of seconds")
+    if float(claims["exp"]) - (time.time() if now is None else now) > max_lifetime:
+        raise AuthError(f"invalid token: exp is more than {max_lifetime:g} s away "
+                        "(HERALD_MAX_TOKEN_LIFETIME)")
     user = claims.get("sub")
     if not models.is_user_id(user):
         raise AuthError(f"invalid token: sub must be a user id, {models.USER_ID_RULE}")
@@ -84,12 +104,16 @@ class Tokens:
     secret: str
     audience: str | None = None
     issuer: str | None = None
+    max_lifetime: float = MAX_LIFETIME
 
     def mint(self, user: str, ttl: int = 3600) -> str:
+        if ttl > self.max_lifetime:
+            raise ValueError(f"ttl must be at most {self.max_lifetime:g} s "
+                             "(HERALD_MAX_TOKEN_LIFETIME)")
         return mint_token(self.secret, user, ttl, audience=self.audience, issuer=self.issuer)
 
     def verify(self, token: str | None) -> Claims:
-        return verify_token(self.secret, token, self.audience, self.issuer)
+        return verify_token(self.secret, token, self.audience, self.issuer, self.max_lifetime)
 
 
 def bearer(header: str | None) -> str | None:
@@ -109,12 +133,15 @@ def api_key_ok(expected: str | None, presented: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def origin_allowed(origin: str | None, host: str, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, host: str, allowed: Sequence[str],
+                   scheme: str = "http") -> bool:
     """May a browser page from ``origin`` open a WebSocket or POST with cookies here?
 
     No Origin header means a non-browser client (which cannot ride on a victim's
-    cookie), so it is allowed. Otherwise the origin must be this very host, or listed
-    exactly (scheme, host and port) in ``HERALD_ALLOWED_ORIGINS``; ``*`` allows any.
+    cookie), so it is allowed. Otherwise the origin must be this very host reached with
+    this very ``scheme`` (the request's, ``ws`` counting as ``http``: behind a trusted
+    proxy, the client's), or listed exactly (scheme, host and port) in
+    ``HERALD_ALLOWED_ORIGINS``; ``*`` allows any.
     """
     if origin is None:
         return True
@@ -122,4 +149,5 @@ def origin_allowed(origin: str | None, host: str, allowed: Sequence[str]) -> boo
     if "*" in allowed or origin in allowed:
         return True
     parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+    own = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    return parts.scheme == own and parts.netloc.lower() == host.lower()

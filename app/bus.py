@@ -6,10 +6,11 @@ the termination listener (the server closed the socket) and a ping with a timeou
 ``ping_interval`` seconds (a silently dead TCP connection raises nothing); the ping reads
 ``pg_notification_queue_usage()`` for the metrics and /readyz.
 
-``on_event`` is called with each raw payload, and whether it came on the private channel
-(revision 0008: its name is in ``herald_private.bus_key``, which only trusted roles can
-read, so its payloads are trusted), and must not block. A role that cannot read the key
-listens on the public channel alone, whose pointers announce every row anyway. ``on_listening``
+``on_event`` is called with each raw payload and, for a payload of the private channel
+(revision 0008: its name is in ``herald_private.bus_key``, which only the owner and the
+nodes' role can read), the key its MAC must verify under (revision 0009); None for one
+of the public channel. It must not block. A role that cannot read the key listens on the
+public channel alone, whose pointers announce every row anyway. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
 catch-up read of the table cannot miss a commit that happened during the gap. It gets
 ``since``: the oldest transaction id that may have committed after the previous
@@ -36,7 +37,7 @@ class Bus:
         self,
         dsn: str,
         channel: str,
-        on_event: Callable[[str, bool], None],
+        on_event: Callable[[str, bytes | None], None],
         on_listening: Callable[[bool, int | None], None],
         *,
         application_name: str = "herald-bus",
@@ -53,6 +54,7 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._private: str | None = None  # the private channel, once read
+        self._mac_key: bytes | None = None  # its frames' MAC key
         self._first = asyncio.get_running_loop().create_future()  # set on first LISTEN
         self.connected = False
         self.reconnects = 0
@@ -71,20 +73,24 @@ class Bus:
         await self._drop()
 
     def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_event(payload, channel == self._private)
+        self._on_event(payload, self._mac_key if channel == self._private else None)
 
-    async def _private_channel(self, conn: asyncpg.Connection) -> str | None:
-        """The private channel's name, or None when this role cannot read it (or the
-        schema predates it): then only pointers arrive, and every row is fetched."""
+    async def _private_channel(self, conn: asyncpg.Connection) -> tuple[str, bytes] | None:
+        """The private channel's name and MAC key, or None when this role cannot read
+        them (or the schema predates them): then only pointers arrive, and every row is
+        fetched."""
         try:
-            channel = await conn.fetchval(
-                "SELECT channel FROM herald_private.bus_key WHERE id = 1")
-        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as err:
+            row = await conn.fetchrow(
+                "SELECT channel, mac_key FROM herald_private.bus_key WHERE id = 1")
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError,
+                asyncpg.InsufficientPrivilegeError) as err:
             if self._private is not None or not self._first.done():
                 log.warning("bus: no private channel (%s); every row is fetched",
                             type(err).__name__)
             return None
-        return str(channel) if channel else None
+        if row is None or not row["channel"] or not row["mac_key"]:
+            return None
+        return str(row["channel"]), bytes(row["mac_key"])
 
     async def _drop(self) -> None:
         self.connected = False
@@ -102,7 +108,8 @@ class Bus:
                 # mark its successor as lost.
                 self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await self._conn.add_listener(self._channel, self._listener)
-                self._private = await self._private_channel(self._conn)
+                private = await self._private_channel(self._conn)
+                self._private, self._mac_key = private or (None, None)
                 if self._private is not None:
                     await self._conn.add_listener(self._private, self._listener)
                 # The old connection was good up to its horizon; the new one from now.

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from app.auth import Tokens
+from app.proxies import Network, parse_networks
 
 
 class ConfigError(Exception):
@@ -177,18 +178,39 @@ class Config:
         50.0, _positive_float, "client frames per second (token bucket; acks are exempt "
         "and coalesced); beyond: 4429")
     frame_burst: int = setting(200, _positive_int, "the token bucket's size (frame_rate)")
+    ack_rate: float = setting(
+        5.0, _positive_float, "acks per second per socket that acknowledge nothing new "
+        "(token bucket; an ack of rows newly sent is always taken); beyond: 4429")
+    ack_burst: int = setting(50, _positive_int, "the token bucket's size (ack_rate)")
+    http_rate: float = setting(
+        20.0, _positive_float, "history and read/archive requests per second per user on "
+        "a node (token bucket); beyond: 429 with Retry-After")
+    http_burst: int = setting(100, _positive_int, "the token bucket's size (http_rate)")
     max_publish_batch: int = setting(1000, _positive_int,
                                      "notifications per publish request")
     shutdown_grace: float = setting(
         5.0, _positive_float, "seconds a stopping node waits for connections to close")
     token_ttl: int = setting(3600, _positive_int, "lifetime in seconds of tokens Herald "
                              "mints (herald token, the dev login)")
+    max_token_lifetime: int = setting(
+        7 * 86400, _positive_int, "tokens whose exp is further away than this many "
+        "seconds are refused (4401 / 401), and herald token mints none")
+    trusted_proxies: tuple[Network, ...] = setting(
+        parse_networks("127.0.0.1, ::1"), parse_networks, "addresses or networks whose "
+        "X-Forwarded-For / X-Real-IP / X-Forwarded-Proto are believed (the load balancer); "
+        "anybody else's are ignored", shown="127.0.0.1, ::1")
     jwt_audience: str | None = setting(None, str, "when set, tokens must carry this aud "
                                        "(and herald token adds it)")
     jwt_issuer: str | None = setting(None, str, "when set, tokens must carry this iss "
                                      "(and herald token adds it)")
-    max_connections: int = setting(20_000, _positive_int, "sockets per node; beyond: "
-                                   "error node_full, close 4503")
+    max_connections: int = setting(20_000, _positive_int, "sessions (sockets that said "
+                                   "hello) per node; beyond: error node_full, close 4503")
+    max_waiting_sockets: int = setting(
+        2_000, _positive_int, "sockets per node still waiting for their hello (they never "
+        "count as sessions); beyond: the oldest waiting one is closed with 4408")
+    max_waiting_sockets_per_ip: int = setting(
+        500, _positive_int, "sockets from one client address still waiting for their "
+        "hello; beyond: that address's oldest waiting one is closed with 4408")
     max_connections_per_user: int = setting(
         20, _positive_int, "sockets per user per node; beyond: error too_many_connections, "
         "close 4409")
@@ -222,7 +244,8 @@ class Config:
     @property
     def tokens(self) -> Tokens:
         """How this deployment mints and verifies user tokens."""
-        return Tokens(self.secret, self.jwt_audience, self.jwt_issuer)
+        return Tokens(self.secret, self.jwt_audience, self.jwt_issuer,
+                      self.max_token_lifetime)
 
     @property
     def embedded(self) -> bool:

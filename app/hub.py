@@ -62,41 +62,89 @@ class Client(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
 
-class Hub:
-    """This node's registry of sockets, and admission to it: at most ``max_sockets`` open
-    sockets (said hello or not) and ``max_per_user`` sessions per user."""
+class Waiting(Protocol):
+    """A socket that has not said hello yet (the WebSocket handler implements it)."""
 
-    def __init__(self, max_sockets: int = 20_000, max_per_user: int = 20) -> None:
+    def evict(self) -> None:
+        """Close it (4408): it waited for its hello while newer sockets came."""
+
+
+class Hub:
+    """This node's registry of sockets, and admission to it: at most ``max_sockets``
+    sessions (sockets that said hello) and ``max_per_user`` per user. Sockets still
+    waiting for their hello never count against those: they have caps of their own,
+    ``max_waiting`` in all and ``max_waiting_per_ip`` from one address, and beyond a cap
+    the oldest waiting socket (of all, or of that address) is closed. A client sends its
+    hello as soon as the socket opens, so the oldest waiting ones are those that never
+    will: idle sockets can neither lock real users out nor pile up."""
+
+    def __init__(self, max_sockets: int = 20_000, max_per_user: int = 20,
+                 max_waiting: int = 2_000, max_waiting_per_ip: int = 1_000) -> None:
         self._by_user: dict[str, set[Client]] = {}
         self._max_sockets = max_sockets
         self._max_per_user = max_per_user
-        self.sockets = 0  # every open socket, authenticated or not
+        self._max_waiting = max_waiting
+        self._max_waiting_per_ip = max_waiting_per_ip
         self._admitted: dict[str, int] = {}  # user -> sessions admitted and not released
+        self.sessions = 0  # the sum of _admitted
+        # Sockets waiting for their hello, oldest first (dicts keep insertion order).
+        self._waiting: dict[Waiting, str] = {}
+        self._waiting_by_ip: dict[str, dict[Waiting, None]] = {}
         # The node is shutting down: no new socket (the load balancer sends it elsewhere).
         self.draining = False
 
     # --- admission ----------------------------------------------------------------------
 
-    def open_socket(self) -> bool:
-        """Count a new socket; False if the node is full (count it closed anyway)."""
-        self.sockets += 1
-        return self.sockets <= self._max_sockets
+    def open_socket(self, socket: Waiting, ip: str) -> bool:
+        """Take a new socket as waiting for its hello; False (taking nothing) when the
+        node already holds ``max_sockets`` sessions. May evict older waiting sockets."""
+        if self.sessions >= self._max_sockets:
+            return False
+        self._waiting[socket] = ip
+        same_ip = self._waiting_by_ip.setdefault(ip, {})
+        same_ip[socket] = None
+        if len(same_ip) > self._max_waiting_per_ip:
+            self._evict(next(iter(same_ip)))
+        if len(self._waiting) > self._max_waiting:
+            self._evict(next(iter(self._waiting)))
+        return True
 
-    def close_socket(self) -> None:
-        self.sockets -= 1
+    def waiting(self) -> int:
+        return len(self._waiting)
 
-    def admit(self, user: str) -> bool:
+    def stop_waiting(self, socket: Waiting) -> None:
+        """The socket said hello, or closed: it no longer counts as waiting."""
+        ip = self._waiting.pop(socket, None)
+        if ip is None:
+            return
+        same_ip = self._waiting_by_ip[ip]
+        del same_ip[socket]
+        if not same_ip:
+            del self._waiting_by_ip[ip]
+
+    def _evict(self, socket: Waiting) -> None:
+        self.stop_waiting(socket)
+        socket.evict()
+
+    def admit(self, user: str) -> str | None:
         """Reserve a session for ``user`` (before its session starts, so that hellos
-        racing each other cannot pass the limit together); False when full. Every
-        ``True`` must be matched by a ``release``."""
+        racing each other cannot pass the limits together). None when admitted, which
+        must be matched by a ``release``; otherwise why not: ``"node_full"`` or
+        ``"user_connections"``."""
+        if self.sessions >= self._max_sockets:
+            return "node_full"
         admitted = self._admitted.get(user, 0)
         if admitted >= self._max_per_user:
-            return False
+            return "user_connections"
         self._admitted[user] = admitted + 1
-        return True
+        self.sessions += 1
+        return None
 
     def release(self, user: str) -> None:
         admitted = self._admitted.get(user, 0) - 1
+        if admitted < 0:
+            return
+        self.sessions -= 1
         if admitted > 0:
             self._admitted[user] = admitted
         else:

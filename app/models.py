@@ -1,13 +1,15 @@
 """SQLAlchemy metadata for the ``herald`` schema: the source of truth alembic compares against.
 
-The tables and constraints here mirror the initial migration exactly; trigger functions
-live only in the migration (as explicit SQL), because SQLAlchemy has no model for them.
+The tables, constraints and indexes here are the schema at head (the migrations build
+it step by step); trigger functions live only in the migrations (as explicit SQL),
+because SQLAlchemy has no model for them.
 The limits are module constants so that the HTTP/WebSocket validators enforce the very
 same bounds as the database constraints.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TypeGuard
 
 from sqlalchemy import (
@@ -16,7 +18,6 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
-    Identity,
     Index,
     Integer,
     MetaData,
@@ -50,9 +51,24 @@ def is_user_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 1 <= len(value) <= USER_ID_MAX
 
 # Only absolute http(s) URLs or same-site paths: a javascript: link would be an XSS vector
-# in every client that renders it, and '//host' or '/\host' (browsers read a backslash as
-# a slash) is an off-site link dressed as a path. No whitespace, no backslash anywhere.
-LINK_PATTERN = r"^(https?://[^\s\\]+|/(?![/\\])[^\s\\]*)$"
+# in every client that renders it, and '//host' or '/\\host' (browsers read a backslash as
+# a slash) is an off-site link dressed as a path. Browsers also drop tabs and newlines
+# from URLs and resolve dot segments ('/..//host' and '/%2e%2e//host' become '//host'), so
+# a link holds no control or space character (invisible ones included), no backslash,
+# and no '.' or '..' segment (revision 0009).
+_LINK_REFUSED = (r"\x00-\x20\x7f-\x9f\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f"
+                 r"\u3000\ufeff\\")
+LINK_PATTERN = (r"^(?!.*(^|/)(\.|%2e){1,2}([/?#]|$))"
+                rf"(https?://[^{_LINK_REFUSED}]+|/(?![/\\])[^{_LINK_REFUSED}]*)$")
+LINK_RULE = ("an http(s) URL or a path starting with a single /, without spaces, control "
+             f"characters, backslashes or dot segments (at most {LINK_MAX} chars)")
+
+
+def is_link(value: object) -> TypeGuard[str]:
+    """True for what ``notifications.link`` accepts (the ``link_url`` constraint)."""
+    return (isinstance(value, str) and len(value) <= LINK_MAX
+            and re.fullmatch(LINK_PATTERN, value, re.IGNORECASE) is not None)
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -67,7 +83,9 @@ metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
 notifications = Table(
     "notifications",
     metadata,
-    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    # Taken by the assign_seq() trigger from notifications_id_seq (revision 0009): any id
+    # an INSERT names is overwritten.
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("user_id", Text, nullable=False),
     # Assigned by the herald.assign_seq() trigger; any value a client supplies is overwritten.
     Column("seq", BigInteger, nullable=False),
@@ -128,6 +146,15 @@ Index(
     notifications.c.user_id,
     notifications.c.seq,
     postgresql_where=text("delivered_at IS NULL"),
+)
+
+# History by category (revision 0009): without it a filter read every row of the user.
+Index(
+    "ix_notifications_user_id_category_seq",
+    notifications.c.user_id,
+    notifications.c.category,
+    notifications.c.seq,
+    postgresql_where=text("category IS NOT NULL"),
 )
 
 # Retention: the oldest rows first, and the rows that have an expiry.

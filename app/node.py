@@ -135,25 +135,31 @@ class Node:
 
     # --- bus side ---------------------------------------------------------------------
 
-    def enqueue(self, payload: str, trusted: bool = False) -> None:
-        """The bus callback (``trusted``: the payload came on the private channel,
-        app/bus.py): parse it, and queue it for the worker only if it concerns a user
-        with a socket here. Every node hears every NOTIFY and most concern other nodes'
-        users; dropping those here spares the worker a wake-up each. Dropping a new row's
-        event is safe at any moment: a session that starts later reads the table after
-        it joins the hub, and the NOTIFY came after its transaction committed."""
-        if trusted:
+    def enqueue(self, payload: str, key: bytes | None = None) -> None:
+        """The bus callback (``key``: the payload came on the private channel, and its
+        MAC must verify under this key, app/bus.py): parse it, and queue it for the
+        worker only if it concerns a user with a socket here. Every node hears every
+        NOTIFY and most concern other nodes' users; dropping those here spares the worker
+        a wake-up each. Dropping a new row's event is safe at any moment: a session that
+        starts later reads the table after it joins the hub, and the NOTIFY came after
+        its transaction committed."""
+        if key is not None:
             user = protocol.frame_event_user(payload)
             if user is not None and not self._hub.has(user):
                 self._count("frame")
                 return
+        event: protocol.BusEvent | protocol.FrameEvent
         try:
-            event = (protocol.parse_frame_event(payload) if trusted
+            event = (protocol.parse_frame_event(payload, key) if key is not None
                      else protocol.parse_bus_event(payload))
         except protocol.ProtocolError as err:
             self._metrics.refused.labels("bus_payload").inc()
             log.warning("bus: ignored payload (%s): %.200r", err.message, payload)
-            return
+            # A frame that fails its checks is not sent; its row is fetched instead.
+            pointer = protocol.frame_event_pointer(payload) if key is not None else None
+            if pointer is None:
+                return
+            event = pointer
         self._count(event.kind)
         if isinstance(event, protocol.NewEvent):
             if not any(self._hub.has(user) for user in event.users):

@@ -6,6 +6,8 @@ Pure functions, no I/O. Every parser either returns a typed frame or raises
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ CLOSE_NODE_FULL = 4503  # the node has max_connections sockets: reconnect (elsew
 
 MAX_READ_IDS = 1000
 MAX_SEQ = 2**63 - 1
+MAX_ACK_BYTES = 256
+ACK_KEYS = frozenset({"type", "seq"})
 
 
 class ProtocolError(Exception):
@@ -142,7 +146,11 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         return Hello(token=token or None, last_seq=None if last is None else _seq(last, "last_seq"),
                      batch=batch)
     if kind == "ack":
-        return Ack(seq=_seq(frame.get("seq"), "seq"))
+        # Acks come by the hundred: small and exact, or refused (a 60 KB "ack" is not one).
+        if len(text) > MAX_ACK_BYTES or frame.keys() != ACK_KEYS:
+            raise ProtocolError("malformed", 'an ack is {"type": "ack", "seq": n} and '
+                                f"at most {MAX_ACK_BYTES} bytes")
+        return Ack(seq=_seq(frame["seq"], "seq"))
     if kind in CHANGE_KINDS:
         return parse_change_request(kind, frame, frozenset({"type"}))
     if kind == "ping":
@@ -292,36 +300,74 @@ def parse_bus_event(payload: str) -> BusEvent:
 
 
 FRAME_EVENT_KEYS = frozenset({"k", "u", "s", "t", "f"})
-# How revision 0008's trigger starts every frame payload (json_build_object's layout).
+# The fields of a notification frame (docs/protocol.md), as the trigger renders them.
+NOTIFICATION_KEYS = frozenset({"type", "id", "seq", "title", "body", "data", "link",
+                               "category", "created_at", "expires_at", "read", "archived"})
+# Revision 0009: every private-channel payload starts with the HMAC-SHA256 of the rest,
+# in hex, under herald_private.bus_key.mac_key; the rest starts as json_build_object
+# writes it.
+MAC_HEX = 64
 FRAME_EVENT_PREFIX = '{"k" : "frame", "u" : '
 _decoder = json.JSONDecoder()
 
 
 def frame_event_user(payload: str) -> str | None:
-    """The user a private-channel payload is for, read without parsing the frame it
-    carries (most payloads are for other nodes' users); None if it does not start as the
-    trigger writes it (``parse_frame_event`` then says what is wrong)."""
-    if not payload.startswith(FRAME_EVENT_PREFIX):
+    """The user a private-channel payload is for, read without checking or parsing the
+    frame it carries (most payloads are for other nodes' users); None if it does not
+    look as the trigger writes it (``parse_frame_event`` then says what is wrong)."""
+    if not payload.startswith(FRAME_EVENT_PREFIX, MAC_HEX):
         return None
     try:
-        user, _ = _decoder.raw_decode(payload, len(FRAME_EVENT_PREFIX))
+        user, _ = _decoder.raw_decode(payload, MAC_HEX + len(FRAME_EVENT_PREFIX))
     except ValueError:
         return None
     return user if isinstance(user, str) else None
 
 
-def parse_frame_event(payload: str) -> FrameEvent:
-    """Strictly parse a payload of the private channel. Only roles that can read
-    ``herald_private.bus_key`` know that channel, so its frames are trusted as they stand; a
-    ``frame`` payload on the public channel is refused by ``parse_bus_event``."""
-    event = _json_object(payload, "bad_bus_payload", "payload")
+def frame_mac(key: bytes, body: str) -> str:
+    """The MAC the trigger puts before ``body`` (hex HMAC-SHA256)."""
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def parse_frame_event(payload: str, key: bytes) -> FrameEvent:
+    """Check and parse a payload of the private channel: its MAC under ``key``, then the
+    envelope, then the frame itself: a notification frame with exactly the trigger's
+    fields, for the envelope's seq, with a link the table would accept. Nothing is
+    taken on trust, not even from roles that know the channel's name. Raises
+    ``ProtocolError`` naming the first thing wrong (``frame_event_pointer`` then says
+    which row to fetch instead)."""
+    body = payload[MAC_HEX:]
+    if not hmac.compare_digest(payload[:MAC_HEX], frame_mac(key, body)):
+        raise ProtocolError("bad_bus_payload", "frame: bad MAC")
+    event = _json_object(body, "bad_bus_payload", "payload")
     user, seq, created, text = event.get("u"), event.get("s"), event.get("t"), event.get("f")
-    if (event.keys() == FRAME_EVENT_KEYS and event["k"] == "frame" and models.is_user_id(user)
-            and isinstance(seq, int) and _is_int(seq) and 1 <= seq <= MAX_SEQ
-            and isinstance(created, (int, float)) and not isinstance(created, bool)
-            and isinstance(text, str) and text):
-        return FrameEvent(user, seq, float(created), text)
-    raise ProtocolError("bad_bus_payload", "frame: bad fields")
+    if not (event.keys() == FRAME_EVENT_KEYS and event["k"] == "frame"
+            and models.is_user_id(user) and isinstance(seq, int) and _is_int(seq)
+            and 1 <= seq <= MAX_SEQ and isinstance(created, (int, float))
+            and not isinstance(created, bool) and isinstance(text, str) and text):
+        raise ProtocolError("bad_bus_payload", "frame: bad fields")
+    frame = _json_object(text, "bad_bus_payload", "frame")
+    link = frame.get("link")
+    if (frame.keys() != NOTIFICATION_KEYS or frame["type"] != "notification"
+            or not _is_int(frame["seq"]) or frame["seq"] != seq
+            or not (link is None or models.is_link(link))):
+        raise ProtocolError("bad_bus_payload", "frame: not this row's notification frame")
+    return FrameEvent(user, seq, float(created), text)
+
+
+def frame_event_pointer(payload: str) -> NewEvent | None:
+    """What a private-channel payload that failed its checks still says: a pointer to
+    its row (a hint, like any pointer: the node fetches from its cursor), or None."""
+    try:
+        event = _decoder.decode(payload[MAC_HEX:])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    user, seq = event.get("u"), event.get("s")
+    if models.is_user_id(user) and isinstance(seq, int) and _is_int(seq) and 1 <= seq <= MAX_SEQ:
+        return NewEvent(users={user: seq})
+    return None
 
 
 # --- HTTP publish body ----------------------------------------------------------------
@@ -380,15 +426,10 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
                 "invalid_request", f"{where}.data must be at most {models.DATA_MAX_BYTES} bytes"
             )
     link = item.get("link")
-    if link is not None and (
-        not isinstance(link, str)
-        or len(link) > models.LINK_MAX
-        or not re.fullmatch(models.LINK_PATTERN, link, re.IGNORECASE)
-    ):
+    if link is not None and not models.is_link(link):
         raise ProtocolError(
             "invalid_request",
-            f"{where}.link must be an http(s) URL or a path starting with / "
-            f"(at most {models.LINK_MAX} chars)",
+            f"{where}.link must be {models.LINK_RULE}",
         )
     key = item.get("idempotency_key")
     if key is not None and (

@@ -37,7 +37,8 @@ class HeraldServer:
         self.config = config
         self.database_url = database_url
         self.metrics = Metrics()
-        self.hub = Hub(config.max_connections, config.max_connections_per_user)
+        self.hub = Hub(config.max_connections, config.max_connections_per_user,
+                       config.max_waiting_sockets, config.max_waiting_sockets_per_ip)
         self.port = 0
         self._pool: object = None
         self._bus: Bus | None = None
@@ -116,7 +117,9 @@ class HeraldServer:
             queue_usage=lambda: bus.queue_usage, hub=self.hub,
         )
         self._http = tornado.httpserver.HTTPServer(
-            app, xheaders=True, max_body_size=MAX_BODY_BYTES
+            # No xheaders: a proxy's headers are believed only from HERALD_TRUSTED_PROXIES
+            # (app/web.py, app/proxies.py).
+            app, xheaders=False, max_body_size=MAX_BODY_BYTES
         )
         sockets = tornado.netutil.bind_sockets(
             self.config.port, self.config.host or None, family=socket.AF_UNSPEC

@@ -35,9 +35,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 # Any failure of a statement: the connection's, or the database refusing it.
 DB_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS + (asyncpg.PostgresError,)
 
-ROW_COLUMNS = ("id, user_id, seq, title, body, data, link, category, created_at, expires_at, "
-               "delivered_at, read_at, archived_at")
-
 
 
 def _iso(column: str) -> str:
@@ -58,10 +55,30 @@ FRAME = f"""json_build_object(
     'created_at', {_iso("n.created_at")}, 'expires_at', {_iso("n.expires_at")},
     'read', n.read_at IS NOT NULL, 'archived', n.archived_at IS NOT NULL)::text"""
 
+# A history item (docs/openapi.yaml): the frame's fields but "type", and the three
+# lifecycle times. Rendered by PostgreSQL like the frame: a row's data is never decoded
+# by the node (a row nesting arrays 5,000 deep once made every history page of its user
+# fail in the JSON codec).
+HISTORY_ITEM = f"""json_build_object(
+    'id', n.id, 'seq', n.seq, 'title', n.title, 'body', n.body, 'data', n.data,
+    'link', n.link, 'category', n.category, 'created_at', {_iso("n.created_at")},
+    'expires_at', {_iso("n.expires_at")}, 'read', n.read_at IS NOT NULL,
+    'archived', n.archived_at IS NOT NULL, 'delivered_at', {_iso("n.delivered_at")},
+    'read_at', {_iso("n.read_at")}, 'archived_at', {_iso("n.archived_at")})::text"""
+
 # A row past its expires_at is never pushed, replayed, listed or counted.
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 # What the unread count counts (docs/protocol.md).
 UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {LIVE}"
+# Counting stops here: a user with 100,000 unread rows would cost every welcome, push and
+# history page a walk over all of them; a badge shows "10000+" long before.
+UNREAD_MAX = 10_000
+
+
+def unread_count(user: str) -> str:
+    """SQL for the unread count of ``user`` (an SQL expression), at most ``UNREAD_MAX``."""
+    return (f"(SELECT count(*) FROM (SELECT 1 FROM herald.notifications "
+            f"WHERE user_id = {user} AND {UNREAD} LIMIT {UNREAD_MAX}) AS unread_rows)")
 
 # Lifecycle changes a user can make: kind -> (assignment, rows it changes). The
 # notify_changed trigger (revision 0004) announces each one to every node.
@@ -100,7 +117,7 @@ class Inserted:
 
 @dataclass(frozen=True)
 class HistoryPage:
-    rows: list[asyncpg.Record]  # newest first
+    items: list[str]  # newest first, each a history item's JSON text (HISTORY_ITEM)
     unread: int
     last_seq: int  # the user's newest seq, read in the same snapshot as ``rows``
 
@@ -349,8 +366,7 @@ class Store:
                                  WHERE user_id = u), 0) AS last_seq,
                        (SELECT min(seq) FROM herald.notifications
                         WHERE user_id = u AND delivered_at IS NULL) AS first_undelivered,
-                       (SELECT count(*) FROM herald.notifications
-                        WHERE user_id = u AND {UNREAD}) AS unread
+                       {unread_count("u")} AS unread
                 FROM unnest($1::text[]) AS u
                 """,
                 users,
@@ -421,7 +437,7 @@ class Store:
         async def read(conn: asyncpg.Connection) -> HistoryPage:
             rows = await conn.fetch(
                 f"""
-                SELECT {ROW_COLUMNS} FROM herald.notifications
+                SELECT {HISTORY_ITEM} AS item FROM herald.notifications n
                 WHERE user_id = $1 AND ($2::bigint IS NULL OR seq < $2)
                   AND (NOT $3 OR read_at IS NULL)
                   AND (archived_at IS NOT NULL) = $4
@@ -433,14 +449,14 @@ class Store:
             )
             totals = await conn.fetchrow(
                 f"""
-                SELECT (SELECT count(*) FROM herald.notifications
-                        WHERE user_id = $1 AND {UNREAD}) AS unread,
+                SELECT {unread_count("$1")} AS unread,
                        coalesce((SELECT last_seq FROM herald.user_counters
                                  WHERE user_id = $1), 0) AS last_seq
                 """,
                 user,
             )
-            return HistoryPage(list(rows), int(totals["unread"]), int(totals["last_seq"]))
+            return HistoryPage([r["item"] for r in rows], int(totals["unread"]),
+                               int(totals["last_seq"]))
 
         async def op(conn: asyncpg.Connection) -> HistoryPage:
             if conn.is_in_transaction():  # the store's own (behind a transaction pooler)
@@ -457,8 +473,7 @@ class Store:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             rows = await conn.fetch(
                 f"""
-                SELECT u, (SELECT count(*) FROM herald.notifications n
-                           WHERE n.user_id = u AND {UNREAD}) AS unread
+                SELECT u, {unread_count("u")} AS unread
                 FROM unnest($1::text[]) AS u
                 """,
                 users,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+import tornado.httputil
 import tornado.web
 
 from app import protocol, resources
@@ -17,7 +18,24 @@ from app.hub import Hub
 from app.logs import log_request
 from app.metrics import Metrics
 from app.node import Node
+from app.proxies import TrustedProxies
+from app.ratelimit import KeyedLimiter
 from app.store import Store
+
+
+class HeraldApplication(tornado.web.Application):
+    """Tornado's application, which first sets each request's client address and scheme
+    from a trusted proxy's headers (app/proxies.py): every handler, the logs and the
+    limits then see the client, never a forged header."""
+
+    def __init__(self, proxies: TrustedProxies, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._proxies = proxies
+
+    def find_handler(self, request: tornado.httputil.HTTPServerRequest,
+                     **kwargs: Any) -> tornado.web._HandlerDelegate:
+        self._proxies.apply(request)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(
@@ -49,8 +67,10 @@ def make_app(
             (r"/logout", LogoutHandler, {"config": config}),
             (r"/dev/send", DevSendHandler, {"store": store, **common}),
         ]
-    return tornado.web.Application(
+    return HeraldApplication(
+        TrustedProxies(config.trusted_proxies),
         routes,
+        user_limiter=KeyedLimiter(config.http_rate, config.http_burst),
         template_path=str(resources.folder("templates")),
         static_path=str(resources.folder("static")),
         websocket_max_message_size=config.max_frame_bytes,

@@ -112,3 +112,29 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def notification_frame(seq: int, title: str, **fields: Any) -> dict[str, Any]:
+    """A notification frame with every field the trigger renders (docs/protocol.md)."""
+    frame = {"type": "notification", "id": 0, "seq": seq, "title": title, "body": None,
+             "data": {}, "link": None, "category": None, "created_at": "2026-12-04T00:00:00Z",
+             "expires_at": None, "read": False, "archived": False}
+    frame.update(fields)
+    return frame
+
+
+async def private_channel(conn: Any) -> tuple[str, bytes]:
+    """The private channel's name and MAC key (as a role that may read them)."""
+    row = await conn.fetchrow("SELECT channel, mac_key FROM herald_private.bus_key WHERE id = 1")
+    return row["channel"], bytes(row["mac_key"])
+
+
+def frame_payload(user: str, frame: dict[str, Any], key: bytes | None,
+                  seq: int | None = None) -> str:
+    """A private-channel payload as the trigger sends it, MAC first (``key`` None: an
+    all-zero MAC, as a role that knows the channel's name but not the key would send)."""
+    from app import protocol
+
+    body = json.dumps({"k": "frame", "u": user, "s": frame["seq"] if seq is None else seq,
+                       "t": 0, "f": json.dumps(frame)})
+    return (protocol.frame_mac(key, body) if key is not None else "0" * 64) + body

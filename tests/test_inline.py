@@ -21,6 +21,7 @@ from app import db, protocol
 from app.bus import Bus
 from app.store import Store
 from tests.conftest import insert, listen, token_for
+from tests.helpers import frame_payload, notification_frame, private_channel
 from tests.test_hardening import metric
 
 
@@ -29,12 +30,12 @@ async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[st
     each also checks that the node's quick read of the user agrees with the full parse."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     conn = await db.connect(url, "herald-test-private")
-    channel = await conn.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
+    channel, key = await private_channel(conn)
 
     def heard(*args: Any) -> None:
-        event = protocol.parse_frame_event(args[-1])
+        event = protocol.parse_frame_event(args[-1], key)
         assert protocol.frame_event_user(args[-1]) == event.user
-        queue.put_nowait(json.loads(args[-1]))
+        queue.put_nowait(json.loads(args[-1][protocol.MAC_HEX:]))
 
     await conn.add_listener(channel, heard)
     return conn, queue
@@ -111,18 +112,15 @@ async def test_the_frame_is_the_fetched_frame_as_the_transaction_leaves_the_row(
 
 
 async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
-    """A writer with the grants README lists, and even SELECT on every table of schema
-    herald, cannot read the key, so cannot listen to frames (which carry titles and
+    """A writer with the grants README lists (herald_writer), and even SELECT on every
+    table of schema herald, cannot read the key, so cannot listen to frames (which carry titles and
     bodies) or forge them, nor attach the owner-run trigger function to a table of its
     own; its Bus listens to pointers only. Its inserts still send frames (the trigger
     runs as the owner)."""
     url, sql = fresh["url"], fresh["sql"]
     name = f"herald_t_{uuid.uuid4().hex[:8]}"
     await sql.execute(f"CREATE ROLE {name} LOGIN")
-    await sql.execute(f"GRANT USAGE ON SCHEMA herald TO {name}")
-    await sql.execute(f"GRANT INSERT, SELECT ON herald.notifications TO {name}")
-    await sql.execute(f"GRANT SELECT, INSERT, UPDATE ON herald.user_counters TO {name}")
-    await sql.execute(f"GRANT SELECT ON herald.relay TO {name}")
+    await sql.execute(f"GRANT herald_writer TO {name}")
     await sql.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA herald TO {name}")
     await sql.execute(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
     database = await sql.fetchval("SELECT current_database()")
@@ -133,10 +131,10 @@ async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
 
     limited = await db.connect(limited_url, "herald-test-limited")
     heard: list[tuple[str, bool]] = []
-    bus = Bus(limited_url, "herald", lambda p, trusted: heard.append((p, trusted)),
+    bus = Bus(limited_url, "herald", lambda p, key: heard.append((p, key is not None)),
               lambda *_: None)
     owner_heard: list[tuple[str, bool]] = []
-    owner_bus = Bus(url, "herald", lambda p, trusted: owner_heard.append((p, trusted)),
+    owner_bus = Bus(url, "herald", lambda p, key: owner_heard.append((p, key is not None)),
                     lambda *_: None)
     private, frames = await _private(url)
     try:
@@ -176,14 +174,14 @@ async def test_a_frame_is_sent_as_it_stands_only_from_the_private_channel(
     frames_before = await metric(node.port, 'herald_bus_events_total{kind="frame"}')
     assert frames_before >= 1  # the real row came inline
 
-    fake = {"type": "notification", "id": 0, "seq": 2, "title": "only on the bus"}
-    payload = json.dumps({"k": "frame", "u": user, "s": 2, "t": 0, "f": json.dumps(fake)})
+    fake = notification_frame(2, "only on the bus")
+    channel, key = await private_channel(sql)
+    payload = frame_payload(user, fake, key)
     refused = await metric(node.port, 'herald_refused_total{reason="bus_payload"}')
-    await sql.execute("SELECT pg_notify('herald', $1)", payload)
+    await sql.execute("SELECT pg_notify('herald', $1)", payload[protocol.MAC_HEX:])
     await client.expect_silence(0.5)
     assert await metric(node.port, 'herald_refused_total{reason="bus_payload"}') == refused + 1
 
-    channel = await sql.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
     await sql.execute("SELECT pg_notify($1, $2)", channel, payload)
     assert await client.notifications(1) == [fake]
     for bad in ({"k": "frame", "u": user, "s": 3, "t": 0}, {"k": "new", "u": {user: 3}}):
@@ -202,9 +200,8 @@ async def test_a_frame_that_does_not_continue_the_cursor_waits_for_the_fetch(
     await client.hello(token_for(user))
     await insert(sql, user, "one")
     assert [f["seq"] for f in await client.notifications(1)] == [1]
-    channel = await sql.fetchval("SELECT channel FROM herald_private.bus_key WHERE id = 1")
-    three = {"type": "notification", "id": 0, "seq": 3, "title": "two ahead"}
-    payload = json.dumps({"k": "frame", "u": user, "s": 3, "t": 0, "f": json.dumps(three)})
+    channel, key = await private_channel(sql)
+    payload = frame_payload(user, notification_frame(3, "two ahead"), key)
     await sql.execute("SELECT pg_notify($1, $2)", channel, payload)
     await client.expect_silence(0.5)  # seq 2 was never sent: 3 may not jump it
 
@@ -248,9 +245,11 @@ async def test_frames_and_fetches_mix_without_gap_duplicate_or_reorder(
 def test_the_quick_user_read_refuses_what_the_trigger_would_not_write() -> None:
     """Anything not shaped as the trigger writes it gets None, and then the strict parse
     (which refuses it, counted as bus_payload) instead of being dropped unseen."""
-    good = '{"k" : "frame", "u" : "al\\"ice", "s" : 1, "t" : 0, "f" : "{}"}'
+    mac = "0" * protocol.MAC_HEX  # read before any check: the MAC is not looked at here
+    good = mac + '{"k" : "frame", "u" : "al\\"ice", "s" : 1, "t" : 0, "f" : "{}"}'
     assert protocol.frame_event_user(good) == 'al"ice'
+    assert protocol.frame_event_user(good[protocol.MAC_HEX:]) is None  # no MAC in front
     for bad in ('{"k":"frame","u":"alice"}', '{"k" : "frame", "u" : 7, "s" : 1}',
                 '{"k" : "other", "u" : "alice", "s" : 1, "t" : 0, "f" : "{}"}',
                 '{"k" : "frame", "u" : "unterminated', "", "not json"):
-        assert protocol.frame_event_user(bad) is None
+        assert protocol.frame_event_user(mac + bad) is None

@@ -11,6 +11,7 @@ import tornado.web
 from app import auth
 from app.config import Config
 from app.metrics import Metrics
+from app.ratelimit import retry_after
 
 
 class ApiError(tornado.web.HTTPError):
@@ -63,21 +64,30 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def current_user_id(self) -> str:
         """The user of a Bearer JWT, else of the login cookie (only from an allowed
-        origin, so another site cannot spend the cookie). Raises 401 ``ApiError``."""
+        origin, so another site cannot spend the cookie). Raises 401 ``ApiError``, or 429
+        when the user has spent its requests (``HERALD_HTTP_RATE``, per node)."""
         token = auth.bearer(self.request.headers.get("Authorization"))
         if token is None:
             token = self.get_cookie(auth.COOKIE_NAME)
             origin = self.request.headers.get("Origin")
             if token and not auth.origin_allowed(
-                origin, self.request.host, self.config.allowed_origins
+                origin, self.request.host, self.config.allowed_origins, self.request.protocol
             ):
                 self.metrics.refused.labels("origin").inc()
                 raise ApiError(403, "forbidden_origin", f"origin {origin} is not allowed")
         try:
-            return self.config.tokens.verify(token).user
+            user = self.config.tokens.verify(token).user
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             raise ApiError(401, "unauthorized", str(err)) from None
+        limiter = self.application.settings.get("user_limiter")
+        wait = limiter.take(user) if limiter is not None else 0.0
+        if wait:
+            self.metrics.refused.labels("rate_limited").inc()
+            self.set_header("Retry-After", retry_after(wait))
+            raise ApiError(429, "rate_limited", "too many requests for this user; retry "
+                           "after the number of seconds in Retry-After")
+        return user
 
 
 class NotFoundHandler(JsonHandler):

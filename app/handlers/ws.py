@@ -23,6 +23,7 @@ from app.config import Config
 from app.hub import ClientGone, Hub
 from app.metrics import Metrics
 from app.node import DB_ERRORS, Node
+from app.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,14 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
     # Slots keep our state out of the instance dict: Tornado puts 27 attributes there,
     # and past 30 a dict stops sharing its keys with the other instances (1.3 KB/socket).
-    __slots__ = ("node", "hub", "config", "metrics", "conn_id", "_counted", "user", "cursor",
+    __slots__ = ("node", "hub", "config", "metrics", "conn_id", "user", "cursor",
                  "_hello_timer", "_cookie_token", "expires_at", "last_pong", "ping_sent_at",
-                 "_tokens",
-                 "_refilled", "_registered", "_closing", "_last_write", "_paused", "_batch",
-                 "held")
+                 "_frames", "_idle_acks", "acked", "_waiting", "_registered", "_closing",
+                 "_last_write", "_paused", "_batch", "held")
 
     def initialize(self, node: Node, hub: Hub, config: Config, metrics: Metrics) -> None:
         self.node, self.hub, self.config, self.metrics = node, hub, config, metrics
         self.conn_id = uuid.uuid4().hex[:12]
-        self._counted = False
         self.user: str = ""
         self.cursor = 0
         self._hello_timer: asyncio.TimerHandle | None = None
@@ -49,8 +48,13 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self.expires_at = float("inf")  # the token's exp; app.keepalive closes us then
         self.last_pong = 0.0
         self.ping_sent_at = 0.0  # app.keepalive: the last ping, answered or not
-        self._tokens = float(config.frame_burst)
-        self._refilled = time.monotonic()
+        self._frames = TokenBucket(config.frame_rate, config.frame_burst)
+        # Acks that acknowledge nothing new (a flood of them cost a core) have a budget of
+        # their own; an ack of rows newly sent is always taken: it costs no more than
+        # the rows did.
+        self._idle_acks = TokenBucket(config.ack_rate, config.ack_burst)
+        self.acked = 0  # the highest seq this socket acked (never above its cursor)
+        self._waiting = False  # counted by the hub as waiting for its hello
         self._registered = False
         self._closing = False
         self._last_write: "asyncio.Future[None] | None" = None
@@ -77,7 +81,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         """Browsers always send Origin: refuse pages from origins not allowed, so a
         foreign site cannot open a socket riding on the user's login cookie."""
-        allowed = auth.origin_allowed(origin, self.request.host, self.config.allowed_origins)
+        allowed = auth.origin_allowed(origin, self.request.host, self.config.allowed_origins,
+                                      self.request.protocol)
         if not allowed:
             self.metrics.refused.labels("origin").inc()
             log.info("ws: refused origin %r", origin)
@@ -87,12 +92,10 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         return None  # per-message deflate costs ~300 KB of zlib state per socket
 
     def open(self) -> None:
-        self._counted = True
-        if not self.hub.open_socket():
-            self.metrics.refused.labels("node_full").inc()
-            self.fail("node_full", "this node is at its connection limit; try another",
-                      protocol.CLOSE_NODE_FULL)
+        if not self.hub.open_socket(self, self.request.remote_ip or ""):
+            self._node_full()
             return
+        self._waiting = True
         loop = asyncio.get_running_loop()
         self._hello_timer = loop.call_later(self.config.hello_timeout, self._hello_timeout)
         self._shed_handshake()
@@ -109,19 +112,20 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("hello_timeout").inc()
             self.fail("hello_timeout", "no hello received in time", protocol.CLOSE_HELLO_TIMEOUT)
 
-    # --- frames -------------------------------------------------------------------------
+    def evict(self) -> None:
+        """app.hub.Waiting: too many sockets wait for their hello and this one is the
+        oldest (of all, or of its address); the hub has stopped counting it."""
+        self._waiting = False
+        self.metrics.refused.labels("hello_timeout").inc()
+        self.fail("hello_timeout", "no hello received while newer sockets waited",
+                  protocol.CLOSE_HELLO_TIMEOUT)
 
-    def _rate_ok(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(
-            float(self.config.frame_burst),
-            self._tokens + (now - self._refilled) * self.config.frame_rate,
-        )
-        self._refilled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+    def _node_full(self) -> None:
+        self.metrics.refused.labels("node_full").inc()
+        self.fail("node_full", "this node is at its connection limit; try another",
+                  protocol.CLOSE_NODE_FULL)
+
+    # --- frames -------------------------------------------------------------------------
 
     async def on_message(self, message: str | bytes) -> None:
         if self._closing:
@@ -132,24 +136,32 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("malformed").inc()
             self.fail(err.code, err.message, protocol.CLOSE_MALFORMED)
             return
-        # Acks are exempt: a client acks what the server pushes, so their rate is ours,
-        # and the node merges them into one UPDATE per round for all its connections.
-        if not isinstance(frame, protocol.Ack) and not self._rate_ok():
-            self.metrics.refused.labels("rate_limited").inc()
-            self.fail("rate_limited", "too many frames; slow down", protocol.CLOSE_RATE_LIMITED)
-            return
         if not self.user:
-            if not isinstance(frame, protocol.Hello):
+            if not self._frames.take():
+                self._rate_limited("too many frames; slow down")
+            elif not isinstance(frame, protocol.Hello):
                 self.fail("hello_required", "the first frame must be hello",
                           protocol.CLOSE_MALFORMED)
-                return
-            await self._hello(frame)
+            else:
+                self._stop_waiting()
+                await self._hello(frame)
+            return
+        if isinstance(frame, protocol.Ack):
+            # Acks have their own budget (and the node merges them into one UPDATE per
+            # interval for all its connections): a client acks what the server pushes.
+            up_to = min(frame.seq, self.cursor)
+            if up_to > self.acked:
+                self.acked = up_to
+                self.node.ack(self, up_to)
+            elif not self._idle_acks.take():
+                self._rate_limited("too many acks that acknowledge nothing new")
+            return
+        if not self._frames.take():
+            self._rate_limited("too many frames; slow down")
             return
         try:
             if isinstance(frame, protocol.Ping):
                 self.send((protocol.pong(),))
-            elif isinstance(frame, protocol.Ack):
-                self.node.ack(self, frame.seq)
             elif isinstance(frame, protocol.Change):
                 await self.node.change(self.user, frame)
             else:
@@ -160,6 +172,15 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         except ClientGone:
             pass
 
+    def _rate_limited(self, message: str) -> None:
+        self.metrics.refused.labels("rate_limited").inc()
+        self.fail("rate_limited", message, protocol.CLOSE_RATE_LIMITED)
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.hub.stop_waiting(self)
+
     async def _hello(self, hello: protocol.Hello) -> None:
         token = hello.token or self._cookie_token
         try:
@@ -168,7 +189,11 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("token").inc()
             self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
             return
-        if not self.hub.admit(claims.user):
+        refused = self.hub.admit(claims.user)
+        if refused == "node_full":
+            self._node_full()
+            return
+        if refused is not None:
             self.metrics.refused.labels("user_connections").inc()
             self.fail("too_many_connections",
                       f"at most {self.config.max_connections_per_user} connections per user",
@@ -306,9 +331,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._closing = True
         if self._paused is not None:
             self._paused.cancel()
-        if self._counted:
-            self._counted = False
-            self.hub.close_socket()
+        self._stop_waiting()
         if self.user:
             log.info("session end", extra={"user": self.user, "conn": self.conn_id,
                                            "code": self.close_code, "cursor": self.cursor})
