@@ -24,7 +24,7 @@ async def call(port: int, method: str, path: str, body: Any = None,
     text = response.body.decode()
     try:
         return response.code, json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or deeper than Python's parser goes
         return response.code, text
 
 

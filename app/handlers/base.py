@@ -17,10 +17,12 @@ from app.ratelimit import retry_after
 class ApiError(tornado.web.HTTPError):
     """Raise to answer with ``status`` and a JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(status, reason=None)
         self.code = code
         self.message = message
+        self.headers = headers or {}  # sent with the error (Tornado clears the others)
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -50,6 +52,8 @@ class JsonHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             code, message = exc.code, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         else:
             code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "error")
             message = self._reason if status_code < 500 else "internal server error"
@@ -84,9 +88,9 @@ class JsonHandler(tornado.web.RequestHandler):
         wait = limiter.take(user) if limiter is not None else 0.0
         if wait:
             self.metrics.refused.labels("rate_limited").inc()
-            self.set_header("Retry-After", retry_after(wait))
             raise ApiError(429, "rate_limited", "too many requests for this user; retry "
-                           "after the number of seconds in Retry-After")
+                           "after the number of seconds in Retry-After",
+                           {"Retry-After": retry_after(wait)})
         return user
 
 

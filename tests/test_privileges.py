@@ -1,0 +1,325 @@
+"""Least privilege in the database (revision 0009), tried as an attacker holding exactly
+the grants README gives a backend (membership in ``herald_writer``) on a database
+migrated by a superuser: no path leads to the owner's rights, to the private channel's
+key or MAC key, to a NOTIFY on the private channel, or to breaking other users'
+publishing. And the nodes' own role (``herald_node``) is enough to run a node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from app import db
+from tests.conftest import API_KEY, insert, token_for
+from tests.helpers import private_channel, wait_for
+from tests.test_hardening import metric
+from tests.test_http import call
+
+
+def _as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rsplit('@', 1)[-1]}"))
+
+
+@pytest.fixture
+async def roles(fresh: dict[str, Any]) -> AsyncIterator[Any]:
+    """``make(group)``: a new LOGIN role, member of ``group`` only, and its connection
+    URL; every role is dropped at the end (roles belong to the whole server)."""
+    sql = fresh["sql"]
+    made: list[str] = []
+
+    async def make(group: str) -> tuple[str, str]:
+        name = f"herald_t_{uuid.uuid4().hex[:8]}"
+        await sql.execute(f"CREATE ROLE {name} LOGIN IN ROLE {group}")
+        made.append(name)
+        return name, _as_role(fresh["url"], name)
+
+    yield make
+    for name in made:
+        await sql.execute(f"DROP OWNED BY {name}")
+        await sql.execute(f"DROP ROLE {name}")
+
+
+@pytest.fixture
+async def writer(fresh: dict[str, Any], roles: Any) -> AsyncIterator[dict[str, Any]]:
+    """A backend's connection with README's grants, and a schema of its own to plant
+    things in (as a role with CREATE on a schema in its search_path would have)."""
+    name, url = await roles("herald_writer")
+    await fresh["sql"].execute(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
+    conn = await db.connect(url, "herald-test-writer")
+    try:
+        yield {"name": name, "conn": conn, "url": url}
+    finally:
+        await conn.close()
+
+
+# What an attacker's code would do with the rights it runs with: record whose they are,
+# then try to take a superuser's, read the key and NOTIFY on the private channel. Every
+# step in its own block, so one refusal does not hide whether the next would work.
+EVIL_BODY = """
+BEGIN
+    INSERT INTO pg_temp.loot VALUES ('ran as ' || current_user);
+    BEGIN
+        EXECUTE 'ALTER ROLE ' || quote_ident(session_user) || ' SUPERUSER';
+        INSERT INTO pg_temp.loot VALUES ('superuser');
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    BEGIN
+        INSERT INTO pg_temp.loot SELECT 'key ' || channel FROM herald_private.bus_key;
+        PERFORM pg_notify(channel, 'forged') FROM herald_private.bus_key;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+"""
+
+LOOT = "CREATE TEMP TABLE IF NOT EXISTS loot (what text)"
+
+# The issue's attack, then variants: other casts and types, every trigger function of
+# Herald's, row and statement triggers, operators and functions planted in a schema on
+# the search path, temporary tables shadowing Herald's.
+ATTACKS: dict[str, list[str]] = {
+    "assignment cast into notify_inserted (the reported attack)": [
+        "CREATE TYPE pg_temp.e AS ENUM ('a')",
+        "CREATE FUNCTION pg_temp.f(pg_temp.e) RETURNS bigint LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN 1; END $$",
+        "CREATE CAST (pg_temp.e AS bigint) WITH FUNCTION pg_temp.f(pg_temp.e) AS ASSIGNMENT",
+        "CREATE TEMP TABLE t (user_id text, seq pg_temp.e)",
+        "CREATE TRIGGER t AFTER INSERT ON pg_temp.t REFERENCING NEW TABLE AS inserted "
+        "FOR EACH STATEMENT EXECUTE FUNCTION herald.notify_inserted()",
+        "INSERT INTO pg_temp.t VALUES ('x', 'a')",
+    ],
+    **{
+        f"{function} as a {level} trigger on a temporary table": [
+            "CREATE TEMP TABLE t (id bigint, user_id text, seq bigint, title text, "
+            "data jsonb, idempotency_key text, expires_at timestamptz, "
+            "read_at timestamptz, archived_at timestamptz)",
+            f"CREATE TRIGGER t {when} ON pg_temp.t "
+            + ("REFERENCING NEW TABLE AS inserted " if level == "statement" else "")
+            + f"FOR EACH {level.upper()} EXECUTE FUNCTION herald.{function}()",
+            "INSERT INTO pg_temp.t (id, user_id, seq, title) VALUES (1, 'x', 1, 'x')",
+        ]
+        for function, when, level in (
+            ("notify_inserted", "AFTER INSERT", "statement"),
+            ("notify_frame", "AFTER INSERT", "row"),
+            ("assign_seq", "BEFORE INSERT", "row"),
+            ("guard_identity", "BEFORE UPDATE", "row"),
+            ("stamp_change", "BEFORE UPDATE", "row"),
+            ("notify_changed", "AFTER UPDATE", "statement"),
+        )
+    },
+    "implicit cast into a helper's arguments": [
+        "CREATE TYPE pg_temp.e AS ENUM ('a')",
+        "CREATE FUNCTION pg_temp.f(pg_temp.e) RETURNS bigint LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN 1; END $$",
+        "CREATE CAST (pg_temp.e AS bigint) WITH FUNCTION pg_temp.f(pg_temp.e) AS IMPLICIT",
+        "SELECT herald.announce(ARRAY['x'], ARRAY['a'::pg_temp.e])",
+    ],
+    "operators and functions planted on the search path, then a real insert": [
+        "SET search_path = {schema}, public",
+        "CREATE FUNCTION {schema}.evil_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN $1 OPERATOR(pg_catalog.=) $2; END $$",
+        "CREATE OPERATOR {schema}.= (LEFTARG = text, RIGHTARG = text, "
+        "FUNCTION = {schema}.evil_eq)",
+        "CREATE FUNCTION {schema}.char_length(text) RETURNS integer LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN 1; END $$",
+        "CREATE FUNCTION {schema}.nextval(text) RETURNS bigint LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN 1; END $$",
+        "CREATE FUNCTION {schema}.to_json(text) RETURNS json LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN '1'; END $$",
+        "CREATE FUNCTION {schema}.sha256(bytea) RETURNS bytea LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN '\\x00'; END $$",
+        "INSERT INTO herald.notifications (user_id, title) VALUES ('victim', 'planted')",
+    ],
+    "operators planted in pg_temp, then a real insert": [
+        "CREATE FUNCTION pg_temp.evil_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN $1 OPERATOR(pg_catalog.=) $2; END $$",
+        "CREATE OPERATOR pg_temp.= (LEFTARG = text, RIGHTARG = text, "
+        "FUNCTION = pg_temp.evil_eq)",
+        "INSERT INTO herald.notifications (user_id, title) VALUES ('victim', 'pg_temp')",
+    ],
+    "temporary tables shadowing Herald's, then a real insert": [
+        "CREATE TEMP TABLE user_counters (user_id text, last_seq bigint)",
+        "CREATE TEMP TABLE notifications (id bigint, user_id text, seq bigint)",
+        "CREATE TEMP TABLE bus_key (id integer, channel text, mac_inner bytea, "
+        "mac_outer bytea)",
+        "INSERT INTO pg_temp.bus_key VALUES (1, 'herald', '\\x00', '\\x00')",
+        "CREATE TEMP TABLE relay (id integer, batched_until timestamptz)",
+        "INSERT INTO pg_temp.relay VALUES (1, 'infinity')",
+        "SET search_path = pg_temp, public",
+        "INSERT INTO herald.notifications (user_id, title) VALUES ('victim', 'shadowed')",
+    ],
+    "the owner's functions called directly": [
+        "SELECT herald.relay_poll()",
+    ],
+    "the relay's lease and pointers": [
+        "UPDATE herald.relay SET batched_until = 'infinity'",
+    ],
+    "the pointer table read": [
+        "SELECT * FROM herald.relay_pending",
+    ],
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_a_writer_cannot_reach_the_owners_rights(
+    fresh: dict[str, Any], writer: dict[str, Any], attack: str
+) -> None:
+    conn = writer["conn"]
+    private, key = await private_channel(fresh["sql"])
+    heard: list[str] = []
+    listener = await db.connect(fresh["url"], "herald-test-private")
+    await listener.add_listener(private, lambda *args: heard.append(args[-1]))
+    try:
+        await conn.execute(LOOT)
+        errors = []
+        for statement in ATTACKS[attack]:
+            try:
+                await conn.execute(statement.format(schema=writer["name"]))
+            except asyncpg.PostgresError as err:
+                errors.append(f"{type(err).__name__}: {err}")
+        await conn.execute("RESET search_path")
+        loot = [r["what"] for r in await conn.fetch("SELECT what FROM pg_temp.loot")]
+        print(f"\n{attack}: {errors or 'no error'}; loot {loot}")
+        assert all(what == f"ran as {writer['name']}" for what in loot), loot
+        assert not await conn.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval("SELECT channel FROM herald_private.bus_key")
+        await asyncio.sleep(0.2)
+        # Only the trigger's own frames of real inserts reach the private channel.
+        assert all(p[64:].startswith('{"k" : "frame"') for p in heard), heard
+        await insert(fresh["sql"], "after", "the owner still publishes")
+        await wait_for(lambda: len(heard) >= 1)
+    finally:
+        await listener.close()
+
+
+async def test_definer_functions_are_few_owned_by_a_nologin_role_and_not_public(
+    fresh: dict[str, Any],
+) -> None:
+    """Every function of Herald's: owned by herald_owner (neither superuser nor login),
+    path pinned, not executable by PUBLIC; the owner-run ones are exactly the two that
+    must be, and only their owner may execute them. Every table and schema too."""
+    sql = fresh["sql"]
+    functions = await sql.fetch(
+        """
+        SELECT p.proname, p.prosecdef, p.proconfig, p.proowner::regrole::text AS owner,
+               coalesce(array_agg(a.grantee::regrole::text)
+                        FILTER (WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0), '{}')
+                   AS executors,
+               bool_or(a.grantee = 0) AS public
+        FROM pg_proc p LEFT JOIN LATERAL aclexplode(coalesce(p.proacl,
+                acldefault('f', p.proowner))) a ON true
+        WHERE p.pronamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+        GROUP BY p.oid
+        """)
+    print("\n" + "\n".join(f"{f['proname']}: definer={f['prosecdef']} executors="
+                           f"{sorted(f['executors'])}" for f in functions))
+    assert len(functions) >= 11
+    definers = sorted(f["proname"] for f in functions if f["prosecdef"])
+    assert definers == ["assign_seq", "notify_frame"]
+    for f in functions:
+        assert f["owner"] == "herald_owner", f
+        assert not f["public"], f
+        assert f["proconfig"] == ["search_path=pg_catalog, pg_temp"], f
+        if f["prosecdef"]:
+            assert f["executors"] == ["herald_owner"], f
+    owners = await sql.fetch(
+        """
+        SELECT c.relname, c.relowner::regrole::text AS owner FROM pg_class c
+        WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+          AND c.relkind IN ('r', 'S')
+        UNION ALL
+        SELECT nspname, nspowner::regrole::text FROM pg_namespace
+        WHERE nspname IN ('herald', 'herald_private')
+        """)
+    assert {r["owner"] for r in owners} == {"herald_owner"}, owners
+    owner = await sql.fetchrow(
+        "SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = 'herald_owner'")
+    assert (owner["rolsuper"], owner["rolcanlogin"]) == (False, False)
+
+
+async def test_a_writer_cannot_break_publishing_for_others(
+    fresh: dict[str, Any], writer: dict[str, Any]
+) -> None:
+    """The counter moves only through Herald's trigger; ids a writer names (future ones,
+    with OVERRIDING SYSTEM VALUE or without) are overwritten, seqs too."""
+    conn, sql = writer["conn"], fresh["sql"]
+    await insert(sql, "alice", "first")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("UPDATE herald.user_counters SET last_seq = 0 "
+                           "WHERE user_id = 'alice'")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("INSERT INTO herald.user_counters VALUES ('bob', 1000)")
+    future = await sql.fetchval("SELECT last_value + 5 FROM herald.notifications_id_seq")
+    planted = []
+    for override in ("OVERRIDING SYSTEM VALUE", ""):
+        for i in range(3):
+            planted.append(await conn.fetchrow(
+                f"INSERT INTO herald.notifications (id, seq, user_id, title) {override} "
+                "VALUES ($1, 1, 'mallory', 'x') RETURNING id, seq", future + i))
+    ids = [r["id"] for r in planted]  # the sequence's, one after the other: none named
+    assert ids == list(range(ids[0], ids[0] + 6)) and ids[0] < future, planted
+    assert [r["seq"] for r in planted] == [1, 2, 3, 4, 5, 6]
+    for user in ("alice", "bob", "carol"):
+        for _ in range(10):  # walks past every id the writer named
+            await insert(conn, user, "after the attempt")
+    assert await sql.fetchval("SELECT last_seq FROM herald.user_counters "
+                              "WHERE user_id = 'alice'") == 11
+
+
+async def test_a_node_runs_with_the_node_role_alone(
+    fresh: dict[str, Any], roles: Any, clients: Any
+) -> None:
+    """A node whose login role is only a member of herald_node does everything a node
+    does: heartbeats, the relay's lease and polls, inline frames (it reads the key),
+    publishing over HTTP, acks, read changes, retention."""
+    _, url = await roles("herald_node")
+    sql = fresh["sql"]
+    node = await fresh["node"]("node-role", database_url=url, relay_threshold=0,
+                               retention_days=1, prune_interval=0.2)
+    await wait_for(lambda: node.relay is not None and node.relay.leader, timeout=10)
+    await sql.execute("INSERT INTO herald.notifications (user_id, title, created_at) "
+                      "VALUES ('old', 'two days ago', now() - interval '2 days')")
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    status, _ = await call(node.port, "POST", "/api/notifications",
+                           {"user_id": user, "title": "over http"},
+                           headers={"Authorization": f"Bearer {API_KEY}"})
+    assert status == 201
+    (got,) = await client.notifications(1)  # under the relay's lease: relay_poll
+    await client.send({"type": "ack", "seq": got["seq"]})
+    await client.send({"type": "read", "ids": [got["id"]]})
+    changed = await client.recv()
+    assert changed is not None and changed["type"] == "read"
+    await wait_for(lambda: sql.fetchval(
+        "SELECT delivered_at IS NOT NULL FROM herald.notifications WHERE id = $1",
+        got["id"]), timeout=10)
+    await wait_for(lambda: sql.fetchval(
+        "SELECT count(*) = 0 FROM herald.notifications WHERE user_id = 'old'"), timeout=10)
+    assert await sql.fetchval("SELECT count(*) FROM herald.nodes "
+                              "WHERE name = 'node-role'") == 1
+    assert await metric(node.port, 'herald_refused_total{reason="bus_payload"}') == 0
+
+
+async def test_frames_from_the_node_role_carry_a_mac_the_node_checks(
+    fresh: dict[str, Any], roles: Any, clients: Any
+) -> None:
+    """With the relay idle, a row goes out inline; the node counts it as a frame."""
+    _, url = await roles("herald_node")
+    node = await fresh["node"]("node-role", database_url=url)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    frames = await metric(node.port, 'herald_bus_events_total{kind="frame"}')
+    row = await insert(fresh["sql"], user, "inline")
+    (got,) = await client.notifications(1)
+    assert got["seq"] == row["seq"]
+    assert await metric(node.port, 'herald_bus_events_total{kind="frame"}') == frames + 1
+    assert json.loads(json.dumps(got))["title"] == "inline"
