@@ -10,10 +10,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -86,9 +88,21 @@ def _healthcheck_command() -> list[str]:
 
 def test_compose_migrate_and_node_commands_work(compose: dict, make_database) -> None:
     """Run the services' commands exactly as compose would (repo root = the image's
-    WORKDIR), then the image's HEALTHCHECK against the node, then `docker stop`'s
-    SIGTERM."""
+    WORKDIR): PostgreSQL's init script, the migration as the superuser, the node as the
+    login role the init script made (a member of herald_node only), then the image's
+    HEALTHCHECK against the node, then `docker stop`'s SIGTERM."""
     url = make_database()
+    parts = urlsplit(url)
+    assert shutil.which("psql"), "psql (PostgreSQL's client) runs the init script"
+    init = subprocess.run(
+        [str(DOCKER / "postgres-init.sh")], capture_output=True, text=True,
+        env={**os.environ, "POSTGRES_USER": parts.username or "postgres",
+             "POSTGRES_DB": url, "HERALD_DB_PASSWORD": "node-password"})
+    assert init.returncode == 0, init.stderr
+    assert compose["services"]["postgres"]["volumes"][1].startswith(
+        "./postgres-init.sh:/docker-entrypoint-initdb.d/")
+    node_url = urlunsplit(parts._replace(netloc="herald_app:node-password@"
+                                         + parts.netloc.rsplit("@", 1)[-1]))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HERALD_DATABASE_URL": url}
     migrate = shlex.split(compose["services"]["migrate"]["command"])
     subprocess.run(migrate, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -103,11 +117,13 @@ def test_compose_migrate_and_node_commands_work(compose: dict, make_database) ->
     run_in_thread(at_head())
 
     port = free_port()
-    shell = {"HERALD_SECRET": "compose-secret", "HERALD_API_KEY": "compose-key"}
+    shell = {"HERALD_SECRET": "compose-secret", "HERALD_API_KEY": "compose-key",
+             "HERALD_DB_PASSWORD": "node-password"}
     node_env = {k: interpolate(str(v), shell)
                 for k, v in compose["services"]["node1"]["environment"].items()}
     # Only the address of the database and the port differ from the compose service.
-    node_env.update(HERALD_DATABASE_URL=url, HERALD_PORT=str(port))
+    assert urlsplit(node_env["HERALD_DATABASE_URL"]).username == "herald_app"
+    node_env.update(HERALD_DATABASE_URL=node_url, HERALD_PORT=str(port))
     node = subprocess.Popen(shlex.split(compose["services"]["node1"]["command"]), cwd=ROOT,
                             env={**env, **node_env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -280,3 +280,21 @@ async def test_an_origin_with_the_wrong_scheme_is_refused(make_node, user) -> No
     host = f"127.0.0.1:{node.port}"
     assert not await opens(f"https://{host}", **{"X-Forwarded-Proto": "https"})
 
+
+
+GOOD_LINKS = ["/orders/1", "/", "https://shop.example/a?b=..", "/a.b/..c", "http://x.example",
+              "/über/straße", "HTTPS://SHOP.EXAMPLE/x"]
+
+
+@pytest.mark.parametrize("link", BAD_LINKS + GOOD_LINKS + ["//evil.example", "/\\evil",
+                                                          "javascript:alert(1)", "/a b"])
+def test_the_published_link_pattern_is_the_tables(link: str) -> None:
+    """docs/openapi.yaml's pattern (JSON Schema, no flags) says what app.models says."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parent.parent / "docs" / "openapi.yaml").read_text())
+    pattern = spec["components"]["schemas"]["NewNotification"]["properties"]["link"]["pattern"]
+    assert bool(re.search(pattern, link)) == models.is_link(link) == (link in GOOD_LINKS)
