@@ -181,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = _database(config)
     if config.embedded:
         schema.upgrade(url)
+        url = schema.embedded_node_url(url)  # the node itself is no superuser
 
     async def run() -> None:
         server = HeraldServer(config, url)

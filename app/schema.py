@@ -7,12 +7,15 @@ inside the package once installed, see ``app.resources``); ``herald migrate`` an
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
-from app import resources
+from app import db, resources
 from app.models import VERSION_TABLE
 
 
@@ -57,3 +60,35 @@ async def check_at_head(conn: asyncpg.Connection) -> None:
             "run `herald migrate` (or `alembic upgrade head`)"
         )
 
+
+
+# The login role a node of the embedded database runs as: a member of herald_node
+# (revision 0009), never the superuser that migrated (README, "Roles").
+EMBEDDED_NODE_ROLE = "herald_app"
+
+
+async def _ensure_node_login(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"""
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{EMBEDDED_NODE_ROLE}') THEN
+                CREATE ROLE {EMBEDDED_NODE_ROLE} LOGIN;
+            END IF;
+        END $$""")
+    await conn.execute(f"GRANT herald_node TO {EMBEDDED_NODE_ROLE}")
+
+
+def embedded_node_url(admin_url: str) -> str:
+    """The URL a node of the embedded database uses: ``admin_url`` (the superuser's, on
+    a local socket with trust authentication) as ``EMBEDDED_NODE_ROLE``, created and
+    made a member of ``herald_node`` when needed. Call after ``upgrade``."""
+    async def run() -> None:
+        conn = await asyncpg.connect(db.asyncpg_dsn(admin_url))
+        try:
+            await _ensure_node_login(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    parts = urlsplit(admin_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{EMBEDDED_NODE_ROLE}@{host}"))

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import asyncpg
 import pytest
 
 from app import auth
 from app.config import SETTINGS
 from herald_dev.net import free_port
-from tests.conftest import SECRET
+from tests.conftest import SECRET, run_in_thread
 
 HERALD = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +194,24 @@ def test_serve_send_tail_on_an_external_database(database_url, procs, user) -> N
     assert server.stop() == 0
 
 
+def _node_roles(data_dir: Path) -> list[str]:
+    """The roles the node's database sessions run as (the node shares the embedded
+    server with this process)."""
+    from app import db
+
+    async def read() -> list[str]:
+        conn = await asyncpg.connect(db.asyncpg_dsn(db.start_embedded(data_dir)))
+        try:
+            rows = await conn.fetch(
+                "SELECT DISTINCT usename FROM pg_stat_activity "
+                "WHERE application_name LIKE 'herald%' AND pid <> pg_backend_pid()")
+            return sorted(r["usename"] for r in rows)
+        finally:
+            await conn.close()
+
+    return run_in_thread(read())
+
+
 def test_embedded_quickstart(tmp_path, procs) -> None:
     """The README's promise: no configuration at all, serve + send + tail work together
     on the embedded PostgreSQL, and the send shows up in tail within a second."""
@@ -200,6 +219,7 @@ def test_embedded_quickstart(tmp_path, procs) -> None:
     env = clean_env(HERALD_DATA_DIR=str(tmp_path / "data"), HERALD_PORT=str(port))
     server = procs("serve", "--dev", env=env)
     wait_http(port, timeout=90)
+    assert _node_roles(tmp_path / "data") == ["herald_app"]  # not the superuser
     tail = procs("tail", "alice", env=env)
     time.sleep(1.0)
     started = time.monotonic()
