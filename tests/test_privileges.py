@@ -323,3 +323,60 @@ async def test_frames_from_the_node_role_carry_a_mac_the_node_checks(
     assert got["seq"] == row["seq"]
     assert await metric(node.port, 'herald_bus_events_total{kind="frame"}') == frames + 1
     assert json.loads(json.dumps(got))["title"] == "inline"
+
+
+async def _silent_row(sql: asyncpg.Connection, user: str, title: str) -> int:
+    """A row committed without any trigger (so without any NOTIFY): only a forged frame
+    or a fetch can bring it to a client. Returns its seq."""
+    async with sql.transaction():
+        await sql.execute("SET LOCAL session_replication_role = replica")
+        seq = await sql.fetchval(
+            "INSERT INTO herald.user_counters AS c VALUES ($1, 1) ON CONFLICT (user_id) "
+            "DO UPDATE SET last_seq = c.last_seq + 1 RETURNING last_seq", user)
+        await sql.execute(
+            "INSERT INTO herald.notifications (id, user_id, seq, title) "
+            "VALUES (nextval('herald.notifications_id_seq'), $1, $2, $3)", user, seq, title)
+    return int(seq)
+
+
+def _forgeries(user: str, seq: int, key: bytes) -> dict[str, str]:
+    from tests.helpers import frame_payload, notification_frame
+
+    frame = notification_frame(seq, "forged")
+    return {
+        "no MAC": frame_payload(user, frame, None),
+        "MAC under another key": frame_payload(user, frame, b"k" * 64),
+        "MAC of another payload": frame_payload(user, frame, key)[:64]
+        + frame_payload(user, notification_frame(seq, "other"), key)[64:],
+        "frame for another seq": frame_payload(user, notification_frame(seq + 1, "x"), key,
+                                               seq=seq),
+        "not a notification frame": frame_payload(
+            user, {**frame, "type": "welcome"}, key),
+        "a field the trigger never writes": frame_payload(user, {**frame, "html": "<b>"}, key),
+        "a link the table refuses": frame_payload(
+            user, {**frame, "link": "javascript:alert(1)"}, key),
+        "an off-site link dressed as a path": frame_payload(
+            user, {**frame, "link": "/..//evil.example"}, key),
+    }
+
+
+async def test_forged_frames_are_refused_and_the_row_is_fetched_instead(
+    make_node, clients, sql, user
+) -> None:
+    """Whoever knows the private channel's name (monitoring roles see it in the nodes'
+    LISTEN): a frame without the right MAC, or with the right MAC around anything but
+    this row's notification frame, is counted, not sent, and the real row is fetched
+    from the table in its place."""
+    node = await make_node()
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    channel, key = await private_channel(sql)
+    for reason in _forgeries(user, 1, key):
+        seq = await _silent_row(sql, user, f"real ({reason})")
+        forged = _forgeries(user, seq, key)[reason]
+        refused = await metric(node.port, 'herald_refused_total{reason="bus_payload"}')
+        await sql.execute("SELECT pg_notify($1, $2)", channel, forged)
+        (got,) = await client.notifications(1)
+        assert (got["seq"], got["title"]) == (seq, f"real ({reason})"), reason
+        assert await metric(node.port,
+                            'herald_refused_total{reason="bus_payload"}') == refused + 1
