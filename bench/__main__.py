@@ -33,17 +33,6 @@ PEER = "Socket.IO 4 + @socket.io/postgres-adapter 0.5"
 QUICK = [("smoke 300 @ 300/s", 300, 300.0)]
 
 
-async def prepare(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        statements: list[str] = []
-        ceiling.prepare(statements.append)
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def chart(results: list[herald_load.ScenarioResult], path: Path) -> None:
     """Latency percentiles and delivered/s per system and scenario, side by side."""
     import matplotlib
@@ -165,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets a process
     asyncio.run(ensure_database(args.database_url))
     schema.upgrade(args.database_url)
-    asyncio.run(prepare(args.database_url))
     out = Path(args.out)
     lines = ["# Benchmarks", "",
              f"Written by `herald bench{' --quick' if args.quick else ''}` "

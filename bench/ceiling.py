@@ -1,8 +1,9 @@
 """The database's own ceiling, measured with pgbench on the benchmark database: a
 single-row INSERT with Herald's triggers notifying at COMMIT, the same INSERT while the
 relay's lease is held (the triggers stamp rows for the relay instead of notifying), the
-same INSERT on a copy of the table with no NOTIFY trigger at all, and NOTIFY alone, each
-at 1, 4 and 16 clients."""
+same INSERT with the two NOTIFY triggers disabled for the run (Herald's functions serve
+Herald's table only, revision 0009, so no copy of the table can borrow them), and NOTIFY
+alone, each at 1, 4 and 16 clients. The benchmark database is the bench's own."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -21,6 +21,8 @@ import asyncpg
 from app import db
 
 RELAYED = "insert, relay lease held (Herald's triggers, no NOTIFY)"
+NO_NOTIFY = "insert, no NOTIFY"
+NOTIFY_TRIGGERS = ("notify_inserted", "notify_frame")
 SCRIPTS = {
     "insert + NOTIFY (Herald's triggers)":
         "INSERT INTO herald.notifications (user_id, title) "
@@ -28,8 +30,8 @@ SCRIPTS = {
     RELAYED:
         "INSERT INTO herald.notifications (user_id, title) "
         "VALUES ('pgb' || (random() * 1000)::int, 'bench');\n",
-    "insert, no NOTIFY":
-        "INSERT INTO bench_ceiling.notifications (user_id, title) "
+    NO_NOTIFY:
+        "INSERT INTO herald.notifications (user_id, title) "
         "VALUES ('pgb' || (random() * 1000)::int, 'bench');\n",
     "NOTIFY alone": "SELECT pg_notify('bench_ceiling', 'x');\n",
 }
@@ -59,27 +61,27 @@ def _conn_args(url: str) -> list[str]:
             parts.path.lstrip("/") or "postgres"]
 
 
-def prepare(sql: Callable[[str], object]) -> None:
-    """``sql(statement)`` runs one statement: a copy of the table that has the seq
-    trigger but no NOTIFY trigger, for the "no NOTIFY" line."""
-    sql("CREATE SCHEMA IF NOT EXISTS bench_ceiling")
-    sql("DROP TABLE IF EXISTS bench_ceiling.notifications")
-    sql("CREATE TABLE bench_ceiling.notifications "
-        "(LIKE herald.notifications INCLUDING DEFAULTS INCLUDING IDENTITY)")
-    sql("CREATE TRIGGER assign_seq BEFORE INSERT ON bench_ceiling.notifications "
-        "FOR EACH ROW EXECUTE FUNCTION herald.assign_seq()")
-
-
-def _lease(url: str, held: bool) -> None:
-    async def set_lease() -> None:
+def _set(url: str, *statements: str) -> None:
+    async def execute() -> None:
         conn = await asyncpg.connect(db.asyncpg_dsn(url))
         try:
-            await conn.execute("UPDATE herald.relay SET batched_until = "
-                               + ("now() + interval '1 hour'" if held else "'-infinity'"))
+            for statement in statements:
+                await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(set_lease())
+    asyncio.run(execute())
+
+
+def _lease(url: str, held: bool) -> None:
+    _set(url, "UPDATE herald.relay SET batched_until = "
+         + ("now() + interval '1 hour'" if held else "'-infinity'"))
+
+
+def _notify_triggers(url: str, enabled: bool) -> None:
+    verb = "ENABLE" if enabled else "DISABLE"
+    _set(url, *(f"ALTER TABLE herald.notifications {verb} TRIGGER {name}"
+                for name in NOTIFY_TRIGGERS))
 
 
 def run(url: str, seconds: int = 5) -> list[CeilingResult]:
@@ -87,15 +89,19 @@ def run(url: str, seconds: int = 5) -> list[CeilingResult]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, script in SCRIPTS.items():
             _lease(url, name == RELAYED)
+            _notify_triggers(url, name != NO_NOTIFY)
             path = Path(tmp) / "script.sql"
             path.write_text(script)
-            for clients in CLIENTS:
-                out = subprocess.run(
-                    [pgbench_binary(), "-n", "-f", str(path), "-c", str(clients),
-                     "-j", str(min(clients, 2)), "-T", str(seconds), *_conn_args(url)],
-                    capture_output=True, text=True, check=True)
-                match = re.search(r"tps = ([\d.]+)", out.stdout)
-                assert match, out.stdout + out.stderr
-                results.append(CeilingResult(name, clients, float(match[1])))
+            try:
+                for clients in CLIENTS:
+                    out = subprocess.run(
+                        [pgbench_binary(), "-n", "-f", str(path), "-c", str(clients),
+                         "-j", str(min(clients, 2)), "-T", str(seconds), *_conn_args(url)],
+                        capture_output=True, text=True, check=True)
+                    match = re.search(r"tps = ([\d.]+)", out.stdout)
+                    assert match, out.stdout + out.stderr
+                    results.append(CeilingResult(name, clients, float(match[1])))
+            finally:
+                _notify_triggers(url, True)
     _lease(url, False)
     return results
