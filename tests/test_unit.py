@@ -312,7 +312,7 @@ def test_keyed_limiters_are_per_key_and_forget_full_buckets() -> None:
 
 def _request(peer: str, **headers: str) -> tornado.httputil.HTTPServerRequest:
     request = tornado.httputil.HTTPServerRequest(
-        method="GET", uri="/", headers=tornado.httputil.HTTPHeaders({"Host": "herald", **headers}),
+        headers=tornado.httputil.HTTPHeaders({"Host": "herald", **headers}),
         start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"))
     request.remote_ip, request.protocol = peer, "http"
     return request
