@@ -337,7 +337,8 @@ def parse_frame_event(payload: str, key: bytes) -> FrameEvent:
     ``ProtocolError`` naming the first thing wrong (``frame_event_pointer`` then says
     which row to fetch instead)."""
     body = payload[MAC_HEX:]
-    if not hmac.compare_digest(payload[:MAC_HEX], frame_mac(key, body)):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError).
+    if not hmac.compare_digest(payload[:MAC_HEX].encode(), frame_mac(key, body).encode()):
         raise ProtocolError("bad_bus_payload", "frame: bad MAC")
     event = _json_object(body, "bad_bus_payload", "payload")
     user, seq, created, text = event.get("u"), event.get("s"), event.get("t"), event.get("f")

@@ -144,6 +144,12 @@ class Relay:
         await conn.execute("SELECT pg_notify($1, $2)", models.CHANNEL, SYNC_PAYLOAD,
                            timeout=10)
         await self._end_lease(conn)  # a predecessor's lease is not ours to keep
+        # Only the table's owner may VACUUM it (herald_owner: a node's role is a member
+        # only where it migrated too); otherwise autovacuum (threshold 1,000 dead rows for
+        # this table) does the job, and PostgreSQL is not asked to warn every interval.
+        may_vacuum = await conn.fetchval(
+            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class "
+            "WHERE oid = 'herald.relay_pending'::regclass", timeout=10)
         last_id: int | None = None
         measured_at = vacuumed_at = time.monotonic()
         polled = 0  # pointers taken since the last vacuum
@@ -154,9 +160,7 @@ class Relay:
             self.announced += row["announced"]
             polled += row["announced"]
             now = time.monotonic()
-            if polled and now - vacuumed_at >= self._vacuum_interval:
-                # Only the table's owner may; otherwise PostgreSQL skips it with a warning
-                # and autovacuum (threshold 1,000 dead rows for this table) does the job.
+            if polled and may_vacuum and now - vacuumed_at >= self._vacuum_interval:
                 await conn.execute("VACUUM herald.relay_pending", timeout=10)
                 vacuumed_at, polled = now, 0
             if last_id is None:

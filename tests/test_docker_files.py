@@ -6,6 +6,7 @@ addresses and port swapped."""
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -52,6 +53,12 @@ def test_compose_services_and_order(compose: dict) -> None:
     assert names == {"node1", "node2", "node3"}
     nginx = services["nginx"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    # The nodes believe forwarded headers from nginx's fixed address only.
+    address = nginx["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    for name in ("node1", "node2", "node3"):
+        assert services[name]["environment"]["HERALD_TRUSTED_PROXIES"] == address
     assert set(nginx["depends_on"]) == {"node1", "node2", "node3"}
 
 

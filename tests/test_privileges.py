@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from app import db
+from app import db, schema
 from tests.conftest import API_KEY, insert, token_for
 from tests.helpers import private_channel, wait_for
 from tests.test_hardening import metric
@@ -162,6 +162,12 @@ ATTACKS: dict[str, list[str]] = {
     "the pointer table read": [
         "SELECT * FROM herald.relay_pending",
     ],
+    "the pointer table written (a pointer too big to announce stalled the relay)": [
+        "INSERT INTO herald.relay_pending VALUES (repeat('a', 9000), 1)",
+    ],
+    "other users' notifications read": [
+        "INSERT INTO pg_temp.loot SELECT 'read ' || title FROM herald.notifications",
+    ],
 }
 
 
@@ -186,6 +192,8 @@ async def test_a_writer_cannot_reach_the_owners_rights(
         loot = [r["what"] for r in await conn.fetch("SELECT what FROM pg_temp.loot")]
         print(f"\n{attack}: {errors or 'no error'}; loot {loot}")
         assert all(what == f"ran as {writer['name']}" for what in loot), loot
+        if "written" in attack or "read" in attack:
+            assert errors and "permission denied" in errors[-1], errors
         assert not await conn.fetchval(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -199,12 +207,47 @@ async def test_a_writer_cannot_reach_the_owners_rights(
         await listener.close()
 
 
+async def test_debug_output_never_shows_the_key_or_the_channel(
+    fresh: dict[str, Any], writer: dict[str, Any]
+) -> None:
+    """A user may turn on the planner's debug output (which prints a query's constants)
+    and NOTIFY tracing (which prints the channel): inside the owner-run triggers both
+    are off, so neither the channel's name nor the MAC key, nor its pads, reach the
+    writer's session."""
+    conn = writer["conn"]
+    messages: list[str] = []
+    conn.add_log_listener(lambda _conn, message: messages.append(
+        f"{message.message}\n{message.detail or ''}"))
+    for setting in ("debug_pretty_print = off", "debug_print_plan = on",
+                    "debug_print_parse = on", "debug_print_rewritten = on",
+                    "trace_notify = on", "client_min_messages = debug5"):
+        await conn.execute(f"SET {setting}")
+    for _ in range(7):  # past the plan cache's custom plans, whose constants are values
+        await insert(conn, "carol", "debugged")
+        async with conn.transaction():
+            await insert(conn, "dave", "in a transaction")
+            await insert(conn, "dave", "and its second row")
+    row = await fresh["sql"].fetchrow("SELECT channel, mac_key, mac_inner, mac_outer "
+                                      "FROM herald_private.bus_key")
+    text = "\n".join(messages)
+    assert len(messages) > 10, messages  # the debug output did arrive
+    # The planner prints a constant as its bytes in decimal (signed), lines wrapped.
+    flat = " ".join(text.split())
+    for name in ("channel", "mac_key", "mac_inner", "mac_outer"):
+        value = row[name].encode() if name == "channel" else bytes(row[name])
+        printed = [" ".join(str(b - 256 if signed and b > 127 else b) for b in value[:12])
+                   for signed in (True, False)]
+        for secret in (value.hex(), row[name] if name == "channel" else None, *printed):
+            assert secret is None or secret not in flat, (name, secret)
+
+
 async def test_definer_functions_are_few_owned_by_a_nologin_role_and_not_public(
     fresh: dict[str, Any],
 ) -> None:
     """Every function of Herald's: owned by herald_owner (neither superuser nor login),
-    path pinned, not executable by PUBLIC; the owner-run ones are exactly the two that
-    must be, and only their owner may execute them. Every table and schema too."""
+    path pinned, not executable by PUBLIC; the owner-run ones are exactly the three
+    triggers that must be, only their owner may execute them, and they silence what
+    would print their queries' values. Every table and schema too."""
     sql = fresh["sql"]
     functions = await sql.fetch(
         """
@@ -222,13 +265,18 @@ async def test_definer_functions_are_few_owned_by_a_nologin_role_and_not_public(
                            f"{sorted(f['executors'])}" for f in functions))
     assert len(functions) >= 11
     definers = sorted(f["proname"] for f in functions if f["prosecdef"])
-    assert definers == ["assign_seq", "notify_frame"]
+    assert definers == ["assign_seq", "notify_frame", "notify_inserted"]
     for f in functions:
         assert f["owner"] == "herald_owner", f
         assert not f["public"], f
-        assert f["proconfig"] == ["search_path=pg_catalog, pg_temp"], f
+        assert f["proconfig"][0] == "search_path=pg_catalog, pg_temp", f
         if f["prosecdef"]:
             assert f["executors"] == ["herald_owner"], f
+            assert set(f["proconfig"][1:]) == {
+                "debug_print_plan=off", "debug_print_parse=off", "debug_print_rewritten=off",
+                "trace_notify=off", "client_min_messages=warning"}, f
+        else:
+            assert len(f["proconfig"]) == 1, f
     owners = await sql.fetch(
         """
         SELECT c.relname, c.relowner::regrole::text AS owner FROM pg_class c
@@ -380,3 +428,174 @@ async def test_forged_frames_are_refused_and_the_row_is_fetched_instead(
         assert (got["seq"], got["title"]) == (seq, f"real ({reason})"), reason
         assert await metric(node.port,
                             'herald_refused_total{reason="bus_payload"}') == refused + 1
+
+
+# --- upgrading a database that revision 0008 left exposed ---------------------------------
+
+
+@pytest.fixture
+async def at_0008(make_database: Any) -> AsyncIterator[dict[str, Any]]:
+    """A database at revision 0008, a superuser connection to it, and a factory of
+    login roles (dropped at the end, with whatever they own)."""
+    url = make_database()
+    await asyncio.to_thread(schema.upgrade, url, "0008")
+    conn = await db.connect(url, "herald-test-0008")
+    made: list[str] = []
+
+    async def role(*grants: str) -> tuple[str, str]:
+        name = f"herald_t_{uuid.uuid4().hex[:8]}"
+        await conn.execute(f"CREATE ROLE {name} LOGIN")
+        for grant in grants:
+            await conn.execute(grant.format(role=name))
+        made.append(name)
+        return name, _as_role(url, name)
+
+    try:
+        yield {"url": url, "sql": conn, "role": role}
+    finally:
+        for name in made:
+            await conn.execute(f"REASSIGN OWNED BY {name} TO CURRENT_USER")
+            await conn.execute(f"DROP OWNED BY {name}")
+            await conn.execute(f"DROP ROLE {name}")
+        await conn.close()
+
+
+OLD_README_GRANTS = (
+    "GRANT USAGE ON SCHEMA herald TO {role}",
+    "GRANT INSERT, SELECT ON herald.notifications TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON herald.user_counters TO {role}",
+    "GRANT SELECT ON herald.relay TO {role}",
+)
+
+
+async def test_the_upgrade_takes_back_more_than_readme_gave(at_0008: dict[str, Any]) -> None:
+    """A role given every right on every table of schema herald keeps, after the
+    upgrade, the data rights on herald.notifications and nothing else: no TRIGGER (a
+    trigger on the counters ran as the owner), nothing on the counters, the relay's
+    tables, the nodes or the sequence. It writes as a member of herald_writer."""
+    sql = at_0008["sql"]
+    name, url = await at_0008["role"](
+        "GRANT USAGE, CREATE ON SCHEMA herald TO {role}",
+        "GRANT ALL ON ALL TABLES IN SCHEMA herald TO {role} WITH GRANT OPTION",
+        "GRANT ALL ON ALL SEQUENCES IN SCHEMA herald TO {role}")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    rights = await sql.fetch(
+        "SELECT c.relname, array_agg(a.privilege_type ORDER BY a.privilege_type) AS rights "
+        "FROM pg_class c, aclexplode(c.relacl) a WHERE a.grantee = $1::regrole "
+        "AND c.relnamespace = 'herald'::regnamespace GROUP BY c.relname", name)
+    assert {r["relname"]: r["rights"] for r in rights} == {
+        "notifications": ["DELETE", "INSERT", "SELECT", "UPDATE"]}
+    assert not await sql.fetchval("SELECT has_schema_privilege($1, 'herald', 'CREATE')", name)
+    assert await sql.fetchval("SELECT pg_has_role($1, 'herald_writer', 'MEMBER')", name)
+    conn = await db.connect(url, "herald-test-broad")
+    try:
+        await insert(conn, "alice", "still publishes")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CREATE TRIGGER t BEFORE INSERT ON herald.user_counters "
+                               "FOR EACH ROW EXECUTE FUNCTION herald.stamp_change()")
+    finally:
+        await conn.close()
+
+
+async def test_the_upgrade_refuses_triggers_that_are_not_heralds(
+    at_0008: dict[str, Any],
+) -> None:
+    sql = at_0008["sql"]
+    await sql.execute("CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql "
+                      "AS $$ BEGIN RETURN NEW; END $$")
+    await sql.execute("CREATE TRIGGER planted BEFORE INSERT ON herald.user_counters "
+                      "FOR EACH ROW EXECUTE FUNCTION public.planted()")
+    try:
+        with pytest.raises(Exception, match="herald.user_counters.planted"):
+            await asyncio.to_thread(schema.upgrade, at_0008["url"])
+        assert await sql.fetchval("SELECT version_num FROM herald_alembic_version") == "0008"
+    finally:
+        await sql.execute("DROP TRIGGER planted ON herald.user_counters")
+        await sql.execute("DROP FUNCTION public.planted()")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+
+
+async def test_the_upgrade_repairs_what_a_writer_broke_under_0008(
+    at_0008: dict[str, Any],
+) -> None:
+    """Ids planted ahead of the sequence and a counter moved back below its user's rows
+    (both possible for README's writer under 0008) no longer break anyone's inserts."""
+    sql = at_0008["sql"]
+    _, url = await at_0008["role"](*OLD_README_GRANTS)
+    conn = await db.connect(url, "herald-test-0008-writer")
+    try:
+        await insert(conn, "alice", "one")
+        await insert(conn, "alice", "two")
+        await conn.execute("INSERT INTO herald.notifications (id, user_id, title) "
+                           "OVERRIDING SYSTEM VALUE SELECT g, 'mallory', 'planted' "
+                           "FROM generate_series(4, 53) g")
+        await conn.execute("UPDATE herald.user_counters SET last_seq = 0 "
+                           "WHERE user_id = 'alice'")
+        with pytest.raises(asyncpg.UniqueViolationError):  # broken under 0008
+            await insert(conn, "alice", "three")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    conn = await db.connect(url, "herald-test-0008-writer")
+    try:
+        for user in ("alice", "bob", "mallory"):
+            await insert(conn, user, "after the upgrade")
+        assert await sql.fetchval("SELECT max(seq) FROM herald.notifications "
+                                  "WHERE user_id = 'alice'") == 3
+    finally:
+        await conn.close()
+
+
+async def test_a_non_superuser_that_owns_herald_migrates_and_upgrades(
+    at_0008: dict[str, Any], make_database: Any
+) -> None:
+    """A database created, and migrated to 0008, by a role that is no superuser:
+    upgraded by a superuser, or by that role itself once a superuser made it a member
+    of herald_owner (README, *Roles*); without that, the upgrade says what to do."""
+    sql = at_0008["sql"]
+    name, _ = await at_0008["role"]()
+    # (Membership is the server's: once granted, it stays for the next database.)
+    for upgrader in ("owner without membership", "superuser", "owner"):
+        url = make_database()
+        database = urlsplit(url).path.lstrip("/")
+        await sql.execute(f'ALTER DATABASE "{database}" OWNER TO {name}')
+        owner_url = _as_role(url, name)
+        await asyncio.to_thread(schema.upgrade, owner_url, "0008")
+        if upgrader == "owner":
+            await sql.execute(f"GRANT herald_owner TO {name}")
+        try:
+            if upgrader == "owner without membership":
+                with pytest.raises(Exception, match=f"GRANT herald_owner TO {name}"):
+                    await asyncio.to_thread(schema.upgrade, owner_url)
+                continue
+            await asyncio.to_thread(schema.upgrade,
+                                    url if upgrader == "superuser" else owner_url)
+            conn = await db.connect(url, "herald-test-owner")
+            try:
+                assert await conn.fetchval(
+                    "SELECT relowner::regrole::text FROM pg_class "
+                    "WHERE oid = 'herald.notifications'::regclass") == "herald_owner"
+                await insert(conn, "alice", f"after an upgrade by the {upgrader}")
+            finally:
+                await conn.close()
+        finally:
+            admin = await db.connect(url, "herald-test-owner")
+            try:
+                await admin.execute(f'ALTER DATABASE "{database}" OWNER TO CURRENT_USER')
+                await admin.execute(f"REASSIGN OWNED BY {name} TO CURRENT_USER")
+                await admin.execute(f"DROP OWNED BY {name}")
+            finally:
+                await admin.close()
+
+
+async def test_times_a_node_cannot_read_are_refused(
+    fresh: dict[str, Any], writer: dict[str, Any]
+) -> None:
+    """A row dated in the year 20000 (or 4000 BC) once made every fetch that included its
+    user, and every retention pass, fail."""
+    for column, value in (("created_at", "20000-01-01"), ("created_at", "4000-01-01 BC"),
+                          ("expires_at", "20000-01-01")):
+        with pytest.raises(asyncpg.CheckViolationError, match=f"{column}_range"):
+            await writer["conn"].execute(
+                f"INSERT INTO herald.notifications (user_id, title, {column}) "
+                f"VALUES ('victim', 'poison', '{value}')")

@@ -232,6 +232,7 @@ def test_a_frame_with_its_mac_parses() -> None:
     _payload("alice", {**FRAME, "link": "/..//evil.example"}),
     _payload("", FRAME),
     "short",
+    "é" * 64 + _payload("alice", FRAME)[64:],
 ])
 def test_frames_that_fail_a_check_are_refused(payload: str) -> None:
     with pytest.raises(protocol.ProtocolError) as err:

@@ -18,33 +18,48 @@ What changes:
 
 * Three NOLOGIN roles, created when missing (roles belong to the server, not to one
   database): ``herald_owner`` owns every Herald object from now on (never a superuser,
-  never a login); ``herald_writer`` holds what a backend's role needs to insert;
-  ``herald_node`` what the nodes need (it is a member of ``herald_writer``: the publish
-  API inserts). Grant login roles membership: ``GRANT herald_writer TO shop``.
-  Roles that could INSERT before are made members of ``herald_writer``, so they keep
-  working, and lose every direct right on ``herald.user_counters``.
-* ``assign_seq()`` runs as the owner (writers have no right on the counters at all), for
-  ``herald.notifications`` only (``TG_RELID``), and assigns the row's id itself from
-  ``herald.notifications_id_seq``: the id column is no longer an identity column, so an
-  explicit id, with or without OVERRIDING SYSTEM VALUE, is overwritten.
-* ``notify_inserted()`` runs as the inserting role (writers get INSERT on the pointer
-  table instead), for ``herald.notifications`` only.
-* ``notify_frame()`` still runs as the owner (only the owner and the nodes may know the
-  key), for ``herald.notifications`` only, and prefixes each payload with an
-  HMAC-SHA256 of it (64 hex digits) under a key kept beside the channel name: a node
-  accepts a frame only if the MAC is right, so knowing the channel's name (visible in
-  ``pg_stat_activity`` to monitoring roles) is not enough to forge one.
+  never a login); ``herald_writer`` holds what a backend's role needs to insert, and no
+  more (not even reading other users' notifications); ``herald_node`` what the nodes
+  need (it is a member of ``herald_writer``: the publish API inserts). Grant login roles
+  membership: ``CREATE ROLE shop LOGIN IN ROLE herald_writer``.
+* Existing grants: roles that could INSERT become members of ``herald_writer``; every
+  right on Herald's objects that is not a ``herald_*`` role's is revoked, but the data
+  rights on ``herald.notifications`` (TRIGGER, REFERENCES and TRUNCATE anywhere and
+  anything on the counters, the relay's tables, the nodes, the sequence, the key or the
+  functions are gone: a trigger on the counters ran as the owner). A trigger on a Herald
+  table that is not Herald's stops the upgrade.
+* Three trigger functions run as the owner, for ``herald.notifications`` only
+  (``TG_RELID``), with EXECUTE for nobody but the owner (EXECUTE is checked when a
+  trigger is created, not when it fires): ``assign_seq()`` (writers have no right on
+  the counters at all; it also takes the row's id from ``herald.notifications_id_seq``,
+  which is no longer an identity, so an id an INSERT names, OVERRIDING SYSTEM VALUE
+  included, is overwritten), ``notify_inserted()`` (the relay's pointer table is the
+  owner's: a writer's own pointer of 9,000 bytes once stalled the relay) and
+  ``notify_frame()``. They also turn off, for their own duration, what would print
+  their queries' values or the channel to the session (``debug_print_*``,
+  ``trace_notify``, ``client_min_messages``): under 0008 any role read the channel's
+  name that way, so it is renamed here.
+* Each private-channel payload is prefixed with the HMAC-SHA256 of it (64 hex digits)
+  under a key kept beside the channel's name: a node accepts a frame only with the right
+  MAC, so knowing the channel's name (visible in ``pg_stat_activity`` to monitoring
+  roles) is not enough to forge one.
 * EXECUTE on every Herald function is revoked from PUBLIC and granted to the roles that
   call it; every function runs with ``search_path = pg_catalog, pg_temp``, so an
   overload or operator planted in another schema never runs in its place.
+* What a writer could break under 0008 is repaired: the sequence starts past every id,
+  each counter is at least its user's highest seq.
+* ``created_at`` and ``expires_at`` must lie between the years 1 and 9999 (a node could
+  not decode a row of the year 20000; existing ones are clamped); the relay's pointers
+  are checked too.
 * The link check refuses control and invisible-space characters anywhere and dot
   segments (``/..//evil.example`` resolves to ``//evil.example``, an off-site link);
   existing links that fail it are set to NULL, as revision 0006 did.
 * An index for history by category.
 
-Downgrade restores revision 0008's functions, the identity column and the old link
-check, hands the objects back to the role that runs it and gives ``herald_writer`` the
-grants 0008's README listed; the three roles stay (other databases may use them).
+A migrating role that is not a superuser must be a member of ``herald_owner`` (the
+upgrade says so when it is not). Downgrade restores revision 0008's functions, the
+identity column and the old checks, owned by the role that runs it; the roles stay, and
+so does EXECUTE revoked from PUBLIC.
 """
 
 from typing import Sequence, Union
@@ -58,6 +73,31 @@ depends_on: Union[str, Sequence[str], None] = None
 
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 PINNED = "SET search_path = pg_catalog, pg_temp"
+# What the owner-run functions handle must not be printed to the session that fired
+# them: a user may turn on the planner's debug output (which shows a query's constants,
+# the key among them) and NOTIFY tracing (which shows the channel). Functions set them
+# back for their own duration.
+QUIET = (PINNED + " SET debug_print_plan = off SET debug_print_parse = off"
+         " SET debug_print_rewritten = off SET trace_notify = off"
+         " SET client_min_messages = warning")
+
+# Role membership belongs to the server; a migrating role that is no superuser may grant
+# it only with the ADMIN option (PostgreSQL 16): say what to do instead of failing
+# obscurely. A temporary function, gone with the migration's session.
+GRANT_ROLE = r"""
+CREATE FUNCTION pg_temp.grant_role(role text, member text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_has_role(member, role, 'MEMBER') THEN
+        RETURN;
+    END IF;
+    EXECUTE format('GRANT %I TO %s', role, member);
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE EXCEPTION 'role % cannot make % a member of %: as a superuser, GRANT % TO %; '
+        'or migrate as a superuser', current_user, member, role, role, member;
+END
+$$
+"""
 
 ROLES = r"""
 DO $$
@@ -75,9 +115,41 @@ BEGIN
                AND (rolsuper OR rolcanlogin)) THEN
         RAISE EXCEPTION 'role herald_owner must be NOLOGIN and not a superuser';
     END IF;
-    -- A migrating role that is not a superuser must be a member to hand objects over.
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        EXECUTE format('GRANT herald_owner TO %I', current_user);
+    -- A migrating role that is not a superuser must be a member to hand objects over
+    -- (and to migrate later: it keeps owning Herald's objects through herald_owner).
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role(current_user, 'herald_owner', 'MEMBER') THEN
+        BEGIN
+            EXECUTE format('GRANT herald_owner TO %I', current_user);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'role % cannot hand Herald''s objects to herald_owner: as a '
+                'superuser, GRANT herald_owner TO %; or migrate as a superuser',
+                current_user, current_user;
+        END;
+    END IF;
+END
+$$
+"""
+
+# A trigger on one of Herald's tables runs with the rights of whoever fires it, the owner
+# included (assign_seq writes the counters): only Herald's own may be there.
+OWN_TRIGGERS = ("assign_seq", "guard_identity", "notify_inserted", "stamp_change",
+                "notify_changed", "notify_frame")
+FOREIGN_TRIGGERS = rf"""
+DO $$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(t.tgrelid::regclass || '.' || t.tgname, ', ') INTO found
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+    WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+      AND NOT t.tgisinternal
+      AND t.tgname NOT IN ({", ".join(f"'{name}'" for name in OWN_TRIGGERS)});
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'triggers that are not Herald''s on Herald''s tables: %', found
+            USING HINT = 'Whoever can create one can run code as whoever writes the '
+                         'table (revision 0008 let writers become superuser): drop them '
+                         'and audit your roles, then migrate again.';
     END IF;
 END
 $$
@@ -88,7 +160,15 @@ OWNERSHIP = r"""
 DO $$
 DECLARE
     item record;
+    previous regrole := (SELECT relowner::regrole FROM pg_class
+                         WHERE oid = 'herald.notifications'::regclass);
 BEGIN
+    -- The role that owned them (when not a superuser) keeps what it had, as a member.
+    IF previous::text <> 'herald_owner'
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE oid = previous)
+       AND NOT pg_has_role(previous, 'herald_owner', 'MEMBER') THEN
+        EXECUTE format('GRANT herald_owner TO %s', previous);
+    END IF;
     ALTER SCHEMA herald OWNER TO herald_owner;
     ALTER SCHEMA herald_private OWNER TO herald_owner;
     FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
@@ -110,18 +190,21 @@ DO $$
 DECLARE
     next_id bigint;
 BEGIN
-    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END INTO next_id
-    FROM herald.notifications_id_seq;
+    SELECT greatest(CASE WHEN is_called THEN last_value + 1 ELSE last_value END,
+                    (SELECT coalesce(max(id), 0) + 1 FROM herald.notifications))
+    INTO next_id FROM herald.notifications_id_seq;
     ALTER TABLE herald.notifications ALTER COLUMN id DROP IDENTITY;
-    EXECUTE format('CREATE SEQUENCE herald.notifications_id_seq AS bigint START WITH %s '
-                   'OWNED BY herald.notifications.id', next_id);
+    EXECUTE format('CREATE SEQUENCE herald.notifications_id_seq AS bigint START WITH %s',
+                   next_id);
+    ALTER SEQUENCE herald.notifications_id_seq OWNER TO herald_owner;
+    ALTER SEQUENCE herald.notifications_id_seq OWNED BY herald.notifications.id;
 END
 $$
 """
 
 ASSIGN_SEQ = rf"""
 CREATE OR REPLACE FUNCTION herald.assign_seq() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER {PINNED} AS $$
+LANGUAGE plpgsql SECURITY DEFINER {QUIET} AS $$
 DECLARE
     current_seq bigint;
 BEGIN
@@ -166,7 +249,7 @@ $$
 
 NOTIFY_INSERTED = rf"""
 CREATE OR REPLACE FUNCTION herald.notify_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY INVOKER {PINNED} AS $$
+LANGUAGE plpgsql SECURITY DEFINER {QUIET} AS $$
 DECLARE
     users text[];
     seqs bigint[];
@@ -207,10 +290,11 @@ FRAME = f"""json_build_object(
 # HMAC-SHA256 (RFC 2104) with the two padded keys stored: sha256(outer || sha256(inner || m)).
 NOTIFY_FRAME = rf"""
 CREATE OR REPLACE FUNCTION herald.notify_frame() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER {PINNED} AS $$
+LANGUAGE plpgsql SECURITY DEFINER {QUIET} AS $$
 DECLARE
     key record;
     payload text;
+    mac text;
 BEGIN
     IF TG_RELID <> 'herald.notifications'::regclass OR TG_OP <> 'INSERT'
        OR TG_LEVEL <> 'ROW' THEN
@@ -225,8 +309,9 @@ BEGIN
     SELECT channel, mac_inner, mac_outer INTO key FROM herald_private.bus_key WHERE id = 1;
     -- 8000 bytes is NOTIFY's cap, 64 of them the MAC; a larger frame is fetched.
     IF payload IS NOT NULL AND key.channel IS NOT NULL AND octet_length(payload) < 7800 THEN
-        PERFORM pg_notify(key.channel, encode(sha256(key.mac_outer || sha256(
-            key.mac_inner || convert_to(payload, 'UTF8'))), 'hex') || payload);
+        mac := encode(sha256(key.mac_outer || sha256(key.mac_inner
+                                                     || convert_to(payload, 'UTF8'))), 'hex');
+        PERFORM pg_notify(key.channel, mac || payload);
     END IF;
     RETURN NULL;
 END
@@ -247,7 +332,12 @@ BEGIN
         inner_pad := set_byte(inner_pad, i, get_byte(k, i) # 54);   -- 0x36
         outer_pad := set_byte(outer_pad, i, get_byte(k, i) # 92);   -- 0x5c
     END LOOP;
-    UPDATE herald_private.bus_key SET mac_key = k, mac_inner = inner_pad, mac_outer = outer_pad
+    -- A new channel name too: under revision 0008 any role could read the old one (NOTIFY
+    -- tracing printed it), so it is no secret any more.
+    UPDATE herald_private.bus_key
+    SET mac_key = k, mac_inner = inner_pad, mac_outer = outer_pad,
+        channel = 'herald_' || left(replace(gen_random_uuid()::text
+                                            || gen_random_uuid()::text, '-', ''), 48)
     WHERE id = 1;
 END
 $$
@@ -262,6 +352,25 @@ LINK_PATTERN = (r"^(?!.*(^|/)(\.|%2e){1,2}([/?#]|$))"
                 rf"(https?://[^{_BAD}]+|/(?![/\\])[^{_BAD}]*)$")
 OLD_LINK_PATTERN = r"^(https?://[^\s\\]+|/(?![/\\])[^\s\\]*)$"
 
+# Times Python (and so a node) can decode: a row dated in the year 20000 made every fetch
+# that included its user fail, and one dated 4000 BC every retention pass.
+TIME_CHECKS = {
+    "created_at_range": "created_at >= '0001-01-02' AND created_at < '9999-12-31'",
+    "expires_at_range": "expires_at >= '0001-01-02' AND expires_at < '9999-12-31'",
+}
+CLAMP_TIMES = """
+UPDATE herald.notifications
+SET created_at = least(greatest(created_at, '0001-01-02'), '9999-12-30'),
+    expires_at = least(greatest(expires_at, '0001-01-02'), '9999-12-30')
+WHERE NOT (created_at >= '0001-01-02' AND created_at < '9999-12-31')
+   OR NOT (expires_at >= '0001-01-02' AND expires_at < '9999-12-31')
+"""
+# The pointer table holds what the owner-run trigger writes, nothing else.
+PENDING_CHECKS = {
+    "user_id_length": "char_length(user_id) BETWEEN 1 AND 255",
+    "seq_positive": "seq > 0",
+}
+
 CATEGORY_INDEX = ("ix_notifications_user_id_category_seq",
                   "ON herald.notifications (user_id, category, seq) WHERE category IS NOT NULL")
 
@@ -270,9 +379,9 @@ CATEGORY_INDEX = ("ix_notifications_user_id_category_seq",
 FUNCTIONS = {
     "assign_seq()": (), "guard_identity()": (), "stamp_change()": (),
     "notify_changed()": (), "notify_inserted()": (), "notify_frame()": (),
-    "relay_batched()": ("herald_writer",),
-    "announce(text[], bigint[])": ("herald_writer",),
-    "inline_candidate(bigint)": ("herald_writer",),
+    "relay_batched()": (),  # only the owner-run triggers call it
+    "announce(text[], bigint[])": ("herald_node",),  # relay_poll()
+    "inline_candidate(bigint)": ("herald_writer",),  # notify_frame's WHEN, as the writer
     "relay_poll()": ("herald_node",),
     "relay_poll(pg_snapshot)": ("herald_node",),
 }
@@ -281,10 +390,12 @@ REDEFINED = ("assign_seq()", "notify_inserted()", "notify_frame()")
 
 GRANTS = (
     "GRANT USAGE ON SCHEMA herald TO herald_writer",
-    "GRANT SELECT, INSERT ON herald.notifications TO herald_writer",
-    "GRANT SELECT ON herald.relay TO herald_writer",
-    "GRANT INSERT ON herald.relay_pending TO herald_writer",
-    "GRANT herald_writer TO herald_node",
+    # What RETURNING and idempotent retries need; a writer reads nobody's notifications.
+    "GRANT INSERT, SELECT (id, user_id, seq, created_at, idempotency_key) "
+    "ON herald.notifications TO herald_writer",
+    # (the membership is the server's: granted once, by whoever may)
+    "SELECT pg_temp.grant_role('herald_writer', 'herald_node')",
+    "GRANT SELECT ON herald.notifications TO herald_node",
     "GRANT UPDATE (delivered_at, read_at, archived_at), DELETE ON herald.notifications "
     "TO herald_node",
     "GRANT SELECT ON herald.user_counters TO herald_node",
@@ -297,34 +408,96 @@ GRANTS = (
     "GRANT SELECT ON public.herald_alembic_version TO herald_node",
 )
 
-# Roles that could insert keep working as members of herald_writer; nobody but the owner
-# keeps a direct right to change the counters.
-EXISTING_WRITERS = r"""
+# Roles that could INSERT keep working, as members of herald_writer (NOINHERIT ones must
+# SET ROLE herald_writer: a notice names them). Every right on Herald's objects that is
+# not a herald_* role's is revoked, but the data rights on herald.notifications
+# (SELECT, INSERT, UPDATE, DELETE: a backend may mark rows read or erase them): no role
+# keeps TRIGGER, REFERENCES or TRUNCATE anywhere, or any right on the counters, the
+# relay's tables, the nodes, the sequence, the key or a function.
+EXISTING_GRANTS = r"""
 DO $$
 DECLARE
     item record;
 BEGIN
     FOR item IN
-        SELECT DISTINCT a.grantee::regrole AS role
-        FROM pg_class c, aclexplode(c.relacl) a
-        WHERE c.oid = 'herald.notifications'::regclass AND a.privilege_type = 'INSERT'
-          AND a.grantee <> 0 AND a.grantee <> c.relowner
-          AND a.grantee::regrole::text NOT IN ('herald_owner', 'herald_writer', 'herald_node')
+        SELECT DISTINCT r.oid::regrole AS role, r.rolinherit AS inherits
+        FROM pg_roles r
+        WHERE r.rolname NOT IN ('herald_owner', 'herald_writer', 'herald_node')
+          AND r.oid <> (SELECT relowner FROM pg_class
+                        WHERE oid = 'herald.notifications'::regclass)
+          AND NOT r.rolsuper
+          AND (EXISTS (SELECT FROM pg_class c, aclexplode(c.relacl) a
+                       WHERE c.oid = 'herald.notifications'::regclass
+                         AND a.privilege_type = 'INSERT' AND a.grantee = r.oid)
+               OR EXISTS (SELECT FROM pg_attribute t, aclexplode(t.attacl) a
+                          WHERE t.attrelid = 'herald.notifications'::regclass
+                            AND a.privilege_type = 'INSERT' AND a.grantee = r.oid))
     LOOP
-        EXECUTE format('GRANT herald_writer TO %s', item.role);
+        PERFORM pg_temp.grant_role('herald_writer', item.role::text);
+        IF NOT item.inherits THEN
+            RAISE NOTICE 'role % is NOINHERIT: it must SET ROLE herald_writer to publish',
+                item.role;
+        END IF;
     END LOOP;
     FOR item IN
-        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text
-                        END AS role
+        SELECT DISTINCT c.oid::regclass AS object, c.relkind AS kind, c.relname AS name,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   AS grantee
         FROM pg_class c, aclexplode(c.relacl) a
-        WHERE c.oid = 'herald.user_counters'::regclass AND a.grantee <> c.relowner
-          AND a.privilege_type <> 'SELECT'
+        WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+          AND a.grantee <> c.relowner
+          AND (a.grantee = 0 OR a.grantee::regrole::text
+               NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
     LOOP
-        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON herald.user_counters '
-                       'FROM %s', item.role);
+        IF item.object = 'herald.notifications'::regclass THEN
+            EXECUTE format('REVOKE TRIGGER, REFERENCES, TRUNCATE ON %s FROM %s CASCADE',
+                           item.object, item.grantee);
+        ELSIF item.kind = 'S' THEN
+            EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s CASCADE', item.object,
+                           item.grantee);
+        ELSE
+            EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', item.object, item.grantee);
+        END IF;
+    END LOOP;
+    -- Column grants on the other tables (a grant on the table itself is gone above).
+    FOR item IN
+        SELECT DISTINCT t.attrelid::regclass AS object, t.attname AS name,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   AS grantee
+        FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a
+        WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+          AND c.oid <> 'herald.notifications'::regclass
+          AND (a.grantee = 0 OR a.grantee::regrole::text
+               NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
+    LOOP
+        EXECUTE format('REVOKE ALL (%I) ON %s FROM %s CASCADE', item.name, item.object,
+                       item.grantee);
+    END LOOP;
+    FOR item IN
+        SELECT DISTINCT n.nspname AS name,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   AS grantee, a.privilege_type AS privilege
+        FROM pg_namespace n, aclexplode(n.nspacl) a
+        WHERE n.nspname IN ('herald', 'herald_private') AND a.grantee <> n.nspowner
+          AND (a.grantee = 0 OR a.grantee::regrole::text
+               NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
+          AND (n.nspname = 'herald_private' OR a.privilege_type = 'CREATE')
+    LOOP
+        EXECUTE format('REVOKE %s ON SCHEMA %I FROM %s CASCADE', item.privilege, item.name,
+                       item.grantee);
     END LOOP;
 END
 $$
+"""
+
+# Damage a writer could do under revision 0008 that would outlive it: ids planted ahead
+# of the sequence (ID_SEQUENCE starts past them) and counters moved back below a user's
+# rows (raised to the highest seq each user has).
+COUNTERS_REPAIR = r"""
+INSERT INTO herald.user_counters AS c (user_id, last_seq)
+SELECT user_id, max(seq) FROM herald.notifications GROUP BY user_id
+ON CONFLICT (user_id) DO UPDATE SET last_seq = excluded.last_seq
+WHERE c.last_seq < excluded.last_seq
 """
 
 # --- revision 0008's objects, restored by downgrade() (copied, not imported) ---------------
@@ -442,7 +615,8 @@ def _replace_link_check(pattern: str) -> None:
 
 
 def upgrade() -> None:
-    _run(LOCK_TIMEOUT, ROLES, ID_SEQUENCE, ASSIGN_SEQ, NOTIFY_INSERTED,
+    _run(LOCK_TIMEOUT, GRANT_ROLE, ROLES, FOREIGN_TRIGGERS, OWNERSHIP, EXISTING_GRANTS, ID_SEQUENCE,
+         COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
          "ALTER TABLE herald_private.bus_key ADD COLUMN mac_key bytea, "
          "ADD COLUMN mac_inner bytea, ADD COLUMN mac_outer bytea", MAC_KEY, NOTIFY_FRAME)
     for function, callers in FUNCTIONS.items():
@@ -451,21 +625,39 @@ def upgrade() -> None:
         _run(f"REVOKE ALL ON FUNCTION herald.{function} FROM PUBLIC")
         for role in callers:
             _run(f"GRANT EXECUTE ON FUNCTION herald.{function} TO {role}")
-    _run(OWNERSHIP, *GRANTS, EXISTING_WRITERS)
+    _run(*GRANTS, CLAMP_TIMES)
+    for name, check in TIME_CHECKS.items():
+        _run(f"ALTER TABLE herald.notifications ADD CONSTRAINT ck_notifications_{name} "
+             f"CHECK ({check}) NOT VALID")
+    for name, check in PENDING_CHECKS.items():
+        _run(f"ALTER TABLE herald.relay_pending ADD CONSTRAINT ck_relay_pending_{name} "
+             f"CHECK ({check})")
     _replace_link_check(LINK_PATTERN)
     _run(f"UPDATE herald.notifications SET link = NULL WHERE link !~* '{LINK_PATTERN}'")
     with op.get_context().autocommit_block():
-        _run("ALTER TABLE herald.notifications VALIDATE CONSTRAINT ck_notifications_link_url")
+        for name in ("link_url", *TIME_CHECKS):
+            _run(f"ALTER TABLE herald.notifications VALIDATE CONSTRAINT ck_notifications_{name}")
         name, definition = CATEGORY_INDEX
         _run(f"DROP INDEX CONCURRENTLY IF EXISTS herald.{name}",  # left invalid by a failure
              f"CREATE INDEX CONCURRENTLY {name} {definition}")
 
 
 def downgrade() -> None:
+    """Revision 0008's schema again, owned by the role that runs this (as earlier
+    revisions create their objects). What stays: the roles, EXECUTE on every function
+    revoked from PUBLIC (0008's owner-run functions, attached by a writer to a table of
+    its own, were the way to the owner's rights: no role can attach them now), and the
+    rotated channel name. herald_writer gets the grants 0008's README listed; 0008's
+    known weaknesses (writers can move counters and name ids; the channel's name shows
+    in NOTIFY tracing, and frames on it are trusted) come back with it."""
     with op.get_context().autocommit_block():
         _run(f"DROP INDEX CONCURRENTLY IF EXISTS herald.{CATEGORY_INDEX[0]}")
     _run(LOCK_TIMEOUT)
     _replace_link_check(OLD_LINK_PATTERN)
+    for name in TIME_CHECKS:
+        _run(f"ALTER TABLE herald.notifications DROP CONSTRAINT ck_notifications_{name}")
+    for name in PENDING_CHECKS:
+        _run(f"ALTER TABLE herald.relay_pending DROP CONSTRAINT ck_relay_pending_{name}")
     _run("REASSIGN OWNED BY herald_owner TO CURRENT_USER",
          IDENTITY_V8, ASSIGN_SEQ_V8, NOTIFY_INSERTED_V8, NOTIFY_FRAME_V8,
          "ALTER TABLE herald_private.bus_key DROP COLUMN mac_key, DROP COLUMN mac_inner, "
@@ -473,13 +665,17 @@ def downgrade() -> None:
     for function in FUNCTIONS:
         if function not in REDEFINED:
             _run(f"ALTER FUNCTION herald.{function} RESET search_path")
-        _run(f"GRANT EXECUTE ON FUNCTION herald.{function} TO PUBLIC")
-    _run("REVOKE EXECUTE ON FUNCTION herald.notify_frame() FROM PUBLIC",
-         "REVOKE ALL ON ALL TABLES IN SCHEMA herald FROM herald_node",
+        if function in ("relay_batched()", "announce(text[], bigint[])",
+                        "inline_candidate(bigint)"):  # 0008's writers call them
+            _run(f"GRANT EXECUTE ON FUNCTION herald.{function} TO herald_writer")
+    _run("REVOKE ALL ON ALL TABLES IN SCHEMA herald FROM herald_node",
          "REVOKE ALL ON SCHEMA herald_private FROM herald_node",
          "REVOKE ALL ON herald_private.bus_key FROM herald_node",
          "REVOKE ALL ON public.herald_alembic_version FROM herald_node",
-         "REVOKE ALL ON herald.relay_pending FROM herald_writer",
-         "GRANT SELECT, INSERT, UPDATE ON herald.user_counters TO herald_writer")
+         "REVOKE ALL ON FUNCTION herald.relay_poll(), herald.relay_poll(pg_snapshot) "
+         "FROM herald_node",
+         "GRANT SELECT, INSERT ON herald.notifications TO herald_writer",
+         "GRANT SELECT, INSERT, UPDATE ON herald.user_counters TO herald_writer",
+         "GRANT SELECT ON herald.relay TO herald_writer")
     with op.get_context().autocommit_block():
         _run("ALTER TABLE herald.notifications VALIDATE CONSTRAINT ck_notifications_link_url")
