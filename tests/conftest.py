@@ -21,6 +21,9 @@ from app.config import Config
 from app.server import HeraldServer
 from tests.helpers import WsClient, wait_for
 
+# The browser fixture (tests/browsers.py), for the browser and shop tests.
+pytest_plugins = ["tests.browsers"]
+
 SECRET = "test-secret-0123456789abcdef0123456789"
 API_KEY = "test-api-key"
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
+from urllib.error import URLError
+from urllib.request import urlopen
 
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection
 
 from app import client
@@ -138,3 +143,58 @@ def frame_payload(user: str, frame: dict[str, Any], key: bytes | None,
     body = json.dumps({"k": "frame", "u": user, "s": frame["seq"] if seq is None else seq,
                        "t": 0, "f": json.dumps(frame)})
     return (protocol.frame_mac(key, body) if key is not None else "0" * 64) + body
+
+
+# --- processes and HTTP --------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any HERALD_ setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(extra)
+    return env
+
+
+def wait_http(port: int, path: str = "/readyz", timeout: float = 60) -> None:
+    """Until ``path`` answers 200 on ``port`` (a node started in another process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"port {port} never answered {path}")
+
+
+async def call(port: int, method: str, path: str, body: Any = None,
+               token: str | None = None, raw: bytes | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One HTTP request to a node: its status and its JSON body (or its text)."""
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    payload = raw if raw is not None else (None if body is None else json.dumps(body))
+    request = HTTPRequest(f"http://127.0.0.1:{port}{path}", method=method, body=payload,
+                          headers=all_headers, allow_nonstandard_methods=True)
+    response = await AsyncHTTPClient().fetch(request, raise_error=False)
+    text = response.body.decode()
+    try:
+        return response.code, json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or deeper than Python's parser goes
+        return response.code, text
+
+
+async def metric(port: int, name: str) -> float:
+    """The value of one sample of ``/metrics`` (0.0 when absent)."""
+    _, text = await call(port, "GET", "/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
+            key, value = line.rsplit(" ", 1)
+            if key == name:
+                return float(value)
+    return 0.0

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
+from tests.browsers import login, new_page
 from tests.conftest import insert, token_for
 from tests.helpers import wait_for
 from tests.proxy import TcpProxy
@@ -20,42 +21,7 @@ from tests.proxy import TcpProxy
 # its first seconds): a plain string would compare the whole attribute and pass by luck.
 UNREAD = re.compile(r"\bunread\b")
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    # A missing browser must fail the suite, never skip it: scripts/test installs it.
-    assert Path(CHROMIUM).exists(), "chromium is not installed (apt-get install chromium)"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        await browser.close()
-
-
-async def new_page(browser: Browser, **context: Any) -> Page:
-    ctx = await browser.new_context(**context)
-    return track_errors(await ctx.new_page())
-
-
-def track_errors(page: Page) -> Page:
-    """Collect the page's uncaught errors and dialogs in ``page.errors``."""
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
-    page.errors = errors  # type: ignore[attr-defined]
-    return page
-
-
-async def login(page: Page, port: int, user: str) -> None:
-    await page.goto(f"http://127.0.0.1:{port}/login")
-    await page.fill("#user", user)
-    await page.click("button[type=submit]")
-    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
 
 
 @pytest.fixture

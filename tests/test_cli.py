@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,9 +18,9 @@ from app import auth
 from app.config import SETTINGS
 from herald_dev.net import free_port
 from tests.conftest import SECRET, run_in_thread
+from tests.helpers import ROOT, clean_env, wait_http
 
 HERALD = [sys.executable, "-m", "app.cli"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -30,28 +29,6 @@ def herald(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HERALD, *args], env=env or clean_env(), capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    env.update(extra)
-    return env
-
-
-def wait_http(port: int, path: str = "/readyz", timeout: float = 60) -> None:
-    from urllib.error import URLError
-    from urllib.request import urlopen
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} never answered {path}")
 
 
 class Proc:

@@ -24,8 +24,9 @@ import yaml
 
 from app import db, schema
 from herald_dev.cluster import render_nginx_conf
+from herald_dev.net import free_port
 from tests.conftest import run_in_thread
-from tests.test_cli import free_port, wait_http
+from tests.helpers import wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

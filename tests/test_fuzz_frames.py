@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from herald_dev.net import free_port
 from tests.conftest import SECRET, run_in_thread, token_for
-from tests.test_cli import clean_env, free_port, wait_http
+from tests.helpers import clean_env, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOSE_CODES = {4400, 4401, 4429, 1009}

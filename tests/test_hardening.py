@@ -16,20 +16,8 @@ from tornado.httpclient import HTTPClientError
 from app import auth
 from herald_dev.rawws import stalled_client
 from tests.conftest import API_KEY, SECRET, insert, token_for
-from tests.helpers import WsClient, wait_for
+from tests.helpers import WsClient, call, metric, wait_for
 from tests.proxy import PgProxy
-from tests.test_http import call
-
-
-async def metric(port: int, name: str) -> float:
-    _, text = await call(port, "GET", "/metrics")
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
-            key, value = line.rsplit(" ", 1)
-            if key == name:
-                return float(value)
-    return 0.0
-
 
 # --- idempotent publish -------------------------------------------------------------
 

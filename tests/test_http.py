@@ -6,26 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tests.conftest import API_KEY, insert, token_for
-
-
-async def call(port: int, method: str, path: str, body: Any = None,
-               token: str | None = None, raw: bytes | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    if token:
-        all_headers["Authorization"] = f"Bearer {token}"
-    payload = raw if raw is not None else (None if body is None else json.dumps(body))
-    request = HTTPRequest(f"http://127.0.0.1:{port}{path}", method=method, body=payload,
-                          headers=all_headers, allow_nonstandard_methods=True)
-    response = await AsyncHTTPClient().fetch(request, raise_error=False)
-    text = response.body.decode()
-    try:
-        return response.code, json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or deeper than Python's parser goes
-        return response.code, text
+from tests.helpers import call
 
 
 async def count(sql, user: str) -> int:

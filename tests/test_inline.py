@@ -21,8 +21,7 @@ from app import db, protocol
 from app.bus import Bus
 from app.store import Store
 from tests.conftest import insert, listen, token_for
-from tests.helpers import frame_payload, notification_frame, private_channel
-from tests.test_hardening import metric
+from tests.helpers import frame_payload, metric, notification_frame, private_channel
 
 
 async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[str, Any]]"]:

@@ -22,7 +22,7 @@ from app import client as herald_client
 from app import schema
 from herald_dev.net import free_port
 from tests.conftest import SECRET, token_for
-from tests.test_cli import clean_env, wait_http
+from tests.helpers import clean_env, wait_http
 
 pytestmark = pytest.mark.install
 

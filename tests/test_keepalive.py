@@ -9,7 +9,7 @@ import time
 
 from app.hub import Hub
 from app.keepalive import Keepalive
-from tests.test_hardening import metric
+from tests.helpers import metric
 
 CLOCK = [0.0]  # the monotonic time of the sweep being run
 

@@ -17,10 +17,8 @@ import pytest
 from app import schema
 from herald_dev.rawws import read_notifications, stalled_client
 from tests.conftest import API_KEY, insert, token_for
-from tests.helpers import WsClient, wait_for
+from tests.helpers import WsClient, call, metric, wait_for
 from tests.proxy import PgProxy
-from tests.test_hardening import metric
-from tests.test_http import call
 
 
 async def insert_many(sql: asyncpg.Connection, user: str, count: int, **fields: Any) -> list[Any]:

@@ -16,9 +16,7 @@ from tornado.httpclient import HTTPClientError
 from app import auth, models
 from app.store import UNREAD_MAX
 from tests.conftest import API_KEY, SECRET, insert, token_for
-from tests.helpers import WsClient, wait_for
-from tests.test_hardening import metric
-from tests.test_http import call
+from tests.helpers import WsClient, call, metric, wait_for
 
 # --- acks ---------------------------------------------------------------------------
 

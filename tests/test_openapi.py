@@ -14,8 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks as oa_checks
 
+from herald_dev.net import free_port
 from tests.conftest import API_KEY, SECRET, token_for
-from tests.test_cli import clean_env, free_port, wait_http
+from tests.helpers import clean_env, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 

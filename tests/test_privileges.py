@@ -17,9 +17,7 @@ import pytest
 
 from app import db, schema
 from tests.conftest import API_KEY, insert, token_for
-from tests.helpers import private_channel, wait_for
-from tests.test_hardening import metric
-from tests.test_http import call
+from tests.helpers import call, metric, private_channel, wait_for
 
 
 def _as_role(url: str, role: str) -> str:

@@ -13,9 +13,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import token_for
-from tests.helpers import wait_for
-from tests.test_cli import ROOT, clean_env
-from tests.test_hardening import metric
+from tests.helpers import ROOT, clean_env, metric, wait_for
 
 
 async def seed(sql: asyncpg.Connection, user: str, old: int, expired: int, recent: int) -> None:

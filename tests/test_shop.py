@@ -19,7 +19,7 @@ from playwright.async_api import Page, expect
 
 from herald_dev.cluster import LocalCluster
 from herald_dev.net import free_port
-from tests.test_browser import browser, new_page, track_errors  # noqa: F401  (the fixture)
+from tests.browsers import new_page, track_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "examples" / "shop"

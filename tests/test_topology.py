@@ -20,8 +20,8 @@ from bench.herald_load import until_delivered
 from herald_dev.checker import Checker
 from herald_dev.loadgen import Fleet, Publisher
 from tests.conftest import SECRET, make_config
+from tests.helpers import ROOT, clean_env
 from tests.pgbouncer import PgBouncer
-from tests.test_cli import ROOT, clean_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
