@@ -119,7 +119,7 @@ def setting(default: Any, parse: Callable[[str], Any], help: str,
             shown: str | None = None) -> Any:
     """A ``Config`` field: ``parse`` turns the environment's (or a flag's) text into the
     value or raises ``ValueError`` saying what is wrong; ``help`` is the one line the
-    CLI's ``--help`` and the README show; ``shown`` documents a default its value does
+    CLI's ``--help`` and docs/operations.md show; ``shown`` documents a default its value does
     not explain."""
     return field(default=default, metadata={"parse": parse, "help": help, "shown": shown})
 

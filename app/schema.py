@@ -63,7 +63,7 @@ async def check_at_head(conn: asyncpg.Connection) -> None:
 
 
 # The login role a node of the embedded database runs as: a member of herald_node
-# (revision 0009), never the superuser that migrated (README, "Roles").
+# (revision 0009), never the superuser that migrated (docs/operations.md, "Roles").
 EMBEDDED_NODE_ROLE = "herald_app"
 
 

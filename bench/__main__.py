@@ -33,6 +33,21 @@ PEER = "Socket.IO 4 + @socket.io/postgres-adapter 0.5"
 QUICK = [("smoke 300 @ 300/s", 300, 300.0)]
 
 
+# The hand-written narrative after this line survives each run (it reads the figures).
+KEPT_MARKER = ("<!-- Everything below is kept by `herald bench` when it rewrites the "
+               "tables above. -->")
+
+
+def _kept(out: Path) -> str:
+    """What follows ``KEPT_MARKER`` in the previous ``out`` (with the marker), or ""."""
+    try:
+        previous = out.read_text()
+    except FileNotFoundError:
+        return ""
+    at = previous.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + previous[at:]
+
+
 def chart(results: list[herald_load.ScenarioResult], path: Path) -> None:
     """Latency percentiles and delivered/s per system and scenario, side by side."""
     import matplotlib
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         [dataclasses.asdict(r) for r in all_results], indent=1) + "\n")
     lines += [f"![latency and throughput]({out.with_suffix('.png').name})", "",
               f"This run took {(time.monotonic() - started) / 60:.0f} minutes.", ""]
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n" + _kept(out))
     print(f"wrote {out}")
 
 

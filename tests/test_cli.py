@@ -93,11 +93,13 @@ def test_token_is_a_valid_jwt_for_the_user() -> None:
 
 
 def test_every_setting_is_declared_once_and_documented_where_users_look() -> None:
-    """app/config.py declares each setting once; the README's configuration table lists
+    """app/config.py declares each setting once; the configuration table operators read
+    (docs/operations.md) lists
     every one (and nothing else), and `herald serve --help` shows, for each flag it
     takes, the declared help and the variable behind it."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Configuration"):readme.index("## Limits and security")]
+    reference = (ROOT / "docs" / "operations.md").read_text()
+    table = reference[reference.index("## Configuration"):
+                      reference.index("## Limits and security")]
     variables = {spec.env for spec in SETTINGS.values()}
     assert variables - set(re.findall(r"`(HERALD_[A-Z_]+)`", table)) == set()
     assert set(re.findall(r"^\| `(HERALD_[A-Z_]+)`", table, re.M)) <= variables

@@ -1,4 +1,5 @@
-"""Database failover (README "Production topology"): two nodes on a libpq multi-host URL over a
+"""Database failover (docs/operations.md "Production topology"): two nodes on a libpq
+multi-host URL over a
 primary and a synchronous streaming standby. The primary crashes under a steady
 publishing load and the standby is promoted: no confirmed commit is lost, nothing is
 delivered twice or out of order, the sockets stay open, and both nodes are ready again."""

@@ -1,4 +1,4 @@
-"""Rows change and go away (README section of that name; docs/protocol.md "The
+"""Rows change and go away (docs/operations.md section of that name; docs/protocol.md "The
 guarantees"): deleted and expired rows never stall a client, and unread / archive /
 unarchive reach every socket of the user on every node, from the WebSocket, HTTP and
 plain SQL. Two real nodes, a real PostgreSQL."""

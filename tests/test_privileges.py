@@ -549,7 +549,7 @@ async def test_a_non_superuser_that_owns_herald_migrates_and_upgrades(
 ) -> None:
     """A database created, and migrated to 0008, by a role that is no superuser:
     upgraded by a superuser, or by that role itself once a superuser made it a member
-    of herald_owner (README, *Roles*); without that, the upgrade says what to do."""
+    of herald_owner (docs/operations.md, *Roles*); without that, the upgrade says what to do."""
     sql = at_0008["sql"]
     name, _ = await at_0008["role"]()
     # (Membership is the server's: once granted, it stays for the next database.)

@@ -1,4 +1,4 @@
-"""Retention (README "Rows change and go away"): `herald prune` and the nodes' own
+"""Retention (docs/operations.md "Retention"): `herald prune` and the nodes' own
 passes delete old and expired rows in small batches while clients stay connected and
 inserts keep flowing.
 
