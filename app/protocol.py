@@ -175,27 +175,6 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def notification_fields(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The public fields of a notification row (frames and the history API share them)."""
-    return {
-        "id": row["id"],
-        "seq": row["seq"],
-        "title": row["title"],
-        "body": row["body"],
-        "data": row["data"],
-        "link": row["link"],
-        "category": row["category"],
-        "created_at": iso(row["created_at"]),
-        "expires_at": iso(row["expires_at"]),
-        "read": row["read_at"] is not None,
-        "archived": row["archived_at"] is not None,
-    }
-
-
-def notification(row: Mapping[str, Any]) -> str:
-    return _dumps({"type": "notification", **notification_fields(row)})
-
-
 def changed(kind: str, ids: Sequence[int], unread: int, all_up_to: int | None = None) -> str:
     """The push of a lifecycle change to every socket of the user. A read-all says
     ``"all": true`` and ``"seq"``: every row up to that seq is read (rows that arrived

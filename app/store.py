@@ -46,14 +46,10 @@ def _iso(column: str) -> str:
             f"ELSE to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END")
 
 
-# The notification frame (protocol.notification), rendered by PostgreSQL: the node then
-# only hands text to the sockets, without decoding the row's JSON and encoding it again.
-# tests/test_protocol_sql.py holds the two renderings to the same JSON.
-FRAME = f"""json_build_object(
-    'type', 'notification', 'id', n.id, 'seq', n.seq, 'title', n.title, 'body', n.body,
-    'data', n.data, 'link', n.link, 'category', n.category,
-    'created_at', {_iso("n.created_at")}, 'expires_at', {_iso("n.expires_at")},
-    'read', n.read_at IS NOT NULL, 'archived', n.archived_at IS NOT NULL)::text"""
+# The notification frame, rendered by PostgreSQL (sql/render_frame.sql, revision 0010):
+# the node only hands text to the sockets, without decoding the row's JSON and encoding
+# it again. The inline frame of the insert trigger is the same function's output.
+FRAME = "herald.render_frame(n)"
 
 # A history item (docs/openapi.yaml): the frame's fields but "type", and the three
 # lifecycle times. Rendered by PostgreSQL like the frame: a row's data is never decoded

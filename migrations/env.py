@@ -36,6 +36,8 @@ def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         version_table=VERSION_TABLE,
+        # Named with its schema: revision 0009 pins search_path for its own statements.
+        version_table_schema="public",
         include_schemas=True,
         include_name=lambda name, type_, parent: type_ != "schema" or name == "herald",
         **kwargs,

@@ -250,6 +250,7 @@ async def test_definer_functions_are_few_owned_by_a_nologin_role_and_not_public(
     functions = await sql.fetch(
         """
         SELECT p.proname, p.prosecdef, p.proconfig, p.proowner::regrole::text AS owner,
+               p.prosqlbody IS NOT NULL AS atomic,
                coalesce(array_agg(a.grantee::regrole::text)
                         FILTER (WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0), '{}')
                    AS executors,
@@ -261,12 +262,15 @@ async def test_definer_functions_are_few_owned_by_a_nologin_role_and_not_public(
         """)
     print("\n" + "\n".join(f"{f['proname']}: definer={f['prosecdef']} executors="
                            f"{sorted(f['executors'])}" for f in functions))
-    assert len(functions) >= 11
+    assert len(functions) >= 12
     definers = sorted(f["proname"] for f in functions if f["prosecdef"])
     assert definers == ["assign_seq", "notify_frame", "notify_inserted"]
     for f in functions:
         assert f["owner"] == "herald_owner", f
         assert not f["public"], f
+        if f["atomic"]:  # a SQL-standard body: names resolved at creation, inlined
+            assert f["proconfig"] is None and not f["prosecdef"], f
+            continue
         assert f["proconfig"][0] == "search_path=pg_catalog, pg_temp", f
         if f["prosecdef"]:
             assert f["executors"] == ["herald_owner"], f
@@ -468,9 +472,10 @@ OLD_README_GRANTS = (
 
 async def test_the_upgrade_takes_back_more_than_readme_gave(at_0008: dict[str, Any]) -> None:
     """A role given every right on every table of schema herald keeps, after the
-    upgrade, the data rights on herald.notifications and nothing else: no TRIGGER (a
-    trigger on the counters ran as the owner), nothing on the counters, the relay's
-    tables, the nodes or the sequence. It writes as a member of herald_writer."""
+    upgrade, DELETE and UPDATE of the read state on herald.notifications and nothing
+    else: no TRIGGER (a trigger on the counters ran as the owner), no SELECT of every
+    user's rows, nothing on the counters, the relay's tables, the nodes or the sequence.
+    It writes as a member of herald_writer."""
     sql = at_0008["sql"]
     name, url = await at_0008["role"](
         "GRANT USAGE, CREATE ON SCHEMA herald TO {role}",
@@ -481,36 +486,87 @@ async def test_the_upgrade_takes_back_more_than_readme_gave(at_0008: dict[str, A
         "SELECT c.relname, array_agg(a.privilege_type ORDER BY a.privilege_type) AS rights "
         "FROM pg_class c, aclexplode(c.relacl) a WHERE a.grantee = $1::regrole "
         "AND c.relnamespace = 'herald'::regnamespace GROUP BY c.relname", name)
-    assert {r["relname"]: r["rights"] for r in rights} == {
-        "notifications": ["DELETE", "INSERT", "SELECT", "UPDATE"]}
+    assert {r["relname"]: r["rights"] for r in rights} == {"notifications": ["DELETE"]}
+    columns = await sql.fetch(
+        "SELECT t.attname, a.privilege_type FROM pg_attribute t, aclexplode(t.attacl) a "
+        "WHERE t.attrelid = 'herald.notifications'::regclass AND a.grantee = $1::regrole",
+        name)
+    assert sorted((r["attname"], r["privilege_type"]) for r in columns) == [
+        ("archived_at", "UPDATE"), ("read_at", "UPDATE")]
     assert not await sql.fetchval("SELECT has_schema_privilege($1, 'herald', 'CREATE')", name)
     assert await sql.fetchval("SELECT pg_has_role($1, 'herald_writer', 'MEMBER')", name)
     conn = await db.connect(url, "herald-test-broad")
     try:
         await insert(conn, "alice", "still publishes")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("CREATE TRIGGER t BEFORE INSERT ON herald.user_counters "
-                               "FOR EACH ROW EXECUTE FUNCTION herald.stamp_change()")
+        await conn.execute("UPDATE herald.notifications SET read_at = now() "
+                           "WHERE id = (SELECT max(id) FROM herald.notifications)")
+        for statement in (
+                "CREATE TRIGGER t BEFORE INSERT ON herald.user_counters "
+                "FOR EACH ROW EXECUTE FUNCTION herald.stamp_change()",
+                "SELECT title FROM herald.notifications",
+                "UPDATE herald.notifications SET read_xid = 1",
+                "SELECT setval('herald.notifications_id_seq', 1)"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
     finally:
         await conn.close()
 
 
-async def test_the_upgrade_refuses_triggers_that_are_not_heralds(
-    at_0008: dict[str, Any],
+PLANTED = {
+    "trigger planted on herald.user_counters": (
+        ["CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql "
+         "AS $$ BEGIN RETURN NEW; END $$",
+         "CREATE TRIGGER planted BEFORE INSERT ON herald.user_counters "
+         "FOR EACH ROW EXECUTE FUNCTION public.planted()"],
+        ["DROP TRIGGER planted ON herald.user_counters", "DROP FUNCTION public.planted()"]),
+    "trigger assign_seq on herald.user_counters": (  # a name of Herald's, elsewhere
+        ["CREATE TRIGGER assign_seq AFTER UPDATE ON herald.user_counters "
+         "FOR EACH ROW EXECUTE FUNCTION herald.stamp_change()"],
+        ["DROP TRIGGER assign_seq ON herald.user_counters"]),
+    "function herald.helper()": (  # would become the owner's
+        ["CREATE FUNCTION herald.helper() RETURNS int LANGUAGE sql SECURITY DEFINER "
+         "AS 'SELECT 1'"],
+        ["DROP FUNCTION herald.helper()"]),
+    "foreign key keep_id_fkey on public.keep": (  # would stop every delete of that row
+        ["CREATE TABLE public.keep (id bigint REFERENCES herald.notifications (id))"],
+        ["DROP TABLE public.keep"]),
+}
+
+
+@pytest.mark.parametrize("planted", list(PLANTED))
+async def test_the_upgrade_refuses_what_is_not_heralds(
+    at_0008: dict[str, Any], planted: str
 ) -> None:
+    """Anything in or on Herald's schemas that revision 0008 did not make stops the
+    upgrade, named: taking it over would give whoever made it the owner's rights."""
     sql = at_0008["sql"]
-    await sql.execute("CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql "
-                      "AS $$ BEGIN RETURN NEW; END $$")
-    await sql.execute("CREATE TRIGGER planted BEFORE INSERT ON herald.user_counters "
-                      "FOR EACH ROW EXECUTE FUNCTION public.planted()")
+    make, remove = PLANTED[planted]
+    for statement in make:
+        await sql.execute(statement)
     try:
-        with pytest.raises(Exception, match="herald.user_counters.planted"):
+        with pytest.raises(Exception, match=planted.replace("(", r"\(").replace(")", r"\)")):
             await asyncio.to_thread(schema.upgrade, at_0008["url"])
         assert await sql.fetchval("SELECT version_num FROM herald_alembic_version") == "0008"
     finally:
-        await sql.execute("DROP TRIGGER planted ON herald.user_counters")
-        await sql.execute("DROP FUNCTION public.planted()")
+        for statement in remove:
+            await sql.execute(statement)
     await asyncio.to_thread(schema.upgrade, at_0008["url"])
+
+
+async def test_default_privileges_in_heralds_schemas_are_removed(
+    at_0008: dict[str, Any],
+) -> None:
+    """Default privileges would hand the sequence the upgrade creates to the role they
+    name (which could then setval it and stop every insert)."""
+    sql = at_0008["sql"]
+    name, url = await at_0008["role"]()
+    await sql.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA herald GRANT ALL ON SEQUENCES "
+                      f"TO {name}")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    assert not await sql.fetchval(
+        "SELECT has_sequence_privilege($1, 'herald.notifications_id_seq', 'UPDATE')", name)
+    assert await sql.fetchval("SELECT count(*) FROM pg_default_acl "
+                              "WHERE defaclnamespace = 'herald'::regnamespace") == 0
 
 
 async def test_the_upgrade_repairs_what_a_writer_broke_under_0008(

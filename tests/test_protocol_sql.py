@@ -1,13 +1,25 @@
-"""The notification frame has two renderings: ``protocol.notification`` (Python, for the
-history API) and ``store.FRAME`` (PostgreSQL, for every push). They must agree, down to
+"""The notification frame is rendered by PostgreSQL alone (``herald.render_frame``, for
+the fetch and the inline frame) and the history item next to it (``store.HISTORY_ITEM``).
+Both are held here to what the protocol says, computed in Python from the row, down to
 the timestamps' text, for any row."""
 
 from __future__ import annotations
 
 import json
+from typing import Any, Mapping
 
 from app import db, protocol
 from app.store import Store
+
+
+def expected_frame(row: Mapping[str, Any]) -> dict[str, Any]:
+    """docs/protocol.md's notification frame of ``row``, written in Python."""
+    return {"type": "notification", "id": row["id"], "seq": row["seq"],
+            "title": row["title"], "body": row["body"], "data": row["data"],
+            "link": row["link"], "category": row["category"],
+            "created_at": protocol.iso(row["created_at"]),
+            "expires_at": protocol.iso(row["expires_at"]),
+            "read": row["read_at"] is not None, "archived": row["archived_at"] is not None}
 
 ROWS = [
     # title, body, data, link, category, created_at, expires_at
@@ -30,7 +42,10 @@ async def test_sql_and_python_frames_agree(database_url, sql, user) -> None:
                       "WHERE user_id = $1 AND seq = 2", user)
     pool = await db.create_pool(database_url, "herald-test-frames")
     try:
-        pushed = await Store(pool).fetch_after({user: 0})
+        store = Store(pool)
+        pushed = await store.fetch_after({user: 0})
+        pages = [await store.history(user, 10, None, False, archived=archived)
+                 for archived in (False, True)]
     finally:
         await pool.close()
     listed = await sql.fetch("SELECT * FROM herald.notifications WHERE user_id = $1 "
@@ -38,8 +53,15 @@ async def test_sql_and_python_frames_agree(database_url, sql, user) -> None:
     assert len(pushed) == len(listed) == len(ROWS)
     for frame_row, row in zip(pushed, listed, strict=True):
         from_sql = json.loads(frame_row["frame"])
-        from_python = json.loads(protocol.notification(row))
-        assert from_sql == from_python
+        assert from_sql == expected_frame(row)
         assert list(from_sql)[0] == "type"
     assert json.loads(pushed[1]["frame"])["created_at"] == "2020-01-02T03:04:05Z"
     assert json.loads(pushed[1]["frame"])["read"] is True
+    history = sorted((json.loads(item) for page in pages for item in page.items),
+                     key=lambda item: item["seq"])
+    for item, row in zip(history, listed, strict=True):
+        frame = expected_frame(row)
+        del frame["type"]
+        assert item == {**frame, "delivered_at": protocol.iso(row["delivered_at"]),
+                        "read_at": protocol.iso(row["read_at"]),
+                        "archived_at": protocol.iso(row["archived_at"])}

@@ -72,6 +72,11 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
+# For the whole migration: the statements here run as the administrator, often a
+# superuser, and a function or operator planted in a schema on its search_path (public,
+# on servers where anyone may create there) would otherwise be picked over pg_catalog's.
+# alembic names its version table with its schema (migrations/env.py).
+PIN = "SET LOCAL search_path = pg_catalog, pg_temp"
 PINNED = "SET search_path = pg_catalog, pg_temp"
 # What the owner-run functions handle must not be printed to the session that fired
 # them: a user may turn on the planner's debug output (which shows a query's constants,
@@ -86,7 +91,7 @@ QUIET = (PINNED + " SET debug_print_plan = off SET debug_print_parse = off"
 # obscurely. A temporary function, gone with the migration's session.
 GRANT_ROLE = r"""
 CREATE FUNCTION pg_temp.grant_role(role text, member text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_has_role(member, role, 'MEMBER') THEN
         RETURN;
@@ -131,54 +136,130 @@ END
 $$
 """
 
-# A trigger on one of Herald's tables runs with the rights of whoever fires it, the owner
-# included (assign_seq writes the counters): only Herald's own may be there.
+# What revision 0008 left in the two schemas. Anything else there (or pointing into them)
+# was made by someone else, and taking it over would hand it the owner's rights: a
+# trigger on the counters runs as the owner, a function in schema herald would become
+# the owner's, a foreign key to the notifications stops their deletion. The upgrade
+# stops and names it instead.
+OWN_TABLES = ("herald.notifications", "herald.user_counters", "herald.relay",
+              "herald.relay_pending", "herald.nodes", "herald_private.bus_key")
+OWN_SEQUENCES = ("herald.notifications_id_seq", "herald.relay_id_seq")
+OWN_FUNCTIONS = ("herald.assign_seq()", "herald.guard_identity()",
+                 "herald.notify_inserted()", "herald.stamp_change()",
+                 "herald.notify_changed()", "herald.notify_frame()", "herald.relay_batched()",
+                 "herald.announce(text[],bigint[])", "herald.inline_candidate(bigint)",
+                 "herald.relay_poll()", "herald.relay_poll(pg_snapshot)")
 OWN_TRIGGERS = ("assign_seq", "guard_identity", "notify_inserted", "stamp_change",
                 "notify_changed", "notify_frame")
-FOREIGN_TRIGGERS = rf"""
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+FOREIGN_OBJECTS = rf"""
 DO $$
 DECLARE
     found text;
 BEGIN
-    SELECT string_agg(t.tgrelid::regclass || '.' || t.tgname, ', ') INTO found
-    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-    WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
-      AND NOT t.tgisinternal
-      AND t.tgname NOT IN ({", ".join(f"'{name}'" for name in OWN_TRIGGERS)});
+    WITH schemas AS (SELECT oid FROM pg_namespace WHERE nspname IN ('herald', 'herald_private')),
+    strangers AS (
+        SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::regclass AS what
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE c.relnamespace IN (SELECT oid FROM schemas) AND NOT t.tgisinternal
+          AND NOT (t.tgrelid = 'herald.notifications'::regclass
+                   AND t.tgname IN ({_quoted(OWN_TRIGGERS)})
+                   AND t.tgfoid::regproc::text = 'herald.' || t.tgname)
+        UNION ALL
+        SELECT 'relation ' || c.oid::regclass FROM pg_class c
+        WHERE c.relnamespace IN (SELECT oid FROM schemas)
+          AND NOT (c.relkind = 'r' AND c.oid::regclass::text IN ({_quoted(OWN_TABLES)}))
+          AND NOT (c.relkind = 'S' AND c.oid::regclass::text IN ({_quoted(OWN_SEQUENCES)}))
+          AND NOT (c.relkind = 'i' AND EXISTS (
+                SELECT FROM pg_index i WHERE i.indexrelid = c.oid
+                AND i.indrelid::regclass::text IN ({_quoted(OWN_TABLES)})))
+        UNION ALL
+        SELECT 'function ' || p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace IN (SELECT oid FROM schemas)
+          AND p.oid::regprocedure::text NOT IN ({_quoted(OWN_FUNCTIONS)})
+        UNION ALL
+        SELECT 'type ' || t.oid::regtype FROM pg_type t
+        WHERE t.typnamespace IN (SELECT oid FROM schemas) AND t.typrelid = 0
+          AND NOT EXISTS (SELECT FROM pg_type e WHERE e.oid = t.typelem AND e.typrelid <> 0)
+        UNION ALL
+        SELECT 'operator ' || o.oid::regoperator FROM pg_operator o
+        WHERE o.oprnamespace IN (SELECT oid FROM schemas)
+        UNION ALL
+        SELECT 'rule ' || r.rulename || ' on ' || r.ev_class::regclass FROM pg_rewrite r
+        JOIN pg_class c ON c.oid = r.ev_class WHERE c.relnamespace IN (SELECT oid FROM schemas)
+        UNION ALL
+        SELECT 'policy ' || p.polname || ' on ' || p.polrelid::regclass FROM pg_policy p
+        JOIN pg_class c ON c.oid = p.polrelid WHERE c.relnamespace IN (SELECT oid FROM schemas)
+        UNION ALL
+        SELECT 'foreign key ' || k.conname || ' on ' || k.conrelid::regclass FROM pg_constraint k
+        JOIN pg_class target ON target.oid = k.confrelid
+        JOIN pg_class source ON source.oid = k.conrelid
+        WHERE k.contype = 'f' AND target.relnamespace IN (SELECT oid FROM schemas)
+          AND source.relnamespace NOT IN (SELECT oid FROM schemas)
+    )
+    SELECT string_agg(what, ', ' ORDER BY what) INTO found FROM strangers;
     IF found IS NOT NULL THEN
-        RAISE EXCEPTION 'triggers that are not Herald''s on Herald''s tables: %', found
-            USING HINT = 'Whoever can create one can run code as whoever writes the '
-                         'table (revision 0008 let writers become superuser): drop them '
-                         'and audit your roles, then migrate again.';
+        RAISE EXCEPTION 'objects that are not Herald''s in or on its schemas: %. Whoever '
+            'made them could run code with the rights of whoever writes Herald''s tables, '
+            'or stop their deletes (revision 0008 let writers become superuser): drop '
+            'them and audit your roles, then migrate again', found;
     END IF;
 END
 $$
 """
 
-# Every object of both schemas: the schemas, tables (their sequences follow), functions.
-OWNERSHIP = r"""
+# Default privileges in Herald's schemas would hand the objects created below (the id
+# sequence) to whoever they name: they go, with a notice.
+DEFAULT_ACLS = r"""
 DO $$
 DECLARE
     item record;
+BEGIN
+    FOR item IN
+        SELECT d.defaclrole::regrole AS owner, n.nspname AS schema,
+               CASE d.defaclobjtype WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES'
+                    WHEN 'f' THEN 'FUNCTIONS' WHEN 'T' THEN 'TYPES' ELSE 'SCHEMAS' END
+                   AS objects,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   AS grantee
+        FROM pg_default_acl d JOIN pg_namespace n ON n.oid = d.defaclnamespace,
+             aclexplode(d.defaclacl) a
+        WHERE n.nspname IN ('herald', 'herald_private') AND a.grantee <> d.defaclrole
+    LOOP
+        RAISE NOTICE 'removing default privileges on % in schema % for %', item.objects,
+            item.schema, item.grantee;
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %I REVOKE ALL ON %s '
+                       'FROM %s', item.owner, item.schema, item.objects, item.grantee);
+    END LOOP;
+END
+$$
+"""
+
+# Herald's own objects (and nothing else: FOREIGN_OBJECTS made sure) to herald_owner.
+OWNERSHIP = rf"""
+DO $$
+DECLARE
+    item text;
     previous regrole := (SELECT relowner::regrole FROM pg_class
                          WHERE oid = 'herald.notifications'::regclass);
 BEGIN
     -- The role that owned them (when not a superuser) keeps what it had, as a member.
     IF previous::text <> 'herald_owner'
-       AND NOT (SELECT rolsuper FROM pg_roles WHERE oid = previous)
-       AND NOT pg_has_role(previous, 'herald_owner', 'MEMBER') THEN
-        EXECUTE format('GRANT herald_owner TO %s', previous);
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE oid = previous) THEN
+        PERFORM pg_temp.grant_role('herald_owner', previous::text);
     END IF;
     ALTER SCHEMA herald OWNER TO herald_owner;
     ALTER SCHEMA herald_private OWNER TO herald_owner;
-    FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
-                WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
-                  AND c.relkind = 'r' LOOP  -- a table's sequences follow it
-        EXECUTE format('ALTER TABLE %s OWNER TO herald_owner', item.name);
+    FOREACH item IN ARRAY ARRAY[{_quoted(OWN_TABLES)}] LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO herald_owner', item);  -- sequences follow
     END LOOP;
-    FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
-                WHERE p.pronamespace = 'herald'::regnamespace LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO herald_owner', item.name);
+    FOREACH item IN ARRAY ARRAY[{_quoted(OWN_FUNCTIONS)}] LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO herald_owner', item);
     END LOOP;
 END
 $$
@@ -390,9 +471,9 @@ REDEFINED = ("assign_seq()", "notify_inserted()", "notify_frame()")
 
 GRANTS = (
     "GRANT USAGE ON SCHEMA herald TO herald_writer",
-    # What RETURNING and idempotent retries need; a writer reads nobody's notifications.
-    "GRANT INSERT, SELECT (id, user_id, seq, created_at, idempotency_key) "
-    "ON herald.notifications TO herald_writer",
+    # What RETURNING id, seq, created_at needs; a writer reads nobody's notifications,
+    # nor their users or idempotency keys.
+    "GRANT INSERT, SELECT (id, seq, created_at) ON herald.notifications TO herald_writer",
     # (the membership is the server's: granted once, by whoever may)
     "SELECT pg_temp.grant_role('herald_writer', 'herald_node')",
     "GRANT SELECT ON herald.notifications TO herald_node",
@@ -418,6 +499,7 @@ EXISTING_GRANTS = r"""
 DO $$
 DECLARE
     item record;
+    updates boolean;
 BEGIN
     FOR item IN
         SELECT DISTINCT r.oid::regrole AS role, r.rolinherit AS inherits
@@ -438,6 +520,20 @@ BEGIN
             RAISE NOTICE 'role % is NOINHERIT: it must SET ROLE herald_writer to publish',
                 item.role;
         END IF;
+        -- What 0008's README granted, and more, becomes the membership's narrower
+        -- rights: no reading of every user's rows, no UPDATE of the xids the change
+        -- events are checked against. UPDATE of the read state stays where it was.
+        updates := has_table_privilege(item.role, 'herald.notifications', 'UPDATE');
+        EXECUTE format('REVOKE SELECT, INSERT, UPDATE ON herald.notifications FROM %s '
+                       'CASCADE', item.role);
+        EXECUTE format('REVOKE GRANT OPTION FOR ALL ON herald.notifications FROM %s '
+                       'CASCADE', item.role);
+        IF updates THEN  -- (a REVOKE on the table takes the columns' grants too)
+            EXECUTE format('GRANT UPDATE (read_at, archived_at) ON herald.notifications '
+                           'TO %s', item.role);
+        END IF;
+        RAISE NOTICE 'role % now writes as a member of herald_writer (its SELECT on every '
+            'row of herald.notifications is gone)', item.role;
     END LOOP;
     FOR item IN
         SELECT DISTINCT c.oid::regclass AS object, c.relkind AS kind, c.relname AS name,
@@ -459,19 +555,22 @@ BEGIN
             EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', item.object, item.grantee);
         END IF;
     END LOOP;
-    -- Column grants on the other tables (a grant on the table itself is gone above).
+    -- Column grants: all of them on the other tables, REFERENCES on the notifications
+    -- (a foreign key to a row stops its deletion: erasure and retention).
     FOR item IN
         SELECT DISTINCT t.attrelid::regclass AS object, t.attname AS name,
                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-                   AS grantee
+                   AS grantee,
+               CASE WHEN c.oid = 'herald.notifications'::regclass THEN 'REFERENCES'
+                    ELSE 'ALL' END AS privilege
         FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a
         WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
-          AND c.oid <> 'herald.notifications'::regclass
           AND (a.grantee = 0 OR a.grantee::regrole::text
                NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
+          AND (c.oid <> 'herald.notifications'::regclass OR a.privilege_type = 'REFERENCES')
     LOOP
-        EXECUTE format('REVOKE ALL (%I) ON %s FROM %s CASCADE', item.name, item.object,
-                       item.grantee);
+        EXECUTE format('REVOKE %s (%I) ON %s FROM %s CASCADE', item.privilege, item.name,
+                       item.object, item.grantee);
     END LOOP;
     FOR item IN
         SELECT DISTINCT n.nspname AS name,
@@ -615,8 +714,8 @@ def _replace_link_check(pattern: str) -> None:
 
 
 def upgrade() -> None:
-    _run(LOCK_TIMEOUT, GRANT_ROLE, ROLES, FOREIGN_TRIGGERS, OWNERSHIP, EXISTING_GRANTS, ID_SEQUENCE,
-         COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
+    _run(LOCK_TIMEOUT, PIN, GRANT_ROLE, ROLES, FOREIGN_OBJECTS, DEFAULT_ACLS, OWNERSHIP,
+         ID_SEQUENCE, EXISTING_GRANTS, COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
          "ALTER TABLE herald_private.bus_key ADD COLUMN mac_key bytea, "
          "ADD COLUMN mac_inner bytea, ADD COLUMN mac_outer bytea", MAC_KEY, NOTIFY_FRAME)
     for function, callers in FUNCTIONS.items():
@@ -652,7 +751,7 @@ def downgrade() -> None:
     in NOTIFY tracing, and frames on it are trusted) come back with it."""
     with op.get_context().autocommit_block():
         _run(f"DROP INDEX CONCURRENTLY IF EXISTS herald.{CATEGORY_INDEX[0]}")
-    _run(LOCK_TIMEOUT)
+    _run(LOCK_TIMEOUT, PIN)
     _replace_link_check(OLD_LINK_PATTERN)
     for name in TIME_CHECKS:
         _run(f"ALTER TABLE herald.notifications DROP CONSTRAINT ck_notifications_{name}")

@@ -1,0 +1,26 @@
+-- The current definition of herald.announce (head revision). Migrations keep frozen
+-- copies; tests/test_sql_files.py holds this file equal to the migrated schema.
+
+-- Runs as its caller. EXECUTE: herald_node.
+CREATE OR REPLACE FUNCTION herald.announce(users text[], seqs bigint[])
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    item text;
+    chunk text := '';
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(users), 0) LOOP
+        item := to_json(users[i])::text || ':' || seqs[i];
+        IF chunk <> '' AND octet_length(chunk) + octet_length(item) > 7000 THEN
+            PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+            chunk := '';
+        END IF;
+        chunk := CASE WHEN chunk = '' THEN item ELSE chunk || ',' || item END;
+    END LOOP;
+    IF chunk <> '' THEN
+        PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+    END IF;
+END
+$function$;
