@@ -1,4 +1,5 @@
-"""The ``herald`` command: serve, migrate, token, send, tail.
+"""The ``herald`` command: serve, migrate, token, send, tail, prune, status, and from a
+source checkout cluster and bench (``herald_dev/`` and ``bench/``, not installed).
 
 Each command is thin: it builds a ``Config`` (environment, overridden by flags), resolves
 the database (external URL, or the embedded one in ``HERALD_DATA_DIR``) and calls into
@@ -210,8 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def run_loop(main: Coroutine[Any, Any, None], uvloop: bool) -> None:
-    """Run ``main`` on uvloop when asked for and installed (the ``fast`` extra), else on
-    asyncio's own loop. Measured in bench/: see docs/benchmarks.md."""
+    """Run ``main`` on uvloop when asked for and installed (a dependency on every platform
+    but Windows), else on asyncio's own loop. Measured in bench/wakeup.py."""
     if uvloop:
         try:
             import uvloop as fast
@@ -260,9 +261,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     url = _database(config)
 
     async def run() -> dict[str, Any]:
-        pool, pooled = await db.open_store_pool(url, "herald:send", min_size=1, max_size=1)
+        pool, behind_pooler = await db.open_store_pool(url, "herald:send", min_size=1, max_size=1)
         try:
-            (row,) = await Store(pool, in_transactions=pooled).insert(
+            (row,) = await Store(pool, behind_pooler=behind_pooler).insert(
                 [NewNotification(**valid)])
         finally:
             await pool.close()
@@ -290,9 +291,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     url = _database(config)
 
     async def run() -> tuple[int, int]:
-        pool, pooled = await db.open_store_pool(url, "herald:prune", min_size=1, max_size=1)
+        pool, behind_pooler = await db.open_store_pool(url, "herald:prune", min_size=1, max_size=1)
         try:
-            result = await prune_pass(Store(pool, in_transactions=pooled), days,
+            result = await prune_pass(Store(pool, behind_pooler=behind_pooler), days,
                                       batch=config.prune_batch, pause=config.prune_pause)
         except PruneBusy as err:
             raise CliError(str(err)) from None
@@ -327,9 +328,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = _database(config)
 
     async def run() -> str:
-        pool, pooled = await db.open_store_pool(url, "herald:status", min_size=1, max_size=1)
+        pool, behind_pooler = await db.open_store_pool(url, "herald:status", min_size=1, max_size=1)
         try:
-            status = await Store(pool, in_transactions=pooled).cluster_status()
+            status = await Store(pool, behind_pooler=behind_pooler).cluster_status()
         finally:
             await pool.close()
         stale = 3 * config.heartbeat_interval

@@ -81,7 +81,6 @@ class ResumingClient:
         self._backoff = backoff
         self._stop_on = stop_on
         self.node = ""
-        self.nodes_seen: list[str] = []
         self.connections = 0
         self.close_codes: list[int | None] = []
         self.close_reason: str | None = None  # of the last close
@@ -143,7 +142,6 @@ class ResumingClient:
                 kind = frame.get("type")
                 if kind == "welcome":
                     self.node = frame["node"]
-                    self.nodes_seen.append(self.node)
                     self.live.set()
                 elif kind == "notification":
                     self.cursor = frame["seq"]

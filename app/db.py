@@ -143,18 +143,18 @@ async def behind_transaction_pooler(dsn: str, application_name: str = "herald:pr
         await first.close()
 
 
-async def create_pool(dsn: str, application_name: str, pooled: bool = False,
+async def create_pool(dsn: str, application_name: str, behind_pooler: bool = False,
                       **kwargs: Any) -> asyncpg.Pool:
     """Open the node's query pool. Raises ``OSError``/``asyncpg`` errors if unreachable.
 
-    ``pooled``: the URL goes through a transaction pooler (``behind_transaction_pooler``):
+    ``behind_pooler``: the URL goes through a transaction pooler (``behind_transaction_pooler``):
     no prepared statement cache, and the callers (``app.store``) run every statement
     inside a transaction so that all of its protocol messages reach one server."""
-    if pooled:
+    if behind_pooler:
         kwargs.setdefault("statement_cache_size", 0)
     pool = await asyncpg.create_pool(
         asyncpg_dsn(dsn),
-        init=_init_pooled_connection if pooled else _init_connection,
+        init=_init_pooled_connection if behind_pooler else _init_connection,
         min_size=kwargs.pop("min_size", 1),
         max_size=kwargs.pop("max_size", 10),
         server_settings={"application_name": application_name, "timezone": "UTC"},
@@ -171,9 +171,10 @@ async def create_pool(dsn: str, application_name: str, pooled: bool = False,
 async def open_store_pool(dsn: str, application_name: str, **kwargs: Any
                           ) -> tuple[asyncpg.Pool, bool]:
     """A pool for ``app.store``, and whether it goes through a transaction pooler (then
-    the store must run each operation in a transaction: ``Store(in_transactions=...)``)."""
-    pooled = await behind_transaction_pooler(dsn, application_name)
-    return await create_pool(dsn, application_name, pooled=pooled, **kwargs), pooled
+    the store must run each operation in a transaction: ``Store(behind_pooler=...)``)."""
+    behind_pooler = await behind_transaction_pooler(dsn, application_name)
+    return await create_pool(dsn, application_name, behind_pooler=behind_pooler,
+                             **kwargs), behind_pooler
 
 
 async def connect(dsn: str, application_name: str, timeout: float = 10) -> asyncpg.Connection:

@@ -18,7 +18,6 @@ from app import models
 
 # Close codes (RFC 6455 private range 4000-4999 for application codes).
 CLOSE_GOING_AWAY = 1001  # node shutting down: reconnect elsewhere at once
-CLOSE_TOO_BIG = 1009  # frame larger than max_frame_bytes (sent by Tornado itself)
 CLOSE_UNAVAILABLE = 1011  # the database did not answer at the session's start: retry
 CLOSE_MALFORMED = 4400
 CLOSE_UNAUTHORIZED = 4401

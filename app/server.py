@@ -63,11 +63,12 @@ class HeraldServer:
                 f"{variable} goes through a pooler in transaction mode, where LISTEN does "
                 "not work: set HERALD_BUS_DATABASE_URL to a direct connection to PostgreSQL "
                 "(the pool may stay on the pooler)")
-        pooled = bus_url != self.database_url and await db.behind_transaction_pooler(
+        behind_pooler = bus_url != self.database_url and await db.behind_transaction_pooler(
             self.database_url, f"herald:{name}:probe"[:63])
-        if pooled:
+        if behind_pooler:
             log.info("the pool goes through a transaction pooler: statements in transactions")
-        pool = await db.create_pool(self.database_url, f"herald:{name}"[:63], pooled=pooled)
+        pool = await db.create_pool(self.database_url, f"herald:{name}"[:63],
+                                    behind_pooler=behind_pooler)
         self._pool = pool
         try:
             async with pool.acquire() as conn:
@@ -75,7 +76,7 @@ class HeraldServer:
         except BaseException:
             await pool.close()
             raise
-        store = Store(pool, in_transactions=pooled)
+        store = Store(pool, behind_pooler=behind_pooler)
         self.node = node = Node(name, store, self.hub, self.metrics)
         self._worker = asyncio.create_task(node.run(), name="herald-node")
         self._bus = bus = Bus(

@@ -189,22 +189,22 @@ class SessionStart:
 
 
 class Store:
-    """``in_transactions``: the pool goes through a transaction pooler (PgBouncer in
+    """``behind_pooler``: the pool goes through a transaction pooler (PgBouncer in
     transaction mode): every operation then runs inside a transaction, the only unit
     such a pooler keeps on one server (``db.behind_transaction_pooler``)."""
 
     def __init__(self, pool: asyncpg.Pool, retries: int = 4,
-                 in_transactions: bool = False) -> None:
+                 behind_pooler: bool = False) -> None:
         self._pool = pool
         self._retries = retries
-        self._in_transactions = in_transactions
+        self._behind_pooler = behind_pooler
 
     async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
                 async with self._pool.acquire() as conn:
-                    if not self._in_transactions:
+                    if not self._behind_pooler:
                         return await op(conn)
                     async with conn.transaction():
                         return await op(conn)
