@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any, Awaitable, Callable
 
 import asyncpg
 
 from app import db, tasks
+from app.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Bus:
             conn.terminate()  # close() could hang on a dead socket
 
     async def _supervise(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0, jitter=True)
         while True:
             lost = asyncio.Event()
             try:
@@ -122,7 +122,7 @@ class Bus:
                 else:
                     self._first.set_result(None)
                 self._on_listening(reconnected, since if reconnected else None)
-                backoff = 0.1
+                backoff.reset()
                 await self._watch(lost)
                 log.warning("bus: LISTEN connection lost")
             except asyncio.CancelledError:
@@ -131,8 +131,7 @@ class Bus:
                 log.warning("bus: cannot listen (%s: %s)", type(err).__name__, err)
             finally:
                 await self._drop()
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff.next())
 
     async def _watch(self, lost: asyncio.Event) -> None:
         """Return when the connection is lost or stops answering pings."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from typing import Any, Callable
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from app import tasks
+from app.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class ResumingClient:
                 stream.close()
 
     async def run(self) -> int | None:
-        delay = self._backoff[0]
+        backoff = Backoff(*self._backoff, jitter=True)
         while not self._stopping:
             try:
                 self._conn = await connect(self.url)
@@ -118,7 +118,8 @@ class ResumingClient:
                 self.connections += 1
                 try:
                     await self._session(self._conn)
-                    delay = self._backoff[0] if self.live.is_set() else delay
+                    if self.live.is_set():  # it got as far as a session: start over
+                        backoff.reset()
                 except CONNECT_ERRORS as err:
                     log.debug("client %s: %s", self.url, err)
                 self.live.clear()
@@ -127,8 +128,7 @@ class ResumingClient:
                 self._on_close(code, self.close_reason)
                 if code in self._stop_on:
                     return code
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self._backoff[1])
+            await asyncio.sleep(backoff.next())
         return None
 
     async def _session(self, conn: WebSocketClientConnection) -> None:

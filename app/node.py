@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import asyncpg
 
 from app import protocol
+from app.backoff import Backoff
 from app.coalesce import Coalescer
 from app.hub import Client, Frame, Hub
 from app.metrics import Metrics
@@ -122,7 +123,7 @@ class Node:
         self._fetch_limit = fetch_limit
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._failed = Plan()  # what the last round could not do, for the next one
-        self._retry_delay = 0.1
+        self._retry = Backoff(0.1, 5.0)  # before a failed round's retry
         self._acks: dict[str, int] = {}  # user -> highest acked seq not yet written
         # At most one ack UPDATE per interval: each is a commit (a WAL flush) competing
         # with the writers' inserts, and a round trip costing the node ~1 ms of CPU
@@ -200,7 +201,7 @@ class Node:
             return
         try:
             await self._execute(plan)
-            self._retry_delay = 0.1
+            self._retry.reset()
         except Exception as err:
             # The rows are safe in the table and the cursors say where each client is:
             # remember who needs a fetch and try again shortly. Any error (asyncpg also
@@ -213,9 +214,8 @@ class Node:
             self._failed = Plan(replay=plan.replay | set(plan.wanted), changes=plan.changes,
                                 resync_since=plan.resync_since)
             asyncio.get_running_loop().call_later(
-                self._retry_delay, self._queue.put_nowait, Retry()
+                self._retry.next(), self._queue.put_nowait, Retry()
             )
-            self._retry_delay = min(self._retry_delay * 2, 5.0)
 
     def _plan(self, events: Sequence[Event]) -> Plan:
         """Merge a batch of events into one round's work: users are fetched once per
@@ -423,12 +423,12 @@ class Node:
             self._ack_writer = asyncio.create_task(self._write_acks())
 
     async def _write_acks(self) -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while self._acks:
             batch, self._acks = self._acks, {}
             try:
                 await self._store.mark_delivered_many(batch)
-                delay = 0.1
+                backoff.reset()
                 await asyncio.sleep(self._ack_interval)  # let the next batch gather
             except DB_ERRORS as err:
                 # Put them back (newer acks win) and try again: delivered_at is a record,
@@ -437,8 +437,7 @@ class Node:
                 for user, seq in batch.items():
                     if seq > self._acks.get(user, 0):
                         self._acks[user] = seq
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
 
     async def flush_acks(self) -> None:
         """Wait until every ack received so far is written (shutdown, tests)."""

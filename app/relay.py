@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Awaitable, Callable
 
 import asyncpg
 
 from app import db, models, tasks
+from app.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,19 @@ class Relay:
         return True
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0, jitter=True)
         while not self._stopping.is_set():
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connect(self._dsn, f"herald:{self._node}:relay"[:63])
                 while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY,
                                               timeout=10):
-                    backoff = 0.1  # the database answers: only the election is lost
+                    backoff.reset()  # the database answers: only the election is lost
                     if await self._sleep(self._standby_interval):
                         return
                 self.leader = True
                 self.elections += 1
-                backoff = 0.1
+                backoff.reset()
                 log.info("relay: %s leads", self._node)
                 await self._lead(conn)  # returns when asked to stop
                 await self._end_lease(conn)
@@ -136,9 +136,8 @@ class Relay:
                 self.leader = self.batched = False
                 if conn is not None and not conn.is_closed():
                     conn.terminate()  # releases the advisory lock with the session
-            if await self._sleep(backoff * (0.5 + random.random())):
+            if await self._sleep(backoff.next()):
                 return
-            backoff = min(backoff * 2, 5.0)
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", models.CHANNEL, SYNC_PAYLOAD,

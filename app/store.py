@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVa
 
 import asyncpg
 
+from app.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -200,7 +202,7 @@ class Store:
         self._behind_pooler = behind_pooler
 
     async def _retrying(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        delay = 0.05
+        backoff = Backoff(0.05, 1.0)
         for attempt in range(self._retries + 1):
             try:
                 async with self._pool.acquire() as conn:
@@ -212,8 +214,7 @@ class Store:
                 if attempt == self._retries:
                     raise
                 log.warning("database connection lost (%s); retrying", type(err).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await asyncio.sleep(backoff.next())
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:

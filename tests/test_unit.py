@@ -391,3 +391,14 @@ def test_an_origin_must_match_the_host_and_the_scheme(
 ])
 def test_the_link_rule(link: str, ok: bool) -> None:
     assert models.is_link(link) is ok
+
+
+def test_backoff_doubles_up_to_its_maximum_with_or_without_jitter() -> None:
+    from app.backoff import Backoff
+
+    plain = Backoff(0.1, 0.5)
+    assert [plain.next() for _ in range(5)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    plain.reset()
+    assert plain.next() == pytest.approx(0.1)
+    shaken = Backoff(1.0, 8.0, jitter=True, rand=iter([0.0, 1.0, 0.5]).__next__)
+    assert [shaken.next() for _ in range(3)] == pytest.approx([0.5, 3.0, 4.0])
