@@ -28,6 +28,7 @@ import asyncpg
 
 from app import db, tasks
 from app.backoff import Backoff
+from app.errors import DB_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,7 @@ class Bus:
                 pass
             try:
                 self.horizon = await self._ping()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                    asyncio.TimeoutError) as err:
+            except DB_ERRORS as err:
                 log.warning("bus: ping failed (%s)", type(err).__name__)
                 return
 

@@ -24,8 +24,9 @@ import random
 from typing import Callable
 
 from app import protocol, tasks
+from app.errors import DB_ERRORS
 from app.hub import Hub
-from app.store import DB_ERRORS, NodeRow, Store
+from app.store import NodeRow, Store
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ import asyncpg
 from app import protocol
 from app.backoff import Backoff
 from app.coalesce import Coalescer
+from app.errors import DB_ERRORS
 from app.hub import Client, Frame, Hub
 from app.metrics import Metrics
-from app.store import DB_ERRORS, RowState, Store
+from app.store import RowState, Store
 
 log = logging.getLogger(__name__)
 

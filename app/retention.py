@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from app import tasks
-from app.store import DB_ERRORS, Pruned, Store
+from app.errors import DB_ERRORS
+from app.store import Pruned, Store
 
 log = logging.getLogger(__name__)
 

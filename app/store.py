@@ -17,25 +17,12 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVa
 import asyncpg
 
 from app.backoff import Backoff
+from app.errors import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Errors after which the same statement on a fresh connection may succeed.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown / terminate_backend
-    asyncpg.exceptions.CannotConnectNowError,
-    # Raised when a connection died in the middle of a protocol exchange.
-    asyncpg.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-# Any failure of a statement: the connection's, or the database refusing it.
-DB_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS + (asyncpg.PostgresError,)
 
 
 

@@ -6,9 +6,10 @@ import asyncpg
 
 from app import auth, models, protocol
 from app.config import Config
+from app.errors import DB_ERRORS
 from app.handlers.base import ApiError, JsonHandler
 from app.metrics import Metrics
-from app.node import DB_ERRORS, Node
+from app.node import Node
 from app.store import NewNotification, Store
 
 MAX_HISTORY_PAGE = 200

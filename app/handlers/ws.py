@@ -20,9 +20,10 @@ import tornado.websocket
 
 from app import auth, protocol
 from app.config import Config
+from app.errors import DB_ERRORS
 from app.hub import ClientGone, Hub
 from app.metrics import Metrics
-from app.node import DB_ERRORS, Node
+from app.node import Node
 from app.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
