@@ -21,7 +21,7 @@ from typing import Any, Coroutine, NoReturn, Sequence
 
 import asyncpg
 
-from app import __version__, db, gcpolicy, protocol, schema, tasks
+from app import __version__, db, gcpolicy, protocol, publish, schema, tasks
 from app.config import (
     MAX_RETENTION_DAYS,
     SETTINGS,
@@ -255,7 +255,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     item = {"user_id": args.user, "title": args.title, "body": args.body, "data": data,
             "link": args.link, "category": args.category, "expires_at": args.expires_at}
     try:
-        (valid,) = protocol.parse_publish(json.dumps(item).encode(), 1)
+        (valid,) = publish.parse_publish(json.dumps(item).encode(), 1)
     except protocol.ProtocolError as err:
         raise CliError(err.message.replace("notification.", "")) from None
     url = _database(config)

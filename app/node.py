@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import asyncpg
 
-from app import protocol
+from app import bus_payloads, protocol
 from app.backoff import Backoff
 from app.coalesce import Coalescer
 from app.errors import DB_ERRORS
@@ -55,7 +55,7 @@ class Retry:
 
 
 # Bus events arrive parsed; new rows only for users with a socket here.
-Event = Union[protocol.BusEvent, protocol.FrameEvent, CatchUp, Resume, Retry]
+Event = Union[bus_payloads.BusEvent, bus_payloads.FrameEvent, CatchUp, Resume, Retry]
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class Plan:
 
     replay: set[str] = field(default_factory=set)
     wanted: dict[str, int] = field(default_factory=dict)  # user -> highest seq announced
-    frames: list[protocol.FrameEvent] = field(default_factory=list)
-    changes: list[protocol.ChangeEvent] = field(default_factory=list)
+    frames: list[bus_payloads.FrameEvent] = field(default_factory=list)
+    changes: list[bus_payloads.ChangeEvent] = field(default_factory=list)
     # After a bus loss: push the state of rows changed by transactions from this xid on.
     resync_since: int | None = None
 
@@ -88,7 +88,7 @@ class Plan:
             self.wanted[user] = seq
 
 
-def _confirms(change: protocol.ChangeEvent, state: RowState | None) -> bool:
+def _confirms(change: bus_payloads.ChangeEvent, state: RowState | None) -> bool:
     """Whether the row's current ``state`` is what ``change`` says it became, by that
     very transaction (so a later change, or none at all, makes the event stale)."""
     if state is None or not state.live or state.user_id != change.user:
@@ -146,27 +146,27 @@ class Node:
         starts later reads the table after it joins the hub, and the NOTIFY came after
         its transaction committed."""
         if key is not None:
-            user = protocol.frame_event_user(payload)
+            user = bus_payloads.frame_event_user(payload)
             if user is not None and not self._hub.has(user):
                 self._count("frame")
                 return
-        event: protocol.BusEvent | protocol.FrameEvent
+        event: bus_payloads.BusEvent | bus_payloads.FrameEvent
         try:
-            event = (protocol.parse_frame_event(payload, key) if key is not None
-                     else protocol.parse_bus_event(payload))
+            event = (bus_payloads.parse_frame_event(payload, key) if key is not None
+                     else bus_payloads.parse_bus_event(payload))
         except protocol.ProtocolError as err:
             self._metrics.refused.labels("bus_payload").inc()
             log.warning("bus: ignored payload (%s): %.200r", err.message, payload)
             # A frame that fails its checks is not sent; its row is fetched instead.
-            pointer = protocol.frame_event_pointer(payload) if key is not None else None
+            pointer = bus_payloads.frame_event_pointer(payload) if key is not None else None
             if pointer is None:
                 return
             event = pointer
         self._count(event.kind)
-        if isinstance(event, protocol.NewEvent):
+        if isinstance(event, bus_payloads.NewEvent):
             if not any(self._hub.has(user) for user in event.users):
                 return
-        elif isinstance(event, protocol.FrameEvent) and not self._hub.has(event.user):
+        elif isinstance(event, bus_payloads.FrameEvent) and not self._hub.has(event.user):
             return
         # Change events are few, and one for a session that joins the hub meanwhile must
         # still reach it: the worker decides on those, as late as it can.
@@ -230,15 +230,15 @@ class Node:
                     plan.resync_since = min(event.since, plan.resync_since or event.since)
             elif isinstance(event, Resume):
                 plan.replay.add(event.user)
-            elif isinstance(event, protocol.SyncEvent):
+            elif isinstance(event, bus_payloads.SyncEvent):
                 catch_up = True
-            elif isinstance(event, protocol.FrameEvent):
+            elif isinstance(event, bus_payloads.FrameEvent):
                 plan.frames.append(event)
                 plan.want(event.user, event.seq)
-            elif isinstance(event, protocol.NewEvent):
+            elif isinstance(event, bus_payloads.NewEvent):
                 for user, seq in event.users.items():
                     plan.want(user, seq)
-            elif isinstance(event, protocol.ChangeEvent):
+            elif isinstance(event, bus_payloads.ChangeEvent):
                 if self._hub.has(event.user):
                     plan.changes.append(event)
         if catch_up:
@@ -264,7 +264,7 @@ class Node:
         if plan.resync_since is not None:
             await self._push_state(plan.resync_since)
 
-    def _deliver_frames(self, frames: Sequence[protocol.FrameEvent]) -> None:
+    def _deliver_frames(self, frames: Sequence[bus_payloads.FrameEvent]) -> None:
         """Send the frames the bus carried, in seq order per user. Each row's predecessor
         is ``seq - 1``: a connection whose cursor is lower (a row before it is not yet
         sent) gets nothing here, and the fetch that follows fills it in from its cursor."""
@@ -325,7 +325,7 @@ class Node:
                         next_floors[user] = floor
             floors = next_floors
 
-    async def _push_changes(self, changes: Sequence[protocol.ChangeEvent]) -> None:
+    async def _push_changes(self, changes: Sequence[bus_payloads.ChangeEvent]) -> None:
         """Push each change to the user's sockets, with the new unread count, but only
         as far as the table confirms it: payloads may be forged, and a change may have
         been overtaken by a later one (then only the later one is pushed)."""

@@ -14,7 +14,7 @@ from urllib.request import urlopen
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection
 
-from app import client
+from app import bus_payloads, client
 
 
 class WsClient:
@@ -138,11 +138,10 @@ def frame_payload(user: str, frame: dict[str, Any], key: bytes | None,
                   seq: int | None = None) -> str:
     """A private-channel payload as the trigger sends it, MAC first (``key`` None: an
     all-zero MAC, as a role that knows the channel's name but not the key would send)."""
-    from app import protocol
 
     body = json.dumps({"k": "frame", "u": user, "s": frame["seq"] if seq is None else seq,
                        "t": 0, "f": json.dumps(frame)})
-    return (protocol.frame_mac(key, body) if key is not None else "0" * 64) + body
+    return (bus_payloads.frame_mac(key, body) if key is not None else "0" * 64) + body
 
 
 # --- processes and HTTP --------------------------------------------------------------------

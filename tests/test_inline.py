@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from app import db, protocol
+from app import bus_payloads, db
 from app.bus import Bus
 from app.store import Store
 from tests.conftest import insert, listen, token_for
@@ -32,9 +32,9 @@ async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[st
     channel, key = await private_channel(conn)
 
     def heard(*args: Any) -> None:
-        event = protocol.parse_frame_event(args[-1], key)
-        assert protocol.frame_event_user(args[-1]) == event.user
-        queue.put_nowait(json.loads(args[-1][protocol.MAC_HEX:]))
+        event = bus_payloads.parse_frame_event(args[-1], key)
+        assert bus_payloads.frame_event_user(args[-1]) == event.user
+        queue.put_nowait(json.loads(args[-1][bus_payloads.MAC_HEX:]))
 
     await conn.add_listener(channel, heard)
     return conn, queue
@@ -177,7 +177,7 @@ async def test_a_frame_is_sent_as_it_stands_only_from_the_private_channel(
     channel, key = await private_channel(sql)
     payload = frame_payload(user, fake, key)
     refused = await metric(node.port, 'herald_refused_total{reason="bus_payload"}')
-    await sql.execute("SELECT pg_notify('herald', $1)", payload[protocol.MAC_HEX:])
+    await sql.execute("SELECT pg_notify('herald', $1)", payload[bus_payloads.MAC_HEX:])
     await client.expect_silence(0.5)
     assert await metric(node.port, 'herald_refused_total{reason="bus_payload"}') == refused + 1
 
@@ -244,11 +244,11 @@ async def test_frames_and_fetches_mix_without_gap_duplicate_or_reorder(
 def test_the_quick_user_read_refuses_what_the_trigger_would_not_write() -> None:
     """Anything not shaped as the trigger writes it gets None, and then the strict parse
     (which refuses it, counted as bus_payload) instead of being dropped unseen."""
-    mac = "0" * protocol.MAC_HEX  # read before any check: the MAC is not looked at here
+    mac = "0" * bus_payloads.MAC_HEX  # read before any check: the MAC is not looked at here
     good = mac + '{"k" : "frame", "u" : "al\\"ice", "s" : 1, "t" : 0, "f" : "{}"}'
-    assert protocol.frame_event_user(good) == 'al"ice'
-    assert protocol.frame_event_user(good[protocol.MAC_HEX:]) is None  # no MAC in front
+    assert bus_payloads.frame_event_user(good) == 'al"ice'
+    assert bus_payloads.frame_event_user(good[bus_payloads.MAC_HEX:]) is None  # no MAC in front
     for bad in ('{"k":"frame","u":"alice"}', '{"k" : "frame", "u" : 7, "s" : 1}',
                 '{"k" : "other", "u" : "alice", "s" : 1, "t" : 0, "f" : "{}"}',
                 '{"k" : "frame", "u" : "unterminated', "", "not json"):
-        assert protocol.frame_event_user(mac + bad) is None
+        assert bus_payloads.frame_event_user(mac + bad) is None

@@ -11,7 +11,7 @@ import json
 import asyncpg
 import pytest
 
-from app import db, protocol
+from app import bus_payloads, db, protocol
 from app.relay import SYNC_PAYLOAD
 from tests.conftest import insert, listen, token_for
 from tests.helpers import wait_for
@@ -155,10 +155,10 @@ async def test_a_new_leader_syncs_what_the_dead_one_left(fresh, clients) -> None
 
 
 def test_sync_is_the_only_new_bus_kind() -> None:
-    assert protocol.parse_bus_event(SYNC_PAYLOAD) == protocol.SyncEvent()
+    assert bus_payloads.parse_bus_event(SYNC_PAYLOAD) == bus_payloads.SyncEvent()
     for payload in ('{"k":"sync","u":{"a":1}}', '{"k":"synced"}'):
         with pytest.raises(protocol.ProtocolError):
-            protocol.parse_bus_event(payload)
+            bus_payloads.parse_bus_event(payload)
 
 
 async def test_a_stopping_leader_ends_its_lease_cleanly(fresh) -> None:

@@ -13,7 +13,7 @@ import jwt
 import pytest
 import tornado.httputil
 
-from app import auth, models, protocol
+from app import auth, bus_payloads, models, protocol
 from app.handlers.ws import BATCH_BYTES, encode_frames
 from app.hub import ClientGone, Frame, Hub
 from app.proxies import TrustedProxies, parse_networks
@@ -207,7 +207,7 @@ KEY = b"k" * 64
 def _payload(user: str, frame: dict[str, Any], key: bytes = KEY, seq: int | None = None) -> str:
     body = json.dumps({"k": "frame", "u": user, "s": frame["seq"] if seq is None else seq,
                        "t": 1.5, "f": json.dumps(frame)})
-    return protocol.frame_mac(key, body) + body
+    return bus_payloads.frame_mac(key, body) + body
 
 
 FRAME = {"type": "notification", "id": 1, "seq": 3, "title": "t", "body": None, "data": {},
@@ -216,7 +216,7 @@ FRAME = {"type": "notification", "id": 1, "seq": 3, "title": "t", "body": None, 
 
 
 def test_a_frame_with_its_mac_parses() -> None:
-    event = protocol.parse_frame_event(_payload("alice", FRAME), KEY)
+    event = bus_payloads.parse_frame_event(_payload("alice", FRAME), KEY)
     assert (event.user, event.seq, event.created) == ("alice", 3, 1.5)
     assert json.loads(event.text) == FRAME
 
@@ -236,14 +236,14 @@ def test_a_frame_with_its_mac_parses() -> None:
 ])
 def test_frames_that_fail_a_check_are_refused(payload: str) -> None:
     with pytest.raises(protocol.ProtocolError) as err:
-        protocol.parse_frame_event(payload, KEY)
+        bus_payloads.parse_frame_event(payload, KEY)
     assert err.value.code == "bad_bus_payload"
 
 
 def test_a_refused_frame_still_points_at_its_row() -> None:
     forged = "0" * 64 + _payload("alice", FRAME)[64:]
-    assert protocol.frame_event_pointer(forged) == protocol.NewEvent(users={"alice": 3})
-    assert protocol.frame_event_pointer("0" * 64 + "[" * 5000) is None
+    assert bus_payloads.frame_event_pointer(forged) == bus_payloads.NewEvent(users={"alice": 3})
+    assert bus_payloads.frame_event_pointer("0" * 64 + "[" * 5000) is None
 
 
 def test_a_frame_nested_too_deep_for_python_is_refused_not_raised() -> None:
@@ -251,7 +251,7 @@ def test_a_frame_nested_too_deep_for_python_is_refused_not_raised() -> None:
     text = json.dumps(deep).replace("[" * 50 + "]" * 50, "[" * 5000 + "]" * 5000)
     body = json.dumps({"k": "frame", "u": "alice", "s": 3, "t": 0, "f": text})
     with pytest.raises(protocol.ProtocolError):
-        protocol.parse_frame_event(protocol.frame_mac(KEY, body) + body, KEY)
+        bus_payloads.parse_frame_event(bus_payloads.frame_mac(KEY, body) + body, KEY)
 
 
 @pytest.mark.parametrize("payload", [
@@ -261,7 +261,7 @@ def test_a_frame_nested_too_deep_for_python_is_refused_not_raised() -> None:
 ])
 def test_public_bus_payloads_are_parsed_strictly(payload: str) -> None:
     with pytest.raises(protocol.ProtocolError):
-        protocol.parse_bus_event(payload)
+        bus_payloads.parse_bus_event(payload)
 
 
 # --- frames on the wire ------------------------------------------------------------------

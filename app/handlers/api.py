@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from app import auth, models, protocol
+from app import auth, models, protocol, publish
 from app.config import Config
 from app.errors import DB_ERRORS
 from app.handlers.base import ApiError, JsonHandler
@@ -72,7 +72,7 @@ class NotificationsHandler(JsonHandler):
         """Validate, insert in one transaction, answer: the one publishing path of HTTP."""
         self.authorize_publish()
         try:
-            items = protocol.parse_publish(self.request.body, self.max_items(),
+            items = publish.parse_publish(self.request.body, self.max_items(),
                                            self.request.headers.get("Idempotency-Key"))
         except protocol.ProtocolError as err:
             self.metrics.refused.labels("publish_body").inc()
