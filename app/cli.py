@@ -275,8 +275,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from app.retention import PruneBusy, prune_pass
-    from app.store import Store
+    from app.retention import PruneBusy, RetentionStore, prune_pass
 
     config = _load(args, ["database_url", "data_dir", "retention_days"])
     days: float | None = config.retention_days or None
@@ -293,7 +292,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     async def run() -> tuple[int, int]:
         pool, behind_pooler = await db.open_store_pool(url, "herald:prune", min_size=1, max_size=1)
         try:
-            result = await prune_pass(Store(pool, behind_pooler=behind_pooler), days,
+            result = await prune_pass(RetentionStore(pool, behind_pooler=behind_pooler), days,
                                       batch=config.prune_batch, pause=config.prune_pause)
         except PruneBusy as err:
             raise CliError(str(err)) from None
@@ -322,7 +321,7 @@ def _ago(seconds: float) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from app.store import Store
+    from app.heartbeats import Heartbeats
 
     config = _load(args, ["database_url", "data_dir", "heartbeat_interval"])
     url = _database(config)
@@ -330,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def run() -> str:
         pool, behind_pooler = await db.open_store_pool(url, "herald:status", min_size=1, max_size=1)
         try:
-            status = await Store(pool, behind_pooler=behind_pooler).cluster_status()
+            status = await Heartbeats(pool, behind_pooler=behind_pooler).cluster_status()
         finally:
             await pool.close()
         stale = 3 * config.heartbeat_interval

@@ -25,14 +25,14 @@ from typing import Callable
 
 from app import protocol, tasks
 from app.errors import DB_ERRORS
+from app.heartbeats import Heartbeats, NodeRow
 from app.hub import Hub
-from app.store import NodeRow, Store
 
 log = logging.getLogger(__name__)
 
 
 class Membership:
-    def __init__(self, store: Store, hub: Hub, name: str, leads: Callable[[], bool],
+    def __init__(self, store: Heartbeats, hub: Hub, name: str, leads: Callable[[], bool],
                  on_shed: Callable[[int], None], *, interval: float = 2.0,
                  factor: float = 1.25, rate: float = 0.03) -> None:
         self._store = store

@@ -16,6 +16,7 @@ import tornado.netutil
 from app import db, models, protocol, schema, tasks
 from app.bus import Bus
 from app.config import Config, ConfigError
+from app.heartbeats import Heartbeats
 from app.hub import Hub
 from app.keepalive import Keepalive
 from app.looplag import Loopwatch
@@ -23,7 +24,7 @@ from app.membership import Membership
 from app.metrics import Metrics
 from app.node import Node
 from app.relay import Relay
-from app.retention import Pruner
+from app.retention import Pruner, RetentionStore
 from app.store import Store
 from app.web import make_app
 
@@ -77,6 +78,8 @@ class HeraldServer:
             await pool.close()
             raise
         store = Store(pool, behind_pooler=behind_pooler)
+        heartbeats = Heartbeats(pool, behind_pooler=behind_pooler)
+        deletes = RetentionStore(pool, behind_pooler=behind_pooler)
         self.node = node = Node(name, store, self.hub, self.metrics)
         self._worker = asyncio.create_task(node.run(), name="herald-node")
         self._bus = bus = Bus(
@@ -100,12 +103,12 @@ class HeraldServer:
         self.metrics.relay_batched.set_function(lambda: 1 if relay.batched else 0)
         relay.start()
         # Retention runs on the relay's leader only: one pruning node per cluster.
-        self.pruner = Pruner(store, self.config.retention_days, lambda: relay.leader,
+        self.pruner = Pruner(deletes, self.config.retention_days, lambda: relay.leader,
                              self.metrics.pruned.inc, interval=self.config.prune_interval,
                              batch=self.config.prune_batch, pause=self.config.prune_pause)
         self.pruner.start()
         self.membership = Membership(
-            store, self.hub, name, lambda: relay.leader, self.metrics.shed.inc,
+            heartbeats, self.hub, name, lambda: relay.leader, self.metrics.shed.inc,
             interval=self.config.heartbeat_interval, rate=self.config.rebalance_rate)
         self.membership.start()
         self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval,

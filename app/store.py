@@ -74,11 +74,6 @@ CHANGES: dict[str, tuple[str, str]] = {
     "unarchive": ("archived_at = NULL", "archived_at IS NOT NULL"),
 }
 
-# Only one pruner at a time in the whole cluster (nodes and `herald prune`): each batch
-# takes this transaction-scoped advisory lock, or skips.
-PRUNE_LOCK_KEY = 0x6865_7261_6C65  # "herale"
-
-
 @dataclass(frozen=True)
 class NewNotification:
     user_id: str
@@ -105,16 +100,6 @@ class HistoryPage:
     items: list[str]  # newest first, each a history item's JSON text (HISTORY_ITEM)
     unread: int
     last_seq: int  # the user's newest seq, read in the same snapshot as ``rows``
-
-
-@dataclass(frozen=True)
-class Pruned:
-    old: int  # rows created before the cutoff
-    expired: int
-    # Where the next batch may start: the highest created_at / expires_at deleted (rows
-    # below them are gone, or were locked and are left for the next pass).
-    old_from: datetime | None = None
-    expired_from: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -148,26 +133,6 @@ class ReadAll:
 
 
 @dataclass(frozen=True)
-class NodeRow:
-    """A node's last heartbeat (``herald.nodes``)."""
-
-    name: str
-    sockets: int
-    started_at: datetime
-    age: float  # seconds since its heartbeat
-    relay_leader: bool
-    draining: bool
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    nodes: list[NodeRow]
-    notify_queue_usage: float  # pg_notification_queue_usage()
-    relay_batched_until: datetime | None  # the relay's lease, if it holds
-    oldest_undelivered: asyncpg.Record | None  # (user_id, seq, created_at)
-
-
-@dataclass(frozen=True)
 class SessionStart:
     """What a connecting client needs: the user's newest seq, where its replay starts
     (deliver every seq above ``baseline``), and the unread count."""
@@ -177,8 +142,9 @@ class SessionStart:
     unread: int
 
 
-class Store:
-    """``behind_pooler``: the pool goes through a transaction pooler (PgBouncer in
+class PoolStore:
+    """Statements on a pool, each on a connection of its own, retried (``_retrying``) on a
+    lost connection. ``behind_pooler``: the pool goes through a transaction pooler (PgBouncer in
     transaction mode): every operation then runs inside a transaction, the only unit
     such a pooler keeps on one server (``db.behind_transaction_pooler``)."""
 
@@ -209,54 +175,9 @@ class Store:
         async with self._pool.acquire(timeout=2) as conn:
             await conn.execute("SELECT 1", timeout=2)  # the simple protocol: any pooler
 
-    # --- the cluster's view of itself (revision 0007) --------------------------------------
-
-    async def heartbeat(self, name: str, sockets: int, relay_leader: bool, draining: bool,
-                        ) -> list[NodeRow]:
-        """Record this node's heartbeat; return every node's latest one (this one too)."""
-
-        async def op(conn: asyncpg.Connection) -> list[NodeRow]:
-            await conn.execute(
-                """
-                INSERT INTO herald.nodes AS n (name, sockets, relay_leader, draining)
-                VALUES ($1, $2, $3, $4)
-                ON CONFLICT (name) DO UPDATE SET sockets = $2, relay_leader = $3,
-                    draining = $4, heartbeat_at = now()
-                """, name, sockets, relay_leader, draining)
-            return await self._nodes(conn)
-
-        return await self._retrying(op)
-
-    async def _nodes(self, conn: asyncpg.Connection) -> list[NodeRow]:
-        rows = await conn.fetch(
-            "SELECT name, sockets, started_at, relay_leader, draining, "
-            "extract(epoch FROM now() - heartbeat_at)::float8 AS age "
-            "FROM herald.nodes ORDER BY name")
-        return [NodeRow(r["name"], r["sockets"], r["started_at"], r["age"],
-                        r["relay_leader"], r["draining"]) for r in rows]
-
-    async def forget_node(self, name: str) -> None:
-        """A node that stops takes its row away."""
-        await self._retrying(lambda conn: conn.execute(
-            "DELETE FROM herald.nodes WHERE name = $1", name))
-
-    async def cluster_status(self) -> ClusterStatus:
-        """What `herald status` shows."""
-
-        async def op(conn: asyncpg.Connection) -> ClusterStatus:
-            nodes = await self._nodes(conn)
-            usage = await conn.fetchval("SELECT pg_notification_queue_usage()")
-            lease = await conn.fetchval(
-                "SELECT batched_until FROM herald.relay WHERE id = 1 "
-                "AND batched_until > clock_timestamp()")
-            # The created_at index, walked from the oldest row: stops at the first
-            # undelivered one.
-            oldest = await conn.fetchrow(
-                f"SELECT user_id, seq, created_at FROM herald.notifications "
-                f"WHERE delivered_at IS NULL AND {LIVE} ORDER BY created_at LIMIT 1")
-            return ClusterStatus(nodes, float(usage), lease, oldest)
-
-        return await self._retrying(op)
+class Store(PoolStore):
+    """All SQL about notifications: publishing, session starts, fetches, history, read
+    state. (Heartbeats are in app/heartbeats.py, retention's deletes in app/retention.py.)"""
 
     async def insert(self, items: Sequence[NewNotification]) -> list[Inserted]:
         """Insert ``items`` in one statement and one transaction, in list order.
@@ -591,56 +512,5 @@ class Store:
                     user,
                 )
             return int(status.split()[-1])
-
-        return await self._retrying(op)
-
-    async def prune(
-        self, older_than: datetime | None, limit: int, start: Pruned | None = None
-    ) -> Pruned | None:
-        """Delete at most ``limit`` rows created before ``older_than`` (if given) and at
-        most ``limit`` expired rows, oldest first, in one short transaction; ``start``
-        (the previous batch's result) lets the index scans begin where that one ended
-        instead of wading through the entries of rows just deleted.
-
-        Returns None, deleting nothing, while another pruner holds the cluster's prune
-        lock. Rows locked by someone else (an ack, a read) are skipped, not waited for,
-        so a batch never holds up writers; the next pass takes them."""
-        old_from = start.old_from if start else None
-        expired_from = start.expired_from if start else None
-
-        async def op(conn: asyncpg.Connection) -> Pruned | None:
-            async with conn.transaction():
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
-                                           PRUNE_LOCK_KEY):
-                    return None
-                old = None
-                if older_than is not None:
-                    old = await conn.fetchrow(
-                        """
-                        WITH gone AS (
-                            DELETE FROM herald.notifications WHERE id IN (
-                                SELECT id FROM herald.notifications
-                                WHERE created_at < $1
-                                  AND ($3::timestamptz IS NULL OR created_at >= $3)
-                                ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                            RETURNING created_at)
-                        SELECT count(*) AS n, max(created_at) AS upto FROM gone
-                        """,
-                        older_than, limit, old_from)
-                expired = await conn.fetchrow(
-                    """
-                    WITH gone AS (
-                        DELETE FROM herald.notifications WHERE id IN (
-                            SELECT id FROM herald.notifications
-                            WHERE expires_at <= now()
-                              AND ($2::timestamptz IS NULL OR expires_at >= $2)
-                            ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-                        RETURNING expires_at)
-                    SELECT count(*) AS n, max(expires_at) AS upto FROM gone
-                    """,
-                    limit, expired_from)
-            return Pruned(old["n"] if old else 0, expired["n"],
-                          (old["upto"] if old else None) or old_from,
-                          expired["upto"] or expired_from)
 
         return await self._retrying(op)

@@ -36,11 +36,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from app import db, schema
-from app.retention import prune_pass
-from app.store import Pruned, Store
+from app.retention import Pruned, RetentionStore, prune_pass
 
 
-class TimedStore(Store):
+class TimedStore(RetentionStore):
     """The real store, timing each prune transaction."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
