@@ -80,6 +80,21 @@ class WsClient:
                 got.append(frame)
         return got
 
+    async def nothing_before_sentinel(self, sql: Any, user: str) -> dict[str, Any]:
+        """A positive check that no other notification was pushed: commit a marker row for
+        ``user`` and read until it arrives. Per-user seq order is commit order and each
+        socket gets a user's rows in seq order, so any notification committed before the
+        marker would have arrived first: none may have. Returns the marker's frame.
+        (Change frames are pushed after the notifications of the same round, so they are
+        not covered: use ``expect_silence`` for those.)"""
+        title = f"sentinel {time.monotonic_ns()}"
+        await sql.execute("INSERT INTO herald.notifications (user_id, title) VALUES ($1, $2)",
+                          user, title)
+        frame = await self.recv(10)
+        assert frame is not None and frame.get("title") == title, \
+            f"{frame} arrived before the sentinel"
+        return frame
+
     async def expect_silence(self, seconds: float = 0.5) -> None:
         """Assert that no frame arrives within ``seconds``."""
         try:

@@ -82,7 +82,7 @@ async def test_offline_user_gets_replay_then_ack_stops_it(make_node, clients, sq
 
     third = await clients(node.port)
     await third.hello(token_for(user))
-    await third.expect_silence(0.5)
+    await third.nothing_before_sentinel(sql, user)
 
     resumed = await clients(node.port)  # an explicit cursor wins over delivered_at
     await resumed.hello(token_for(user), last_seq=2)
@@ -227,7 +227,9 @@ async def test_several_tabs_each_get_every_row_once(make_node, clients, sql, use
         await insert(sql, user, f"n{i}")
     for tab in tabs:
         assert [f["seq"] for f in await tab.notifications(10)] == list(range(1, 11))
-        await tab.expect_silence(0.2)
+    sentinel = await tabs[0].nothing_before_sentinel(sql, user)
+    for tab in tabs[1:]:
+        assert await tab.recv() == sentinel  # the same row, once, and nothing before it
 
 
 async def test_acking_every_frame_of_a_big_replay_is_not_rate_limited(

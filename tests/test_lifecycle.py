@@ -260,7 +260,7 @@ async def test_an_expired_row_is_never_pushed_live(make_node, clients, sql, user
     assert frame["seq"] == 2 and frame["category"] == "orders"
     assert frame["expires_at"] == later.isoformat().replace("+00:00", "Z")
     assert frame["archived"] is False
-    await client.expect_silence(0.3)
+    await client.nothing_before_sentinel(sql, user)
 
 
 # --- unread, archive, unarchive: every interface, every node -----------------------------
