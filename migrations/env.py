@@ -8,9 +8,11 @@ application that uses alembic itself.
 
 import asyncio
 import os
+import sys
+from typing import Any
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import event, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -56,8 +58,31 @@ def _run_sync(connection: Connection) -> None:
         context.run_migrations()
 
 
+# Migrations run as an administrator, often a superuser: on its connection nothing but
+# pg_catalog (and its own temporary schema) is searched, so no function or operator
+# planted in a schema on its usual path (public, where anyone may create on older
+# servers) is ever picked for its statements or alembic's, or bound into a function
+# body (revision 0009). Every revision names its objects with their schema.
+PINNED_PATH = "pg_catalog, pg_temp"
+
+
+def _print_notice(connection: object, message: object) -> None:
+    # What a revision says with RAISE NOTICE (roles converted, privileges removed) is
+    # meant for the operator who runs it; PostgreSQL's "does not exist, skipping" is not.
+    text = str(getattr(message, "message", message))
+    if not text.endswith("does not exist, skipping"):
+        print(f"herald migration: {text}", file=sys.stderr)
+
+
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    engine = create_async_engine(
+        _url(), poolclass=pool.NullPool,
+        connect_args={"server_settings": {"search_path": PINNED_PATH}})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _notices(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection.add_log_listener(_print_notice)
+
     async with engine.connect() as connection:
         await connection.run_sync(_run_sync)
     await engine.dispose()

@@ -506,7 +506,7 @@ async def test_the_upgrade_takes_back_more_than_readme_gave(at_0008: dict[str, A
                 "SELECT title FROM herald.notifications",
                 "UPDATE herald.notifications SET read_xid = 1",
                 "SELECT setval('herald.notifications_id_seq', 1)"):
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
                 await conn.execute(statement)
     finally:
         await conn.close()
@@ -530,6 +530,9 @@ PLANTED = {
     "foreign key keep_id_fkey on public.keep": (  # would stop every delete of that row
         ["CREATE TABLE public.keep (id bigint REFERENCES herald.notifications (id))"],
         ["DROP TABLE public.keep"]),
+    "inheritance public.child of herald.notifications": (  # rows no trigger ever saw
+        ["CREATE TABLE public.child () INHERITS (herald.notifications)"],
+        ["DROP TABLE public.child"]),
 }
 
 
@@ -653,3 +656,73 @@ async def test_times_a_node_cannot_read_are_refused(
             await writer["conn"].execute(
                 f"INSERT INTO herald.notifications (user_id, title, {column}) "
                 f"VALUES ('victim', 'poison', '{value}')")
+
+
+async def test_nothing_planted_on_the_path_runs_as_the_migrating_superuser(
+    at_0008: dict[str, Any],
+) -> None:
+    """A role that may create in public plants an operator alembic's own catalog query
+    would pick (name = varchar) and one render_frame's body would bind (bigint %
+    integer): the migration's connection searches pg_catalog only, so neither runs, and
+    render_frame depends on nothing outside pg_catalog and schema herald."""
+    sql = at_0008["sql"]
+    name, url = await at_0008["role"]("GRANT CREATE ON SCHEMA public TO {role}")
+    conn = await db.connect(url, "herald-test-planter")
+    try:
+        await conn.execute("CREATE TABLE public.loot (who text)")
+        await conn.execute("GRANT INSERT ON public.loot TO PUBLIC")
+        for left, right, op in (("name", "varchar", "="), ("bigint", "integer", "%")):
+            result = "a::text = b::text" if op == "=" else "a %% b::bigint"
+            await conn.execute(f"""
+                CREATE FUNCTION public.evil_{'eq' if op == '=' else 'mod'}(a {left}, b {right})
+                RETURNS {'boolean' if op == '=' else 'bigint'} LANGUAGE plpgsql AS $$
+                BEGIN
+                    INSERT INTO public.loot VALUES (current_user);
+                    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                        EXECUTE 'ALTER ROLE {name} SUPERUSER';
+                    END IF;
+                    RETURN {result};
+                END $$""".replace("%%", "%"))
+            await conn.execute(f"CREATE OPERATOR public.{op} (LEFTARG = {left}, RIGHTARG = "
+                               f"{right}, FUNCTION = public.evil_{'eq' if op == '=' else 'mod'})")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    await insert(sql, "alice", "after the upgrade")  # runs notify_frame, render_frame
+    assert not await sql.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", name)
+    assert await sql.fetch("SELECT who FROM public.loot") == []
+    outside = await sql.fetchval(
+        "SELECT count(*) FROM pg_depend d "
+        "LEFT JOIN pg_operator o ON d.refclassid = 'pg_operator'::regclass "
+        "AND o.oid = d.refobjid "
+        "LEFT JOIN pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid "
+        "WHERE d.objid = 'herald.render_frame(herald.notifications)'::regprocedure "
+        "AND coalesce(o.oprnamespace, p.pronamespace) "
+        "NOT IN ('pg_catalog'::regnamespace, 'herald'::regnamespace)")
+    assert outside == 0
+
+
+async def test_publics_rights_on_the_notifications_are_revoked(at_0008: dict[str, Any]) -> None:
+    sql = at_0008["sql"]
+    name, _ = await at_0008["role"]()
+    await sql.execute("GRANT USAGE ON SCHEMA herald TO PUBLIC")
+    await sql.execute("GRANT SELECT, INSERT, UPDATE ON herald.notifications TO PUBLIC")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    for privilege in ("SELECT", "INSERT", "UPDATE"):
+        assert not await sql.fetchval(
+            "SELECT has_table_privilege($1, 'herald.notifications', $2)", name, privilege)
+
+
+async def test_an_interrupted_upgrade_runs_again(at_0008: dict[str, Any]) -> None:
+    """Revision 0009 commits its DDL before its steps that cannot run in a transaction
+    (validating checks, building an index concurrently, which waits for old snapshots:
+    an operator may well interrupt it): the version still says 0008, and the next run
+    must go through."""
+    sql = at_0008["sql"]
+    await insert(sql, "alice", "before")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"], "0009")
+    await sql.execute("UPDATE herald_alembic_version SET version_num = '0008'")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+    assert await sql.fetchval("SELECT version_num FROM herald_alembic_version") == \
+        schema.head_revision()
+    assert (await insert(sql, "alice", "after"))["seq"] == 2

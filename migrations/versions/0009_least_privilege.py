@@ -201,6 +201,16 @@ BEGIN
         JOIN pg_class source ON source.oid = k.conrelid
         WHERE k.contype = 'f' AND target.relnamespace IN (SELECT oid FROM schemas)
           AND source.relnamespace NOT IN (SELECT oid FROM schemas)
+        UNION ALL
+        SELECT 'inheritance ' || i.inhrelid::regclass || ' of ' || i.inhparent::regclass
+        FROM pg_inherits i JOIN pg_class child ON child.oid = i.inhrelid
+        JOIN pg_class parent ON parent.oid = i.inhparent
+        WHERE child.relnamespace IN (SELECT oid FROM schemas)
+           OR parent.relnamespace IN (SELECT oid FROM schemas)
+        UNION ALL
+        SELECT 'publication ' || p.pubname || ' of ' || r.prrelid::regclass
+        FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+        JOIN pg_class c ON c.oid = r.prrelid WHERE c.relnamespace IN (SELECT oid FROM schemas)
     )
     SELECT string_agg(what, ', ' ORDER BY what) INTO found FROM strangers;
     IF found IS NOT NULL THEN
@@ -212,6 +222,11 @@ BEGIN
 END
 $$
 """
+
+# Nobody adds a trigger, a foreign key or a child table between the check below and the
+# migration's own writes (which would fire it with the migrator's rights): the tables are
+# locked first, for the rest of the migration's transaction.
+LOCK_TABLES = ("LOCK TABLE " + ", ".join(OWN_TABLES) + " IN ACCESS EXCLUSIVE MODE")
 
 # Default privileges in Herald's schemas would hand the objects created below (the id
 # sequence) to whoever they name: they go, with a notice.
@@ -271,6 +286,10 @@ DO $$
 DECLARE
     next_id bigint;
 BEGIN
+    IF (SELECT attidentity FROM pg_attribute WHERE attrelid = 'herald.notifications'::regclass
+        AND attname = 'id') = '' THEN
+        RETURN;  -- done by an earlier run interrupted after it committed (re-runnable)
+    END IF;
     SELECT greatest(CASE WHEN is_called THEN last_value + 1 ELSE last_value END,
                     (SELECT coalesce(max(id), 0) + 1 FROM herald.notifications))
     INTO next_id FROM herald.notifications_id_seq;
@@ -501,6 +520,18 @@ DECLARE
     item record;
     updates boolean;
 BEGIN
+    -- A role that could renew the relay's lease may have run nodes. It is not made a
+    -- node here (herald_node reads the key, which no grant under 0008 gave): say so.
+    FOR item IN
+        SELECT DISTINCT a.grantee::regrole AS role
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'herald.relay'::regclass AND a.privilege_type = 'UPDATE'
+          AND a.grantee <> 0 AND a.grantee <> c.relowner
+          AND a.grantee::regrole::text NOT IN ('herald_owner', 'herald_writer', 'herald_node')
+    LOOP
+        RAISE NOTICE 'role % could renew the relay''s lease: if nodes log in as it, '
+            'GRANT herald_node TO %', item.role, item.role;
+    END LOOP;
     FOR item IN
         SELECT DISTINCT r.oid::regrole AS role, r.rolinherit AS inherits
         FROM pg_roles r
@@ -523,7 +554,7 @@ BEGIN
         -- What 0008's README granted, and more, becomes the membership's narrower
         -- rights: no reading of every user's rows, no UPDATE of the xids the change
         -- events are checked against. UPDATE of the read state stays where it was.
-        updates := has_table_privilege(item.role, 'herald.notifications', 'UPDATE');
+        updates := has_any_column_privilege(item.role, 'herald.notifications', 'UPDATE');
         EXECUTE format('REVOKE SELECT, INSERT, UPDATE ON herald.notifications FROM %s '
                        'CASCADE', item.role);
         EXECUTE format('REVOKE GRANT OPTION FOR ALL ON herald.notifications FROM %s '
@@ -545,9 +576,19 @@ BEGIN
           AND (a.grantee = 0 OR a.grantee::regrole::text
                NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
     LOOP
-        IF item.object = 'herald.notifications'::regclass THEN
-            EXECUTE format('REVOKE TRIGGER, REFERENCES, TRUNCATE ON %s FROM %s CASCADE',
-                           item.object, item.grantee);
+        IF item.object = 'herald.notifications'::regclass AND item.grantee = 'PUBLIC' THEN
+            -- PUBLIC is every role of the server: no right on anybody's notifications.
+            EXECUTE format('REVOKE ALL ON %s FROM PUBLIC CASCADE', item.object);
+            RAISE NOTICE 'PUBLIC''s rights on herald.notifications are revoked';
+        ELSIF item.object = 'herald.notifications'::regclass THEN
+            updates := has_any_column_privilege(item.grantee, 'herald.notifications',
+                                                'UPDATE');
+            EXECUTE format('REVOKE TRIGGER, REFERENCES, TRUNCATE, UPDATE ON %s FROM %s '
+                           'CASCADE', item.object, item.grantee);
+            IF updates THEN  -- the read state, not the xids change events are checked by
+                EXECUTE format('GRANT UPDATE (read_at, archived_at) ON %s TO %s',
+                               item.object, item.grantee);
+            END IF;
         ELSIF item.kind = 'S' THEN
             EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s CASCADE', item.object,
                            item.grantee);
@@ -714,10 +755,11 @@ def _replace_link_check(pattern: str) -> None:
 
 
 def upgrade() -> None:
-    _run(LOCK_TIMEOUT, PIN, GRANT_ROLE, ROLES, FOREIGN_OBJECTS, DEFAULT_ACLS, OWNERSHIP,
-         ID_SEQUENCE, EXISTING_GRANTS, COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
-         "ALTER TABLE herald_private.bus_key ADD COLUMN mac_key bytea, "
-         "ADD COLUMN mac_inner bytea, ADD COLUMN mac_outer bytea", MAC_KEY, NOTIFY_FRAME)
+    _run(LOCK_TIMEOUT, PIN, GRANT_ROLE, ROLES, LOCK_TABLES, FOREIGN_OBJECTS, DEFAULT_ACLS,
+         OWNERSHIP, ID_SEQUENCE, EXISTING_GRANTS, COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
+         "ALTER TABLE herald_private.bus_key ADD COLUMN IF NOT EXISTS mac_key bytea, "
+         "ADD COLUMN IF NOT EXISTS mac_inner bytea, ADD COLUMN IF NOT EXISTS mac_outer bytea",
+         MAC_KEY, NOTIFY_FRAME)
     for function, callers in FUNCTIONS.items():
         if function not in REDEFINED:
             _run(f"ALTER FUNCTION herald.{function} {PINNED}")
@@ -726,10 +768,12 @@ def upgrade() -> None:
             _run(f"GRANT EXECUTE ON FUNCTION herald.{function} TO {role}")
     _run(*GRANTS, CLAMP_TIMES)
     for name, check in TIME_CHECKS.items():
-        _run(f"ALTER TABLE herald.notifications ADD CONSTRAINT ck_notifications_{name} "
+        _run(f"ALTER TABLE herald.notifications DROP CONSTRAINT IF EXISTS "
+             f"ck_notifications_{name}, ADD CONSTRAINT ck_notifications_{name} "
              f"CHECK ({check}) NOT VALID")
     for name, check in PENDING_CHECKS.items():
-        _run(f"ALTER TABLE herald.relay_pending ADD CONSTRAINT ck_relay_pending_{name} "
+        _run(f"ALTER TABLE herald.relay_pending DROP CONSTRAINT IF EXISTS "
+             f"ck_relay_pending_{name}, ADD CONSTRAINT ck_relay_pending_{name} "
              f"CHECK ({check})")
     _replace_link_check(LINK_PATTERN)
     _run(f"UPDATE herald.notifications SET link = NULL WHERE link !~* '{LINK_PATTERN}'")
@@ -742,8 +786,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Revision 0008's schema again, owned by the role that runs this (as earlier
-    revisions create their objects). What stays: the roles, EXECUTE on every function
+    """Revision 0008's schema again, Herald's own objects (by name: nothing else that
+    herald_owner may own) owned by the role that runs this, as earlier revisions create
+    theirs. What stays: the roles, EXECUTE on every function
     revoked from PUBLIC (0008's owner-run functions, attached by a writer to a table of
     its own, were the way to the owner's rights: no role can attach them now), and the
     rotated channel name. herald_writer gets the grants 0008's README listed; 0008's
@@ -757,7 +802,9 @@ def downgrade() -> None:
         _run(f"ALTER TABLE herald.notifications DROP CONSTRAINT ck_notifications_{name}")
     for name in PENDING_CHECKS:
         _run(f"ALTER TABLE herald.relay_pending DROP CONSTRAINT ck_relay_pending_{name}")
-    _run("REASSIGN OWNED BY herald_owner TO CURRENT_USER",
+    _run(*(f"ALTER SCHEMA {name} OWNER TO CURRENT_USER" for name in ("herald", "herald_private")),
+         *(f"ALTER TABLE {name} OWNER TO CURRENT_USER" for name in OWN_TABLES),
+         *(f"ALTER FUNCTION {name} OWNER TO CURRENT_USER" for name in OWN_FUNCTIONS),
          IDENTITY_V8, ASSIGN_SEQ_V8, NOTIFY_INSERTED_V8, NOTIFY_FRAME_V8,
          "ALTER TABLE herald_private.bus_key DROP COLUMN mac_key, DROP COLUMN mac_inner, "
          "DROP COLUMN mac_outer")

@@ -26,6 +26,9 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
+# As revision 0009 (and migrations/env.py for the whole connection): the function body
+# below is bound once, here, so only pg_catalog's operators and functions may be found.
+PIN = "SET LOCAL search_path = pg_catalog, pg_temp"
 
 
 def _iso(column: str) -> str:
@@ -101,7 +104,7 @@ def _run(*statements: str) -> None:
 
 
 def upgrade() -> None:
-    _run(LOCK_TIMEOUT, RENDER_FRAME,
+    _run(LOCK_TIMEOUT, PIN, RENDER_FRAME,
          "ALTER FUNCTION herald.render_frame(herald.notifications) OWNER TO herald_owner",
          "REVOKE ALL ON FUNCTION herald.render_frame(herald.notifications) FROM PUBLIC",
          "GRANT EXECUTE ON FUNCTION herald.render_frame(herald.notifications) TO herald_node",
@@ -109,5 +112,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    _run(LOCK_TIMEOUT, NOTIFY_FRAME_V9,
+    _run(LOCK_TIMEOUT, PIN, NOTIFY_FRAME_V9,
          "DROP FUNCTION herald.render_frame(herald.notifications)")
