@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import asyncpg
 
 from app import bus_payloads, protocol
+from app.acks import AckWriter
 from app.backoff import Backoff
 from app.coalesce import Coalescer
 from app.errors import DB_ERRORS
@@ -125,12 +126,7 @@ class Node:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._failed = Plan()  # what the last round could not do, for the next one
         self._retry = Backoff(0.1, 5.0)  # before a failed round's retry
-        self._acks: dict[str, int] = {}  # user -> highest acked seq not yet written
-        # At most one ack UPDATE per interval: each is a commit (a WAL flush) competing
-        # with the writers' inserts, and a round trip costing the node ~1 ms of CPU
-        # (py-spy); a socket acks every frame. delivered_at is a record, not a mechanism.
-        self._ack_interval = ack_interval
-        self._ack_writer: asyncio.Task[None] | None = None
+        self._acks = AckWriter(store.mark_delivered_many, ack_interval)
         # Sessions starting together share their queries (app/coalesce.py).
         self._session_start = Coalescer(store.session_starts)
         self._replay_page = Coalescer(self._replay_pages)
@@ -411,39 +407,13 @@ class Node:
         self._hub.remove(client)
 
     def ack(self, client: Client, seq: int) -> None:
-        """Mark delivered up to ``seq``, but never past what this connection was sent.
-
-        Acks are merged per user and written by one task, one UPDATE for every user acked
-        since the last one: with thousands of sockets acking each frame, the database
-        sees a handful of statements per second instead of one per notification."""
-        up_to = min(seq, client.cursor)
-        if up_to <= self._acks.get(client.user, 0):
-            return
-        self._acks[client.user] = up_to
-        if self._ack_writer is None or self._ack_writer.done():
-            self._ack_writer = asyncio.create_task(self._write_acks())
-
-    async def _write_acks(self) -> None:
-        backoff = Backoff(0.1, 5.0)
-        while self._acks:
-            batch, self._acks = self._acks, {}
-            try:
-                await self._store.mark_delivered_many(batch)
-                backoff.reset()
-                await asyncio.sleep(self._ack_interval)  # let the next batch gather
-            except DB_ERRORS as err:
-                # Put them back (newer acks win) and try again: delivered_at is a record,
-                # not a delivery mechanism, so a late write loses nothing.
-                log.warning("node: writing acks failed (%s); retrying", type(err).__name__)
-                for user, seq in batch.items():
-                    if seq > self._acks.get(user, 0):
-                        self._acks[user] = seq
-                await asyncio.sleep(backoff.next())
+        """Mark delivered up to ``seq``, but never past what this connection was sent
+        (written in batches, app/acks.py)."""
+        self._acks.ack(client.user, min(seq, client.cursor))
 
     async def flush_acks(self) -> None:
         """Wait until every ack received so far is written (shutdown, tests)."""
-        while self._ack_writer is not None and not self._ack_writer.done():
-            await asyncio.shield(self._ack_writer)
+        await self._acks.flush()
 
     async def change(self, user: str, change: protocol.Change) -> int:
         """Apply a lifecycle change (read, unread, archive, unarchive) to ``user``'s rows;

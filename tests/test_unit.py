@@ -14,10 +14,10 @@ import pytest
 import tornado.httputil
 
 from app import auth, bus_payloads, models, protocol
-from app.handlers.ws import BATCH_BYTES, encode_frames
 from app.hub import ClientGone, Frame, Hub
 from app.proxies import TrustedProxies, parse_networks
 from app.ratelimit import KeyedLimiter, TokenBucket, retry_after
+from app.transport import BATCH_BYTES, encode_frames
 
 pytestmark = pytest.mark.unit
 

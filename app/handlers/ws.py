@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 import uuid
 from typing import Any, Sequence
@@ -18,7 +17,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 
-from app import auth, protocol
+from app import auth, protocol, transport
 from app.config import Config
 from app.errors import DB_ERRORS
 from app.hub import ClientGone, Hub
@@ -274,10 +273,9 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         if stream is None:
             raise ClientGone()
         try:
-            future = stream.write(encode_frames(texts, self._batch))
+            future = transport.write(stream, transport.encode_frames(texts, self._batch))
         except tornado.iostream.StreamClosedError:
             raise ClientGone() from None
-        future.add_done_callback(_ignore_closed)
         self._last_write = future
         if self._pending_bytes() > self.config.max_pending_bytes:
             self._slow_consumer()
@@ -311,11 +309,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer: too much unsent data")
 
     def _pending_bytes(self) -> int:
-        stream = getattr(self.ws_connection, "stream", None)
-        # IOStream keeps these counters privately; there is no public "bytes pending".
-        total = getattr(stream, "_total_write_index", 0)
-        done = getattr(stream, "_total_write_done_index", 0)
-        return int(total - done)
+        return transport.pending_bytes(getattr(self.ws_connection, "stream", None))
 
     def fail(self, code: str, message: str, close_code: int) -> None:
         """Send an error frame, then close with ``close_code``."""
@@ -352,45 +346,3 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
 
 # Shared by every socket once its upgrade is done; nothing writes headers after that.
 _NO_HEADERS = tornado.httputil.HTTPHeaders()
-
-
-# Messages per WebSocket frame for batching clients: big enough to amortise the frame,
-# small enough that a client's parser never holds much.
-BATCH_BYTES = 64 * 1024
-
-
-def _frame(payload: bytes) -> bytes:
-    """One final, unmasked text frame (RFC 6455 section 5.2)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
-def encode_frames(texts: Sequence[str], batch: bool) -> bytes:
-    """``texts`` as WebSocket text frames: one frame each, or with ``batch`` as few frames
-    as fit ``BATCH_BYTES``, their messages separated by newlines (a JSON text never
-    contains a raw newline)."""
-    if not batch or len(texts) == 1:
-        return b"".join(_frame(text.encode()) for text in texts)
-    frames = []
-    lines: list[bytes] = []
-    size = 0
-    for text in texts:
-        line = text.encode()
-        if lines and size + len(line) > BATCH_BYTES:
-            frames.append(_frame(b"\n".join(lines)))
-            lines, size = [], 0
-        lines.append(line)
-        size += len(line) + 1
-    frames.append(_frame(b"\n".join(lines)))
-    return b"".join(frames)
-
-
-def _ignore_closed(future: "asyncio.Future[None]") -> None:
-    # Retrieve the exception of a write that failed because the peer went away, so asyncio
-    # does not log "exception was never retrieved" for every frame queued to a dead socket.
-    if not future.cancelled():
-        future.exception()
