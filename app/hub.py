@@ -155,6 +155,15 @@ class Hub:
     def add(self, client: Client) -> None:
         self._by_user.setdefault(client.user, set()).add(client)
 
+    def join(self, client: Client, cursor: int, welcome: str) -> None:
+        """A session starts: its cursor is where its replay begins, ``welcome`` goes out
+        first, pushes wait for the replay (``release_held``), and from now on the bus's
+        deliveries reach it. Raises ``ClientGone`` (registering nothing) if it closed."""
+        client.cursor = cursor
+        client.send((welcome,))
+        client.held = []
+        self.add(client)
+
     def remove(self, client: Client) -> None:
         clients = self._by_user.get(client.user)
         if clients is None:

@@ -364,10 +364,8 @@ class Node:
         replay is written, so none overtakes an older copy of its row.
         """
         start = await self._session_start((client.user, last_seq))
-        client.cursor = start.baseline
-        client.send((protocol.welcome(client.user, self.name, start.last_seq, start.unread),))
-        client.held = []
-        self._hub.add(client)
+        self._hub.join(client, start.baseline,
+                       protocol.welcome(client.user, self.name, start.last_seq, start.unread))
         try:
             while True:
                 before = client.cursor

@@ -402,3 +402,13 @@ def test_backoff_doubles_up_to_its_maximum_with_or_without_jitter() -> None:
     assert plain.next() == pytest.approx(0.1)
     shaken = Backoff(1.0, 8.0, jitter=True, rand=iter([0.0, 1.0, 0.5]).__next__)
     assert [shaken.next() for _ in range(3)] == pytest.approx([0.5, 3.0, 4.0])
+
+
+def test_a_session_joins_with_its_cursor_welcome_first_and_pushes_held() -> None:
+    hub, client = Hub(), FakeClient(cursor=99)
+    hub.join(client, 3, "welcome")
+    assert (client.cursor, client.sent, client.held) == (3, ["welcome"], [])
+    assert hub.broadcast("alice", "read 4") == 1 and client.sent == ["welcome"]
+    hub.deliver_to(client, frames(4))
+    hub.release_held(client)
+    assert client.sent == ["welcome", "n4", "read 4"]
