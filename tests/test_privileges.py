@@ -726,3 +726,113 @@ async def test_an_interrupted_upgrade_runs_again(at_0008: dict[str, Any]) -> Non
     assert await sql.fetchval("SELECT version_num FROM herald_alembic_version") == \
         schema.head_revision()
     assert (await insert(sql, "alice", "after"))["seq"] == 2
+
+
+async def test_nothing_attached_to_the_version_table_runs_as_the_migrator(
+    make_database: Any, fresh: dict[str, Any], roles: Any
+) -> None:
+    """Every migration writes public.herald_alembic_version: a table another role made
+    before the first migration, or a trigger on it, would run as the administrator. The
+    migration takes the table over and refuses what is attached to it."""
+    name, _ = await roles("herald_writer")
+    url = make_database()
+    admin = await db.connect(url, "herald-test-version")
+    try:
+        await admin.execute(f"GRANT CREATE ON SCHEMA public TO {name}")
+        planter = await db.connect(_as_role(url, name), "herald-test-version-planter")
+        try:
+            await planter.execute("CREATE TABLE public.herald_alembic_version "
+                                  "(version_num varchar(32) PRIMARY KEY)")
+            await planter.execute(f"""
+                CREATE FUNCTION public.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                        EXECUTE 'ALTER ROLE {name} SUPERUSER';
+                    END IF;
+                    RETURN NEW;
+                END $$""")
+            await planter.execute("CREATE TRIGGER grab BEFORE INSERT OR UPDATE ON "
+                                  "public.herald_alembic_version FOR EACH ROW "
+                                  "EXECUTE FUNCTION public.grab()")
+        finally:
+            await planter.close()
+        with pytest.raises(Exception, match="trigger grab"):
+            await asyncio.to_thread(schema.upgrade, url)
+        assert not await admin.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1", name)
+        await admin.execute("DROP TABLE public.herald_alembic_version")
+        await admin.execute("DROP FUNCTION public.grab()")
+        await asyncio.to_thread(schema.upgrade, url)  # a clean table: all the way
+    finally:
+        await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {name}")
+        await admin.close()
+
+
+async def test_column_grants_on_the_notifications_are_narrowed(
+    at_0008: dict[str, Any],
+) -> None:
+    """Grants on single columns: PUBLIC keeps none, another role keeps SELECT and UPDATE
+    of the read state, not UPDATE of the xids change events are checked by."""
+    sql = at_0008["sql"]
+    reader, _ = await at_0008["role"]()
+    other, _ = await at_0008["role"]()
+    await sql.execute("GRANT USAGE ON SCHEMA herald TO PUBLIC")
+    await sql.execute("GRANT SELECT (user_id, title), UPDATE (read_xid) "
+                      "ON herald.notifications TO PUBLIC")
+    await sql.execute(f"GRANT SELECT (title), UPDATE (read_at, read_xid, created_at) "
+                      f"ON herald.notifications TO {reader}")
+    await asyncio.to_thread(schema.upgrade, at_0008["url"])
+
+    async def can(role: str, column: str, privilege: str) -> bool:
+        return bool(await sql.fetchval(
+            "SELECT has_column_privilege($1, 'herald.notifications', $2, $3)",
+            role, column, privilege))
+
+    assert not await can(other, "title", "SELECT")
+    assert not await can(other, "read_xid", "UPDATE")
+    assert await can(reader, "title", "SELECT")
+    assert await can(reader, "read_at", "UPDATE")
+    assert not await can(reader, "read_xid", "UPDATE")
+    assert not await can(reader, "created_at", "UPDATE")
+
+
+async def test_down_to_0008_and_up_again_leaves_writers_no_wider(
+    fresh: dict[str, Any],
+) -> None:
+    """The downgrade gives herald_writer 0008's rights (its writers need them there);
+    the upgrade takes them back."""
+    sql = fresh["sql"]
+    config = schema.alembic_config(fresh["url"])
+    from alembic import command
+
+    await asyncio.to_thread(command.downgrade, config, "0008")
+    assert await sql.fetchval(
+        "SELECT has_table_privilege('herald_writer', 'herald.user_counters', 'UPDATE')")
+    await asyncio.to_thread(schema.upgrade, fresh["url"])
+    assert not await sql.fetchval(
+        "SELECT has_table_privilege('herald_writer', 'herald.user_counters', 'UPDATE')")
+    assert not await sql.fetchval(
+        "SELECT has_column_privilege('herald_writer', 'herald.notifications', 'title', "
+        "'SELECT')")
+
+
+async def test_migrations_go_through_pgbouncer_in_session_mode(
+    make_database: Any,
+) -> None:
+    """The migration pins its search_path with a SET (PgBouncer refuses it as a startup
+    parameter), which a session-mode pool keeps."""
+    from tests.pgbouncer import PgBouncer
+
+    url = make_database()
+    bouncer = PgBouncer(url, pool_mode="session")
+    await bouncer.start()
+    try:
+        await asyncio.to_thread(schema.upgrade, bouncer.url)
+    finally:
+        await bouncer.stop()
+    conn = await db.connect(url, "herald-test-bounced")
+    try:
+        assert await conn.fetchval("SELECT version_num FROM herald_alembic_version") == \
+            schema.head_revision()
+    finally:
+        await conn.close()

@@ -488,6 +488,12 @@ FUNCTIONS = {
 # assign_seq, notify_inserted and notify_frame are redefined above with the pinned path.
 REDEFINED = ("assign_seq()", "notify_inserted()", "notify_frame()")
 
+# The herald_* roles' rights start from nothing (a downgrade to 0008 gave herald_writer
+# 0008's wider ones), before the functions' and the tables' grants below.
+RESET_GRANTS = tuple(
+    f"REVOKE ALL ON ALL {kind} IN SCHEMA {schema} FROM herald_writer, herald_node CASCADE"
+    for kind in ("TABLES", "SEQUENCES", "FUNCTIONS") for schema in ("herald", "herald_private"))
+
 GRANTS = (
     "GRANT USAGE ON SCHEMA herald TO herald_writer",
     # What RETURNING id, seq, created_at needs; a writer reads nobody's notifications,
@@ -596,19 +602,23 @@ BEGIN
             EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', item.object, item.grantee);
         END IF;
     END LOOP;
-    -- Column grants: all of them on the other tables, REFERENCES on the notifications
-    -- (a foreign key to a row stops its deletion: erasure and retention).
+    -- Column grants: all of them on the other tables, and on the notifications all but
+    -- SELECT and UPDATE of the read state (and all of PUBLIC's): a foreign key to a row
+    -- stops its deletion, an UPDATE of the xids forges change events.
     FOR item IN
         SELECT DISTINCT t.attrelid::regclass AS object, t.attname AS name,
                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
                    AS grantee,
-               CASE WHEN c.oid = 'herald.notifications'::regclass THEN 'REFERENCES'
+               CASE WHEN c.oid = 'herald.notifications'::regclass THEN a.privilege_type
                     ELSE 'ALL' END AS privilege
         FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a
         WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
           AND (a.grantee = 0 OR a.grantee::regrole::text
                NOT IN ('herald_owner', 'herald_writer', 'herald_node'))
-          AND (c.oid <> 'herald.notifications'::regclass OR a.privilege_type = 'REFERENCES')
+          AND (c.oid <> 'herald.notifications'::regclass OR a.grantee = 0
+               OR NOT (a.privilege_type = 'SELECT'
+                       OR (a.privilege_type = 'UPDATE'
+                           AND t.attname IN ('read_at', 'archived_at'))))
     LOOP
         EXECUTE format('REVOKE %s (%I) ON %s FROM %s CASCADE', item.privilege, item.name,
                        item.object, item.grantee);
@@ -754,12 +764,63 @@ def _replace_link_check(pattern: str) -> None:
          f"CHECK (char_length(link) <= 2048 AND link ~* '{pattern}') NOT VALID")
 
 
+# Before the check, and committed: nobody but the owner creates in Herald's schemas from
+# now on (a role with 0008's CREATE there could otherwise add an overload after the check,
+# and every insert would fail as ambiguous).
+NO_CREATE = r"""
+DO $$
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT n.nspname AS schema,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+                   AS grantee
+        FROM pg_namespace n, aclexplode(n.nspacl) a
+        WHERE n.nspname IN ('herald', 'herald_private') AND a.privilege_type = 'CREATE'
+          AND a.grantee <> n.nspowner
+    LOOP
+        EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM %s CASCADE', item.schema,
+                       item.grantee);
+    END LOOP;
+END
+$$
+"""
+
+# At the very end (after the index build, which waits out every older transaction):
+# nothing but Herald's own objects, all of them the owner's.
+OWNED_CHECK = r"""
+DO $$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(what, ', ') INTO found FROM (
+        SELECT 'relation ' || c.oid::regclass AS what FROM pg_class c
+        WHERE c.relnamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+          AND c.relkind IN ('r', 'S', 'v', 'm', 'f', 'p')
+          AND c.relowner <> 'herald_owner'::regrole
+        UNION ALL
+        SELECT 'function ' || p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace IN ('herald'::regnamespace, 'herald_private'::regnamespace)
+          AND p.proowner <> 'herald_owner'::regrole
+    ) AS strangers;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'made in Herald''s schemas while this migration ran: %. Drop it '
+            'and audit your roles, then migrate again', found;
+    END IF;
+END
+$$
+"""
+
+
 def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        _run(PIN, NO_CREATE)
     _run(LOCK_TIMEOUT, PIN, GRANT_ROLE, ROLES, LOCK_TABLES, FOREIGN_OBJECTS, DEFAULT_ACLS,
          OWNERSHIP, ID_SEQUENCE, EXISTING_GRANTS, COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
          "ALTER TABLE herald_private.bus_key ADD COLUMN IF NOT EXISTS mac_key bytea, "
          "ADD COLUMN IF NOT EXISTS mac_inner bytea, ADD COLUMN IF NOT EXISTS mac_outer bytea",
-         MAC_KEY, NOTIFY_FRAME)
+         MAC_KEY, NOTIFY_FRAME, *RESET_GRANTS)
     for function, callers in FUNCTIONS.items():
         if function not in REDEFINED:
             _run(f"ALTER FUNCTION herald.{function} {PINNED}")
@@ -783,6 +844,7 @@ def upgrade() -> None:
         name, definition = CATEGORY_INDEX
         _run(f"DROP INDEX CONCURRENTLY IF EXISTS herald.{name}",  # left invalid by a failure
              f"CREATE INDEX CONCURRENTLY {name} {definition}")
+    _run(PIN, FOREIGN_OBJECTS, OWNED_CHECK)
 
 
 def downgrade() -> None:
