@@ -53,56 +53,71 @@ def run_migrations_offline() -> None:
 
 
 # The version table is written by every migration, as the administrator that runs it:
-# a trigger (or rule, policy, foreign key...) on it would run as that administrator, and
-# a table someone else created before the first migration would be adopted as it is.
-# So before anything runs: it must be an ordinary table owned by this role (or a
-# superuser) with nothing attached; every right on it but its owner's and the nodes'
-# SELECT is revoked; and it stays locked against new triggers while the revisions run.
+# a trigger, rule, check, default or index expression on it would run as that
+# administrator, and a table someone else made before the first migration would be
+# adopted with whatever they attached. So before anything runs, in the migration's own
+# transaction: the table is made here if missing (alembic's shape); one another role owns
+# is rebuilt by a superuser (its rows kept, nothing else) or refused to anyone else; what
+# is attached to it stops the migration; every right on it, table or column, but its
+# owner's and the nodes' SELECT is revoked (committed with the first revision's work, so
+# nobody can attach anything later); and it is locked against new triggers meanwhile.
 GUARD_VERSION_TABLE = f"""
 DO $$
 DECLARE
-    version regclass := to_regclass('public.{VERSION_TABLE}');
+    version regclass;
+    rows text[];
     found text;
     item record;
+    me oid := (SELECT oid FROM pg_roles WHERE rolname = current_user);
 BEGIN
-    IF version IS NULL THEN
-        RETURN;  -- alembic creates it, owned by this role
+    version := to_regclass('public.{VERSION_TABLE}');
+    IF version IS NOT NULL AND (SELECT relowner FROM pg_class WHERE oid = version) <> me THEN
+        IF NOT (SELECT rolsuper FROM pg_roles WHERE oid = me) THEN
+            RAISE EXCEPTION 'public.{VERSION_TABLE} belongs to %, not to %: as a superuser, '
+                'ALTER TABLE public.{VERSION_TABLE} OWNER TO %, or migrate as a superuser',
+                (SELECT relowner::regrole FROM pg_class WHERE oid = version), current_user,
+                current_user;
+        END IF;
+        EXECUTE format('SELECT array_agg(version_num::text) FROM %s', version) INTO rows;
+        RAISE NOTICE 'public.{VERSION_TABLE} belonged to %: rebuilt, owned by %',
+            (SELECT relowner::regrole FROM pg_class WHERE oid = version), current_user;
+        EXECUTE format('DROP TABLE %s', version);  -- fails if anything depends on it
+        version := NULL;
     END IF;
-    -- A superuser takes over a table another role owns (the role that migrated before,
-    -- say): its owner could attach code to it at will. Anyone else may not run on it.
-    IF (SELECT relowner FROM pg_class WHERE oid = version) <> (SELECT oid FROM pg_roles
-                                                               WHERE rolname = current_user)
-       AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        RAISE NOTICE '% now belongs to %', version, current_user;
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', version, current_user);
+    IF version IS NULL THEN
+        CREATE TABLE public.{VERSION_TABLE} (
+            version_num varchar(32) NOT NULL,
+            CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num));
+        version := to_regclass('public.{VERSION_TABLE}');
+        INSERT INTO public.{VERSION_TABLE} SELECT unnest(coalesce(rows, '{{}}'));
     END IF;
     SELECT string_agg(what, ', ') INTO found FROM (
-        SELECT 'owned by ' || c.relowner::regrole AS what FROM pg_class c
-        WHERE c.oid = version AND c.relowner <> (SELECT oid FROM pg_roles
-                                                 WHERE rolname = current_user)
-        UNION ALL SELECT 'not an ordinary table' FROM pg_class c
-        WHERE c.oid = version AND c.relkind <> 'r'
-        UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger
+        SELECT 'trigger ' || tgname AS what FROM pg_trigger
         WHERE tgrelid = version AND NOT tgisinternal
         UNION ALL SELECT 'rule ' || rulename FROM pg_rewrite WHERE ev_class = version
         UNION ALL SELECT 'policy ' || polname FROM pg_policy WHERE polrelid = version
         UNION ALL SELECT 'inheritance' FROM pg_inherits
         WHERE inhrelid = version OR inhparent = version
-        UNION ALL SELECT 'foreign key ' || conname FROM pg_constraint
-        WHERE contype = 'f' AND (confrelid = version OR conrelid = version)
+        UNION ALL SELECT 'constraint ' || conname FROM pg_constraint
+        WHERE (conrelid = version AND conname <> '{VERSION_TABLE}_pkc') OR confrelid = version
     ) AS strangers;
     IF found IS NOT NULL THEN
         RAISE EXCEPTION 'public.{VERSION_TABLE}: %. Whatever is attached to it runs as '
-            'the role that migrates: remove it (or, if another role made the table, drop '
-            'it on a database Herald never migrated), then migrate again', found;
+            'the role that migrates: remove it, then migrate again', found;
     END IF;
     FOR item IN
         SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
                              ELSE a.grantee::regrole::text END AS grantee
-        FROM pg_class c, aclexplode(c.relacl) a
-        WHERE c.oid = version AND a.grantee <> c.relowner
+        FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = version AND a.grantee <> me
+        UNION
+        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                             ELSE a.grantee::regrole::text END
+        FROM pg_attribute t, aclexplode(t.attacl) a
+        WHERE t.attrelid = version AND a.grantee <> me
     LOOP
         EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', version, item.grantee);
+        EXECUTE format('REVOKE ALL (version_num) ON %s FROM %s CASCADE', version,
+                       item.grantee);
     END LOOP;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'herald_node') THEN
         EXECUTE format('GRANT SELECT ON %s TO herald_node', version);

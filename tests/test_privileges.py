@@ -728,43 +728,65 @@ async def test_an_interrupted_upgrade_runs_again(at_0008: dict[str, Any]) -> Non
     assert (await insert(sql, "alice", "after"))["seq"] == 2
 
 
+PLANTED_VERSION_TABLES = {
+    "a trigger": [
+        "CREATE TABLE public.herald_alembic_version (version_num varchar(32) PRIMARY KEY)",
+        "CREATE TRIGGER grab BEFORE INSERT OR UPDATE ON public.herald_alembic_version "
+        "FOR EACH ROW EXECUTE FUNCTION public.grab_row()"],
+    "a check": [
+        "CREATE TABLE public.herald_alembic_version (version_num varchar(32) PRIMARY KEY "
+        "CHECK (public.grab_value(version_num)))",
+        "GRANT UPDATE (version_num) ON public.herald_alembic_version TO PUBLIC"],
+}
+
+
+@pytest.mark.parametrize("planted", list(PLANTED_VERSION_TABLES))
 async def test_nothing_attached_to_the_version_table_runs_as_the_migrator(
-    make_database: Any, fresh: dict[str, Any], roles: Any
+    make_database: Any, roles: Any, planted: str
 ) -> None:
     """Every migration writes public.herald_alembic_version: a table another role made
-    before the first migration, or a trigger on it, would run as the administrator. The
-    migration takes the table over and refuses what is attached to it."""
-    name, _ = await roles("herald_writer")
+    before the first migration, with a trigger or a check calling its code, would run
+    that code as the administrator. A superuser rebuilds such a table (keeping nothing
+    but its rows) before any revision runs; nobody but its owner keeps a right on it."""
+    name, url_as_planter = await roles("herald_writer")
     url = make_database()
     admin = await db.connect(url, "herald-test-version")
     try:
         await admin.execute(f"GRANT CREATE ON SCHEMA public TO {name}")
         planter = await db.connect(_as_role(url, name), "herald-test-version-planter")
         try:
-            await planter.execute("CREATE TABLE public.herald_alembic_version "
-                                  "(version_num varchar(32) PRIMARY KEY)")
-            await planter.execute(f"""
-                CREATE FUNCTION public.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+            body = f"""
                 BEGIN
                     IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
                         EXECUTE 'ALTER ROLE {name} SUPERUSER';
                     END IF;
-                    RETURN NEW;
-                END $$""")
-            await planter.execute("CREATE TRIGGER grab BEFORE INSERT OR UPDATE ON "
-                                  "public.herald_alembic_version FOR EACH ROW "
-                                  "EXECUTE FUNCTION public.grab()")
+                    RETURN %s;
+                END"""
+            await planter.execute("CREATE FUNCTION public.grab_row() RETURNS trigger "
+                                  "LANGUAGE plpgsql AS $$" + body % "NEW" + "$$")
+            await planter.execute("CREATE FUNCTION public.grab_value(text) RETURNS boolean "
+                                  "LANGUAGE plpgsql AS $$" + body % "true" + "$$")
+            for statement in PLANTED_VERSION_TABLES[planted]:
+                await planter.execute(statement)
         finally:
             await planter.close()
-        with pytest.raises(Exception, match="trigger grab"):
-            await asyncio.to_thread(schema.upgrade, url)
+        await asyncio.to_thread(schema.upgrade, url)
         assert not await admin.fetchval(
             "SELECT rolsuper FROM pg_roles WHERE rolname = $1", name)
-        await admin.execute("DROP TABLE public.herald_alembic_version")
-        await admin.execute("DROP FUNCTION public.grab()")
-        await asyncio.to_thread(schema.upgrade, url)  # a clean table: all the way
+        table = await admin.fetchrow(
+            "SELECT relowner::regrole::text AS owner, relacl::text AS acl, "
+            "(SELECT count(*) FROM pg_trigger WHERE tgrelid = c.oid) AS triggers, "
+            "(SELECT count(*) FROM pg_constraint WHERE conrelid = c.oid) AS constraints, "
+            "(SELECT count(*) FROM pg_attribute WHERE attrelid = c.oid "
+            " AND attacl IS NOT NULL) AS column_grants "
+            "FROM pg_class c WHERE oid = 'public.herald_alembic_version'::regclass")
+        assert (table["owner"], table["triggers"], table["constraints"],
+                table["column_grants"]) == (urlsplit(url).username or "postgres", 0, 1, 0)
+        assert name not in table["acl"]
     finally:
         await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM {name}")
+        await admin.execute("DROP FUNCTION IF EXISTS public.grab_row(), "
+                            "public.grab_value(text)")
         await admin.close()
 
 

@@ -815,7 +815,7 @@ $$
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        _run(PIN, NO_CREATE)
+        _run(NO_CREATE)  # (the session's path is pinned: migrations/env.py)
     _run(LOCK_TIMEOUT, PIN, GRANT_ROLE, ROLES, LOCK_TABLES, FOREIGN_OBJECTS, DEFAULT_ACLS,
          OWNERSHIP, ID_SEQUENCE, EXISTING_GRANTS, COUNTERS_REPAIR, ASSIGN_SEQ, NOTIFY_INSERTED,
          "ALTER TABLE herald_private.bus_key ADD COLUMN IF NOT EXISTS mac_key bytea, "
