@@ -24,3 +24,5 @@ BEGIN
     END IF;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.announce(text[], bigint[]) FROM PUBLIC, herald_writer, herald_node;
+GRANT EXECUTE ON FUNCTION herald.announce(text[], bigint[]) TO herald_node;

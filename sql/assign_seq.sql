@@ -53,3 +53,4 @@ BEGIN
     RETURN NEW;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.assign_seq() FROM PUBLIC, herald_writer, herald_node;

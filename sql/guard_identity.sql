@@ -15,3 +15,4 @@ BEGIN
     RETURN NEW;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.guard_identity() FROM PUBLIC, herald_writer, herald_node;

@@ -15,3 +15,5 @@ BEGIN
     RETURN true;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.inline_candidate(bigint) FROM PUBLIC, herald_writer, herald_node;
+GRANT EXECUTE ON FUNCTION herald.inline_candidate(bigint) TO herald_writer;

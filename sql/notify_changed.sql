@@ -42,3 +42,4 @@ BEGIN
     RETURN NULL;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.notify_changed() FROM PUBLIC, herald_writer, herald_node;

@@ -38,3 +38,4 @@ BEGIN
     RETURN NULL;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.notify_frame() FROM PUBLIC, herald_writer, herald_node;

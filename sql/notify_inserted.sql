@@ -33,3 +33,4 @@ BEGIN
     RETURN NULL;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.notify_inserted() FROM PUBLIC, herald_writer, herald_node;

@@ -11,3 +11,4 @@ AS $function$
     SELECT coalesce((SELECT batched_until > clock_timestamp() FROM herald.relay WHERE id = 1),
                     false)
 $function$;
+REVOKE ALL ON FUNCTION herald.relay_batched() FROM PUBLIC, herald_writer, herald_node;

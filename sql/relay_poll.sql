@@ -33,3 +33,7 @@ BEGIN
     SELECT p.announced, p.last_id INTO announced, last_id FROM herald.relay_poll() AS p;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.relay_poll() FROM PUBLIC, herald_writer, herald_node;
+GRANT EXECUTE ON FUNCTION herald.relay_poll() TO herald_node;
+REVOKE ALL ON FUNCTION herald.relay_poll(pg_snapshot) FROM PUBLIC, herald_writer, herald_node;
+GRANT EXECUTE ON FUNCTION herald.relay_poll(pg_snapshot) TO herald_node;

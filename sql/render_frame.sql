@@ -22,3 +22,5 @@ BEGIN ATOMIC
                            ELSE to_char((n.expires_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END,
         'read', n.read_at IS NOT NULL, 'archived', n.archived_at IS NOT NULL)::text;
 END;
+REVOKE ALL ON FUNCTION herald.render_frame(herald.notifications) FROM PUBLIC, herald_writer, herald_node;
+GRANT EXECUTE ON FUNCTION herald.render_frame(herald.notifications) TO herald_node;

@@ -17,3 +17,4 @@ BEGIN
     RETURN NEW;
 END
 $function$;
+REVOKE ALL ON FUNCTION herald.stamp_change() FROM PUBLIC, herald_writer, herald_node;

@@ -1,7 +1,7 @@
-"""sql/ holds the current definition of every function and trigger of schema herald: each
-file, run in a transaction on a database at head, changes nothing, and every function
-has its file. A migration that changes a function without its file (or the other way
-round) fails here."""
+"""sql/ holds the current definition of every function and trigger of schema herald, and
+who may execute each function: each file, run in a transaction on a database at head,
+changes nothing (definitions and grants), and every function has its file. A migration
+that changes a function without its file (or the other way round) fails here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tests.helpers import ROOT
 SQL = ROOT / "sql"
 
 FUNCTIONS = """
-SELECT p.oid::regprocedure::text AS name, pg_get_functiondef(p.oid) AS definition
+SELECT p.oid::regprocedure::text AS name,
+       pg_get_functiondef(p.oid) || coalesce(p.proacl::text, 'PUBLIC') AS definition
 FROM pg_proc p WHERE p.pronamespace = 'herald'::regnamespace
 """
 TRIGGERS = """
@@ -59,9 +60,15 @@ async def test_every_function_file_is_the_head_definition(fresh: dict[str, Any])
         text = path.read_text()
         names = set(re.findall(r"CREATE OR REPLACE FUNCTION herald\.(\w+)\(", text))
         assert names == {path.stem}, (path.name, names)
-        after = await _after_running(conn, text, FUNCTIONS)
-        assert after == head, f"{path.name} differs from the head schema"
-        covered |= {name for name in head if name.startswith(f"herald.{path.stem}(")}
+        # Everyone may execute everything, first: the file must say who may.
+        wide = ("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA herald "
+                "TO PUBLIC, herald_writer, herald_node")
+        after = await _after_running(conn, text, FUNCTIONS, before=wide)
+        mine = {name for name in head if name.startswith(f"herald.{path.stem}(")}
+        assert mine and {n: after[n] for n in mine} == {n: head[n] for n in mine}, \
+            f"{path.name} differs from the head schema"
+        assert set(after) == set(head)
+        covered |= mine
     assert covered == set(head), f"functions without a file: {sorted(set(head) - covered)}"
 
 
