@@ -14,6 +14,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from app import auth, models
+from app.proxies import parse_networks
 from app.store import UNREAD_MAX
 from tests.conftest import API_KEY, SECRET, insert, token_for
 from tests.helpers import WsClient, call, metric, wait_for
@@ -110,17 +111,11 @@ async def test_the_waiting_cap_counts_the_client_behind_a_trusted_proxy_only(
     for socket in kept:
         await socket.hello(token_for(user))  # none was evicted
     untrusted = await make_node("untrusting", max_waiting_sockets_per_ip=1,
-                                trusted_proxies=auth_networks("10.0.0.0/8"))
+                                trusted_proxies=parse_networks("10.0.0.0/8"))
     first = await clients(untrusted.port, headers=forged(1))
     await clients(untrusted.port, headers=forged(2))
     code, _ = await first.closed()
     assert code == 4408
-
-
-def auth_networks(text: str) -> Any:
-    from app.proxies import parse_networks
-
-    return parse_networks(text)
 
 
 # --- HTTP ---------------------------------------------------------------------------------
@@ -273,7 +268,7 @@ async def test_an_origin_with_the_wrong_scheme_is_refused(make_node, user) -> No
     assert not await opens(f"https://{host}")
     assert await opens(f"https://{host}", **{"X-Forwarded-Proto": "https"})
     assert not await opens(f"http://{host}", **{"X-Forwarded-Proto": "https"})
-    untrusting = await make_node("untrusting", trusted_proxies=auth_networks("10.0.0.0/8"))
+    untrusting = await make_node("untrusting", trusted_proxies=parse_networks("10.0.0.0/8"))
     node = untrusting
     host = f"127.0.0.1:{node.port}"
     assert not await opens(f"https://{host}", **{"X-Forwarded-Proto": "https"})
