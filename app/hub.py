@@ -40,13 +40,15 @@ class ClientGone(Exception):
 
 
 class Client(Protocol):
-    """What the hub needs from a connection (the WebSocket handler implements it)."""
+    """What the hub needs from a connection (app.connection.Connection implements it).
+    The hub writes ``cursor``, ``held`` and ``admitted``; nobody else does."""
 
     user: str
     cursor: int  # highest seq this connection has been sent
     # While its session's replay runs, pushes wait here (None: not replaying): a change
     # pushed at once could reach the client before the replay's older copy of the row.
     held: list[str] | None
+    admitted: bool  # holds one of the node's session places (``Hub.join``)
 
     def send(self, texts: Sequence[str]) -> None:
         """Queue ``texts``, one message each, in one write; raise ``ClientGone`` if the
@@ -126,37 +128,44 @@ class Hub:
         self.stop_waiting(socket)
         socket.evict()
 
-    def admit(self, user: str) -> str | None:
-        """Reserve a session for ``user`` (before its session starts, so that hellos
-        racing each other cannot pass the limits together). None when admitted, which
-        must be matched by a ``release``; otherwise why not: ``"node_full"`` or
-        ``"user_connections"``."""
+    def join(self, client: Client) -> str | None:
+        """Admit a session that said a valid hello, before it starts (so that hellos
+        racing each other cannot pass the limits together): None when admitted (it holds
+        a place until ``leave``), otherwise why not, taking nothing: ``"node_full"`` or
+        ``"user_connections"``. Deliveries reach it only once it ``start``s."""
+        if client.admitted:
+            return None
         if self.sessions >= self._max_sockets:
             return "node_full"
-        admitted = self._admitted.get(user, 0)
+        admitted = self._admitted.get(client.user, 0)
         if admitted >= self._max_per_user:
             return "user_connections"
-        self._admitted[user] = admitted + 1
+        self._admitted[client.user] = admitted + 1
         self.sessions += 1
+        client.admitted = True
         return None
 
-    def release(self, user: str) -> None:
-        admitted = self._admitted.get(user, 0) - 1
-        if admitted < 0:
+    def leave(self, client: Client) -> None:
+        """The session ended (or never started): no more deliveries, and its place is
+        free. Safe to call more than once."""
+        self.remove(client)
+        if not client.admitted:
             return
+        client.admitted = False
         self.sessions -= 1
+        admitted = self._admitted.get(client.user, 0) - 1
         if admitted > 0:
-            self._admitted[user] = admitted
+            self._admitted[client.user] = admitted
         else:
-            self._admitted.pop(user, None)
+            self._admitted.pop(client.user, None)
 
     # --- registry -----------------------------------------------------------------------
 
     def add(self, client: Client) -> None:
         self._by_user.setdefault(client.user, set()).add(client)
 
-    def join(self, client: Client, cursor: int, welcome: str) -> None:
-        """A session starts: its cursor is where its replay begins, ``welcome`` goes out
+    def start(self, client: Client, cursor: int, welcome: str) -> None:
+        """An admitted session starts: its cursor is where its replay begins, ``welcome`` goes out
         first, pushes wait for the replay (``release_held``), and from now on the bus's
         deliveries reach it. Raises ``ClientGone`` (registering nothing) if it closed."""
         client.cursor = cursor

@@ -9,7 +9,8 @@ Pings are spread over the interval: each sweep pings only the sockets whose turn
 second instead of 3,333 at once every 25 s, and its clients do not answer 3,333 pongs in
 the same instant (measured: that burst was the whole p99 tail at 10,000 users).
 
-Contract, per registered client (``app.hub.Client`` plus the attributes below):
+Contract, per registered client (an ``app.connection.Connection``: ``app.hub.Client``
+plus the attributes below):
 
 * at or after ``expires_at`` (epoch seconds) the client's ``expire()`` is called once;
 * every ``ping_interval`` seconds, at its turn, it is pinged (``ping_now()`` sets

@@ -1,4 +1,4 @@
-"""One Herald node, assembled and run: pool, store, hub, node, bus, HTTP server.
+"""One Herald node, assembled and run: pool, store, hub, dispatcher, bus, HTTP server.
 
 ``HeraldServer`` is what ``herald serve`` runs and what the tests start (several in one
 process, each with its own registry, pool and LISTEN connection).
@@ -16,13 +16,13 @@ import tornado.netutil
 from app import db, models, protocol, schema, tasks
 from app.bus import Bus
 from app.config import Config, ConfigError
+from app.dispatch import Dispatcher
 from app.heartbeats import Heartbeats
 from app.hub import Hub
 from app.keepalive import Keepalive
 from app.looplag import Loopwatch
 from app.membership import Membership
 from app.metrics import Metrics
-from app.node import Node
 from app.relay import Relay
 from app.retention import Pruner, RetentionStore
 from app.store import Store
@@ -50,7 +50,7 @@ class HeraldServer:
         self.loopwatch = Loopwatch(self.metrics.loop_lag.observe)
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
-        self.node: Node | None = None
+        self.dispatcher: Dispatcher | None = None
 
     async def start(self) -> None:
         """Connect, verify the schema is at head, listen, then accept connections.
@@ -80,13 +80,13 @@ class HeraldServer:
         store = Store(pool, behind_pooler=behind_pooler)
         heartbeats = Heartbeats(pool, behind_pooler=behind_pooler)
         deletes = RetentionStore(pool, behind_pooler=behind_pooler)
-        self.node = node = Node(name, store, self.hub, self.metrics)
-        self._worker = asyncio.create_task(node.run(), name="herald-node")
+        self.dispatcher = dispatcher = Dispatcher(name, store, self.hub, self.metrics)
+        self._worker = asyncio.create_task(dispatcher.run(), name="herald-dispatcher")
         self._bus = bus = Bus(
             bus_url,
             models.CHANNEL,
-            node.enqueue,
-            node.on_listening,
+            dispatcher.enqueue,
+            dispatcher.on_listening,
             application_name=f"herald:{name}:bus"[:63],
             ping_interval=self.config.bus_ping_interval,
         )
@@ -116,7 +116,7 @@ class HeraldServer:
         self._keepalive.start()
         self.loopwatch.start()
         app = make_app(
-            self.config, node, store, self.metrics,
+            self.config, dispatcher, store, self.metrics,
             bus_connected=lambda: bus.connected, draining=lambda: self.hub.draining,
             queue_usage=lambda: bus.queue_usage, hub=self.hub,
         )
@@ -138,8 +138,8 @@ class HeraldServer:
         self.hub.draining = True
         if self._http is not None:
             self._http.stop()
-        if self.node is not None:
-            self.node.shutdown(protocol.CLOSE_GOING_AWAY, "node shutting down")
+        if self.dispatcher is not None:
+            self.dispatcher.shutdown(protocol.CLOSE_GOING_AWAY, "node shutting down")
         await asyncio.sleep(0.1)  # let close frames reach the clients
         if self._http is not None:
             try:
@@ -147,9 +147,9 @@ class HeraldServer:
                                        self.config.shutdown_grace)
             except asyncio.TimeoutError:
                 log.warning("some HTTP connections did not close within the grace period")
-        if self.node is not None:
+        if self.dispatcher is not None:
             try:
-                await asyncio.wait_for(self.node.flush_acks(), self.config.shutdown_grace)
+                await asyncio.wait_for(self.dispatcher.flush_acks(), self.config.shutdown_grace)
             except Exception:  # the database may be the reason we are stopping
                 log.warning("acks not written before shutdown")
         if self._keepalive is not None:

@@ -9,6 +9,7 @@ import tornado.web
 
 from app import protocol, resources
 from app.config import Config
+from app.dispatch import Dispatcher
 from app.handlers.api import ChangeHandler, NotificationsHandler
 from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
@@ -17,7 +18,6 @@ from app.handlers.ws import SocketHandler
 from app.hub import Hub
 from app.logs import log_request
 from app.metrics import Metrics
-from app.node import Node
 from app.proxies import TrustedProxies
 from app.ratelimit import KeyedLimiter
 from app.store import Store
@@ -40,7 +40,7 @@ class HeraldApplication(tornado.web.Application):
 
 def make_app(
     config: Config,
-    node: Node,
+    dispatcher: Dispatcher,
     store: Store,
     metrics: Metrics,
     bus_connected: Callable[[], bool],
@@ -50,11 +50,12 @@ def make_app(
 ) -> tornado.web.Application:
     common = {"config": config, "metrics": metrics}
     routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]] = [
-        (r"/ws", SocketHandler, {"node": node, "hub": hub, **common}),
+        (r"/ws", SocketHandler, {"dispatcher": dispatcher, "hub": hub, **common}),
         (r"/api/notifications", NotificationsHandler, {"store": store, **common}),
-        *[(rf"/api/notifications/{kind}", ChangeHandler, {"node": node, "kind": kind, **common})
+        *[(rf"/api/notifications/{kind}", ChangeHandler,
+           {"dispatcher": dispatcher, "kind": kind, **common})
           for kind in protocol.CHANGE_KINDS],
-        (r"/healthz", HealthzHandler, {"node_name": node.name}),
+        (r"/healthz", HealthzHandler, {"node_name": dispatcher.name}),
         (r"/readyz", ReadyzHandler,
          {"store": store, "bus_connected": bus_connected, "draining": draining,
           "queue_usage": queue_usage, "queue_max": config.notify_queue_max}),

@@ -65,7 +65,7 @@ async def test_a_session_storm_is_served_right_with_few_queries(
     await sql.execute("INSERT INTO herald.notifications (user_id, title) "
                       "SELECT u, 'missed ' || g FROM unnest($1::text[]) u, "
                       "generate_series(1, 20) g ORDER BY u, g", users)
-    starts = node.node._session_start  # type: ignore[union-attr]
+    starts = node.dispatcher._session_start  # type: ignore[union-attr]
     runs = 0
     original = starts._run
 

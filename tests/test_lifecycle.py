@@ -595,18 +595,20 @@ async def test_a_push_never_overtakes_the_replay_of_its_row(
     table and its write to the socket: the archive push comes after the (older) row."""
     node = await make_node()
     (row,) = await insert_many(sql, user, 1)
-    core = node.node
+    core = node.dispatcher
     assert core is not None
-    replay = core._replay_page._run  # the batch function behind the session's replay
+    store = core._store
+    fetch = store.fetch_after  # the replay's read of the table
 
-    async def slow_replay(requests):  # type: ignore[no-untyped-def]
-        pages = await replay(requests)
+    async def slow_fetch(*args):  # type: ignore[no-untyped-def]
+        store.fetch_after = fetch  # once
+        rows = await fetch(*args)
         await sql.execute("UPDATE herald.notifications SET archived_at = now() "
                           "WHERE id = $1", row["id"])
         await asyncio.sleep(0.3)  # the archive's push is handled meanwhile
-        return pages
+        return rows
 
-    core._replay_page._run = slow_replay
+    store.fetch_after = slow_fetch
     client = await clients(node.port)
     await client.hello(token_for(user), last_seq=0)
     first = await client.recv()

@@ -71,7 +71,7 @@ async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
         report = checker.report()
         print(f"\n[pgbouncer] {report.summary()}")
         assert report.ok and report.committed == 600, report.summary()
-        assert all(node.node is not None for node in nodes)
+        assert all(node.dispatcher is not None for node in nodes)
         # The history and lifecycle paths work through the pooler too.
         from tests.test_http import call
         code, body = await call(nodes[0].port, "GET", "/api/notifications",

@@ -18,6 +18,7 @@ from app.hub import ClientGone, Frame, Hub
 from app.proxies import TrustedProxies, parse_networks
 from app.ratelimit import KeyedLimiter, TokenBucket, retry_after
 from app.transport import BATCH_BYTES, encode_frames
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +27,7 @@ class FakeClient:
     """What the hub needs from a socket, recording what it was sent."""
 
     def __init__(self, user: str = "alice", cursor: int = 0, room: int = 10**9) -> None:
-        self.user, self.cursor, self.held = user, cursor, None
+        self.user, self.cursor, self.held, self.admitted = user, cursor, None, False
         self.sent: list[str] = []
         self._room = room
         self.paused = 0
@@ -137,14 +138,27 @@ class Waiter:
 
 def test_sessions_and_sockets_per_user_are_capped() -> None:
     hub = Hub(max_sockets=3, max_per_user=2)
-    assert [hub.admit("a"), hub.admit("a"), hub.admit("a")] == [None, None,
-                                                                "user_connections"]
-    assert hub.admit("b") is None
-    assert hub.admit("c") == "node_full"
-    hub.release("a")
-    assert hub.admit("c") is None and hub.sessions == 3
-    hub.release("nobody")  # a release without admission changes nothing
-    assert hub.sessions == 3
+    a1, a2, a3, b, c = (FakeClient(u) for u in ("a", "a", "a", "b", "c"))
+    assert [hub.join(a1), hub.join(a2), hub.join(a3)] == [None, None, "user_connections"]
+    assert (a1.admitted, a3.admitted) == (True, False)
+    assert hub.join(b) is None
+    assert hub.join(c) == "node_full"
+    hub.leave(a1)
+    hub.leave(a1)  # leaving twice frees one place, not two
+    assert hub.join(c) is None and hub.sessions == 3
+    hub.leave(a3)  # a session never admitted changes nothing
+    assert hub.sessions == 3 and hub.join(FakeClient("d")) == "node_full"
+
+
+def test_a_session_that_leaves_gets_no_more_deliveries() -> None:
+    hub, client = Hub(), FakeClient()
+    assert hub.join(client) is None
+    assert hub.deliver("alice", frames(1)) == []  # admitted, not started: not delivered
+    hub.start(client, 0, "welcome")
+    assert hub.deliver("alice", frames(1)) == [1]
+    hub.leave(client)
+    assert not hub.has("alice") and hub.sessions == 0
+    assert hub.deliver("alice", frames(2)) == [] and client.sent == ["welcome", "n1"]
 
 
 def test_waiting_sockets_do_not_count_as_sessions_and_the_oldest_goes() -> None:
@@ -157,7 +171,7 @@ def test_waiting_sockets_do_not_count_as_sessions_and_the_oldest_goes() -> None:
     assert hub.open_socket(waiters[3], "10.0.0.2")
     assert hub.waiting() == 3
     hub.stop_waiting(waiters[1])
-    assert hub.waiting() == 2 and hub.admit("alice") is None
+    assert hub.waiting() == 2 and hub.join(FakeClient()) is None
     assert not hub.open_socket(Waiter(), "10.0.0.3")  # full of sessions: refused
 
 
@@ -406,9 +420,39 @@ def test_backoff_doubles_up_to_its_maximum_with_or_without_jitter() -> None:
 
 def test_a_session_joins_with_its_cursor_welcome_first_and_pushes_held() -> None:
     hub, client = Hub(), FakeClient(cursor=99)
-    hub.join(client, 3, "welcome")
+    hub.start(client, 3, "welcome")
     assert (client.cursor, client.sent, client.held) == (3, ["welcome"], [])
     assert hub.broadcast("alice", "read 4") == 1 and client.sent == ["welcome"]
     hub.deliver_to(client, frames(4))
     hub.release_held(client)
     assert client.sent == ["welcome", "n4", "read 4"]
+
+
+# --- docs/openapi.yaml says what app/models.py enforces ---------------------------------
+
+
+def test_openapi_limits_and_link_pattern_are_the_models() -> None:
+    """The published schema of a new notification carries the limits and the link rule
+    the server applies (a pattern left behind once accepted a backslash)."""
+    import re
+
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    fields = spec["components"]["schemas"]["NewNotification"]["properties"]
+    assert fields["user_id"]["maxLength"] == models.USER_ID_MAX
+    assert fields["title"]["maxLength"] == models.TITLE_MAX
+    assert fields["body"]["maxLength"] == models.BODY_MAX
+    assert fields["link"]["maxLength"] == models.LINK_MAX
+    assert fields["idempotency_key"]["maxLength"] == models.IDEMPOTENCY_KEY_MAX
+    assert fields["category"]["maxLength"] == models.CATEGORY_MAX
+    assert str(models.DATA_MAX_BYTES) in fields["data"]["description"]
+    documented = re.compile(fields["link"]["pattern"])  # case-sensitive, as in JSON Schema
+    samples = ["https://shop.example/o/1", "HTTP://x.example", "/orders/42?x=1#top", "/",
+               "/a/./b", "/a/%2E%2e/b", "/..", "//evil.example", "/\\evil", "/a\\b",
+               "https://x.example/a b", "javascript:alert(1)", "/tab\there", "/ok\u00a0",
+               "/ok\u2028", "ftp://x.example", "https://", "/%2e", "/.well-known/x", "",
+               "relative/path", "/a/..b", "/a/b..", "https://x.example/\ufeff",
+               "https://x.example\\@evil.example", "https://x.example/%2e%2e/"]
+    for link in samples:
+        assert (documented.fullmatch(link) is not None) == models.is_link(link), link

@@ -6,10 +6,10 @@ import asyncpg
 
 from app import auth, models, protocol, publish
 from app.config import Config
+from app.dispatch import Dispatcher
 from app.errors import DB_ERRORS
 from app.handlers.base import ApiError, JsonHandler
 from app.metrics import Metrics
-from app.node import Node
 from app.store import NewNotification, Store
 
 MAX_HISTORY_PAGE = 200
@@ -131,8 +131,10 @@ class ChangeHandler(JsonHandler):
     (read also takes ``{"all": true}``); ids of other users are ignored. Answers
     ``{"updated": n, "unread": n}``; every socket of the user gets the push."""
 
-    def initialize(self, node: Node, config: Config, metrics: Metrics, kind: str) -> None:
-        self.node, self.config, self.metrics, self.kind = node, config, metrics, kind
+    def initialize(self, dispatcher: Dispatcher, config: Config, metrics: Metrics,
+                   kind: str) -> None:
+        self.dispatcher, self.config, self.metrics = dispatcher, config, metrics
+        self.kind = kind
 
     async def post(self) -> None:
         user = self.current_user_id()
@@ -145,8 +147,8 @@ class ChangeHandler(JsonHandler):
         except protocol.ProtocolError as err:
             raise ApiError(400, "invalid_request", err.message) from None
         try:
-            updated = await self.node.change(user, request)
-            unread = await self.node.unread(user)
+            updated = await self.dispatcher.change(user, request)
+            unread = await self.dispatcher.unread(user)
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable, retry later") from None
         self.write_json({"updated": updated, "unread": unread})

@@ -9,58 +9,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from typing import Any, Sequence
+from typing import Any
 
 import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 
-from app import auth, protocol, transport
+from app import auth, protocol
 from app.config import Config
+from app.connection import Connection, OverBudget
+from app.dispatch import Dispatcher
 from app.errors import DB_ERRORS
 from app.hub import ClientGone, Hub
 from app.metrics import Metrics
-from app.node import Node
 from app.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
 
 class SocketHandler(tornado.websocket.WebSocketHandler):
-    """A client connection; implements ``app.hub.Client`` (``user``, ``cursor``, ``send``)."""
+    """A client's WebSocket: the handshake, the hello, the client's frames. Once the
+    hello is valid its session state lives in an ``app.connection.Connection`` that the
+    hub admits and owns; this handler is that connection's ``Socket``."""
 
     # Slots keep our state out of the instance dict: Tornado puts 27 attributes there,
     # and past 30 a dict stops sharing its keys with the other instances (1.3 KB/socket).
-    __slots__ = ("node", "hub", "config", "metrics", "conn_id", "user", "cursor",
-                 "_hello_timer", "_cookie_token", "expires_at", "last_pong", "ping_sent_at",
-                 "_frames", "_idle_acks", "acked", "_waiting", "_registered", "_closing",
-                 "_last_write", "_paused", "_batch", "held")
+    __slots__ = ("dispatcher", "hub", "config", "metrics", "conn_id", "conn", "_hello_timer",
+                 "_cookie_token", "_frames", "_waiting", "_closing")
 
-    def initialize(self, node: Node, hub: Hub, config: Config, metrics: Metrics) -> None:
-        self.node, self.hub, self.config, self.metrics = node, hub, config, metrics
+    def initialize(self, dispatcher: Dispatcher, hub: Hub, config: Config,
+                   metrics: Metrics) -> None:
+        self.dispatcher, self.hub = dispatcher, hub
+        self.config, self.metrics = config, metrics
         self.conn_id = uuid.uuid4().hex[:12]
-        self.user: str = ""
-        self.cursor = 0
+        self.conn: Connection | None = None  # the session, once the hello is valid
         self._hello_timer: asyncio.TimerHandle | None = None
         self._cookie_token: str | None = None
-        self.expires_at = float("inf")  # the token's exp; app.keepalive closes us then
-        self.last_pong = 0.0
-        self.ping_sent_at = 0.0  # app.keepalive: the last ping, answered or not
         self._frames = TokenBucket(config.frame_rate, config.frame_burst)
-        # Acks that acknowledge nothing new (a flood of them cost a core) have a budget of
-        # their own; an ack of rows newly sent is always taken: it costs no more than
-        # the rows did.
-        self._idle_acks = TokenBucket(config.ack_rate, config.ack_burst)
-        self.acked = 0  # the highest seq this socket acked (never above its cursor)
         self._waiting = False  # counted by the hub as waiting for its hello
-        self._registered = False
         self._closing = False
-        self._last_write: "asyncio.Future[None] | None" = None
-        self._paused: asyncio.TimerHandle | None = None
-        self._batch = False  # the client takes several messages per frame (hello "batch")
-        self.held: list[str] | None = None  # pushes waiting for the replay (app.hub)
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -115,7 +103,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         self._headers = _NO_HEADERS
 
     def _hello_timeout(self) -> None:
-        if not self.user:
+        if self.conn is None:
             self.metrics.refused.labels("hello_timeout").inc()
             self.fail("hello_timeout", "no hello received in time", protocol.CLOSE_HELLO_TIMEOUT)
 
@@ -143,7 +131,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("malformed").inc()
             self.fail(err.code, err.message, protocol.CLOSE_MALFORMED)
             return
-        if not self.user:
+        conn = self.conn
+        if conn is None:
             if not self._frames.take():
                 self._rate_limited("too many frames; slow down")
             elif not isinstance(frame, protocol.Hello):
@@ -156,25 +145,26 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         if isinstance(frame, protocol.Ack):
             # Acks have their own budget (and the node merges them into one UPDATE per
             # interval for all its connections): a client acks what the server pushes.
-            up_to = min(frame.seq, self.cursor)
-            if up_to > self.acked:
-                self.acked = up_to
-                self.node.ack(self, up_to)
-            elif not self._idle_acks.take():
+            try:
+                up_to = conn.take_ack(frame.seq)
+            except OverBudget:
                 self._rate_limited("too many acks that acknowledge nothing new")
+                return
+            if up_to is not None:
+                self.dispatcher.ack(conn, up_to)
             return
-        if not self._frames.take():
+        if not conn.frames.take():
             self._rate_limited("too many frames; slow down")
             return
         try:
             if isinstance(frame, protocol.Ping):
-                self.send((protocol.pong(),))
+                conn.send((protocol.pong(),))
             elif isinstance(frame, protocol.Change):
-                await self.node.change(self.user, frame)
+                await self.dispatcher.change(conn.user, frame)
             else:
                 self.fail("malformed", "hello was already received", protocol.CLOSE_MALFORMED)
         except DB_ERRORS as err:
-            log.warning("ws: %s for %s failed: %s", type(frame).__name__, self.user, err)
+            log.warning("ws: %s for %s failed: %s", type(frame).__name__, conn.user, err)
             self._send_quietly(protocol.error("unavailable", "database unavailable; retry"))
         except ClientGone:
             pass
@@ -196,7 +186,13 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             self.metrics.refused.labels("token").inc()
             self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
             return
-        refused = self.hub.admit(claims.user)
+        wire = self.ws_connection
+        if wire is None:
+            return  # closed while the token was checked
+        conn = Connection(self, wire, claims.user, self.conn_id, batch=hello.batch,
+                          expires_at=claims.expires_at, frames=self._frames,
+                          limits=self.config, on_drained=self.dispatcher.resume)
+        refused = self.hub.join(conn)
         if refused == "node_full":
             self._node_full()
             return
@@ -206,142 +202,81 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                       f"at most {self.config.max_connections_per_user} connections per user",
                       protocol.CLOSE_TOO_MANY_CONNECTIONS)
             return
-        self.user = claims.user
-        self._batch = hello.batch
-        log.info("session start", extra={"user": self.user, "conn": self.conn_id,
+        self.conn = conn
+        log.info("session start", extra={"user": conn.user, "conn": self.conn_id,
                                          "last_seq": hello.last_seq})
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        self.expires_at = claims.expires_at  # app.keepalive enforces it
-        self.last_pong = time.monotonic()
-        self._registered = True
+        if self._closing:  # closed while the token was checked: on_close has run
+            self.hub.leave(conn)
+            return
         try:
-            await self.node.open_session(self, hello.last_seq)
+            await self.dispatcher.open_session(conn, hello.last_seq)
         except DB_ERRORS as err:
-            log.warning("ws: session start for %s failed: %s", self.user, err)
+            log.warning("ws: session start for %s failed: %s", conn.user, err)
             self.fail("unavailable", "database unavailable; reconnect shortly",
                       protocol.CLOSE_UNAVAILABLE)
         except ClientGone:
-            self.node.close_session(self)
+            self.hub.leave(conn)
 
-    # --- app.keepalive.Kept -------------------------------------------------------------
-
-    def expire(self) -> None:
-        self.expires_at = float("inf")  # once
-        self.fail("token_expired", "token expired; reconnect with a fresh token",
-                  protocol.CLOSE_UNAUTHORIZED)
-
-    def ping_now(self) -> None:
-        if not self._closing and self.ws_connection is not None:
-            try:
-                self.ping()
-                # Unanswered pings do not push the deadline back: only the first counts.
-                if self.last_pong >= self.ping_sent_at:
-                    self.ping_sent_at = time.monotonic()
-            except tornado.websocket.WebSocketClosedError:
-                pass
+    # --- app.connection.Socket ----------------------------------------------------------
 
     def on_pong(self, data: bytes) -> None:
-        self.last_pong = time.monotonic()
+        if self.conn is not None:
+            self.conn.ponged()
 
     def close_dead(self) -> None:
         if self._closing:
-            return  # closed already; the hub lets go of it once the close completes
-        log.info("dead peer", extra={"user": self.user, "conn": self.conn_id})
+            return
+        log.info("dead peer", extra={"user": self._user(), "conn": self.conn_id})
         self.metrics.refused.labels("dead_peer").inc()
         self.close(protocol.CLOSE_GOING_AWAY, "ping timed out")
 
-    # --- app.hub.Client -----------------------------------------------------------------
-
-    def send(self, texts: Sequence[str]) -> None:
-        """Queue ``texts`` (one message each) in one write to the socket. Raises
-        ``ClientGone`` if the socket is closed, or was just closed for holding more than
-        ``max_pending_bytes`` unsent (the hub stops delivering at half of that, so only
-        frames outside the cursor flow — pongs, pushes — or a client that stopped reading
-        can get here).
-
-        Not ``write_message``: that wraps every frame in a Task (~60 µs each, measured in
-        tornado#2955) and makes a ``send()`` system call per frame. The frames are built
-        here (server frames are unmasked, uncompressed: ``get_compression_options`` is
-        None) and written together; a client that said ``"batch": true`` gets several
-        messages per WebSocket frame, one JSON object per line."""
-        connection = self.ws_connection
-        if self._closing or connection is None or connection.is_closing():
-            raise ClientGone()
-        stream = getattr(connection, "stream", None)
-        if stream is None:
-            raise ClientGone()
-        try:
-            future = transport.write(stream, transport.encode_frames(texts, self._batch))
-        except tornado.iostream.StreamClosedError:
-            raise ClientGone() from None
-        self._last_write = future
-        if self._pending_bytes() > self.config.max_pending_bytes:
-            self._slow_consumer()
-            raise ClientGone()
-
-    def room(self) -> int:
-        if self._paused is not None:
-            return 0
-        return self.config.max_pending_bytes // 2 - self._pending_bytes()
-
-    def pause(self) -> None:
-        """Wait for the write buffer to drain, then ask for the rest from the cursor; a
-        client that drains nothing for ``slow_consumer_timeout`` seconds is closed."""
-        if self._paused is not None or self._last_write is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._paused = loop.call_later(self.config.slow_consumer_timeout, self._slow_consumer)
-        self._last_write.add_done_callback(self._drained)
-
-    def _drained(self, future: "asyncio.Future[None]") -> None:
-        if self._paused is not None:
-            self._paused.cancel()
-            self._paused = None
-        if not self._closing:
-            self.node.resume(self)
-
-    def _slow_consumer(self) -> None:
+    def slow_consumer(self) -> None:
         self.metrics.refused.labels("slow_consumer").inc()
-        log.info("slow consumer", extra={"user": self.user, "conn": self.conn_id,
+        log.info("slow consumer", extra={"user": self._user(), "conn": self.conn_id,
                                          "code": protocol.CLOSE_SLOW_CONSUMER})
         self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer: too much unsent data")
 
-    def _pending_bytes(self) -> int:
-        return transport.pending_bytes(getattr(self.ws_connection, "stream", None))
+    def _user(self) -> str | None:
+        return self.conn.user if self.conn is not None else None
 
     def fail(self, code: str, message: str, close_code: int) -> None:
         """Send an error frame, then close with ``close_code``."""
-        log.info("session refused" if not self.user else "session failed",
-                 extra={"user": self.user or None, "conn": self.conn_id, "code": close_code,
+        log.info("session refused" if self.conn is None else "session failed",
+                 extra={"user": self._user(), "conn": self.conn_id, "code": close_code,
                         "reason": code})
         self._send_quietly(protocol.error(code, message))
         self.close(close_code, message[:120])
 
     def _send_quietly(self, text: str) -> None:
+        """Before the hello there is no session yet: errors go out through Tornado."""
         try:
-            self.send((text,))
-        except ClientGone:
+            if self.conn is not None:
+                self.conn.send((text,))
+            elif self.ws_connection is not None and not self.ws_connection.is_closing():
+                self.write_message(text)
+        except (ClientGone, tornado.websocket.WebSocketClosedError):
             pass
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         self._closing = True
+        if self.conn is not None:
+            self.conn.closing()
         super().close(code, reason)
 
     def on_close(self) -> None:
         self._closing = True
-        if self._paused is not None:
-            self._paused.cancel()
         self._stop_waiting()
-        if self.user:
-            log.info("session end", extra={"user": self.user, "conn": self.conn_id,
-                                           "code": self.close_code, "cursor": self.cursor})
-            self.hub.release(self.user)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
-        if self._registered:
-            self.node.close_session(self)
+        conn = self.conn
+        if conn is not None:
+            conn.closing()
+            log.info("session end", extra={"user": conn.user, "conn": self.conn_id,
+                                           "code": self.close_code, "cursor": conn.cursor})
+            self.hub.leave(conn)
 
 
 # Shared by every socket once its upgrade is done; nothing writes headers after that.

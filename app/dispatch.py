@@ -1,11 +1,14 @@
-"""The heart of a node: bus events in, rows fetched, frames handed to the hub.
+"""The dispatcher, a node's heart: bus events in, rows fetched, frames handed to the hub.
+(Names: a *node* is one ``herald serve`` process, ``app.server.HeraldServer``, named by
+``config.node``; the ``Dispatcher`` is the part of it that moves notifications.)
 
     bus payload ─► parsed; dropped unless a local user's ─► queue ─► one worker task ─►
     frames the bus carried, then one batched fetch per round for whoever is still
     behind ─► hub.deliver (cursor-ordered) ─► sockets
 
 Also here: a client's session start (welcome, then replay from the table) and the
-catch-up of every local user after the bus was lost. Holds no SQL text (``store`` does)
+catch-up of every local user after the bus was lost, both through one replay path
+(``fetch_and_deliver``). Holds no SQL text (``store`` does)
 and no sockets (``hub`` does).
 """
 
@@ -59,14 +62,6 @@ class Retry:
 Event = Union[bus_payloads.BusEvent, bus_payloads.FrameEvent, CatchUp, Resume, Retry]
 
 
-@dataclass(frozen=True)
-class ReplayPage:
-    """A page of one user's rows for a starting session; ``full``: there may be more."""
-
-    frames: list[Frame]
-    full: bool
-
-
 @dataclass
 class Plan:
     """What one round does: fetch for ``replay`` users from their cursors (no latency
@@ -112,7 +107,7 @@ def frames_after(after: int, rows: Iterable[asyncpg.Record]) -> list[Frame]:
     return frames
 
 
-class Node:
+class Dispatcher:
     def __init__(
         self, name: str, store: Store, hub: Hub, metrics: Metrics, fetch_limit: int = 500,
         ack_interval: float = 0.25,
@@ -129,7 +124,7 @@ class Node:
         self._acks = AckWriter(store.mark_delivered_many, ack_interval)
         # Sessions starting together share their queries (app/coalesce.py).
         self._session_start = Coalescer(store.session_starts)
-        self._replay_page = Coalescer(self._replay_pages)
+        self._replay = Coalescer(self._replay_users)
 
     # --- bus side ---------------------------------------------------------------------
 
@@ -362,47 +357,28 @@ class Node:
         or announced by the bus after the client is registered. The hub's cursor rule
         drops whatever both paths deliver. Change pushes for the user wait until the
         replay is written, so none overtakes an older copy of its row.
+
+        The replay is the catch-up's own path (``fetch_and_deliver``), for every user
+        whose sessions start together: one fetch per page for all of them.
         """
         start = await self._session_start((client.user, last_seq))
-        self._hub.join(client, start.baseline,
-                       protocol.welcome(client.user, self.name, start.last_seq, start.unread))
+        self._hub.start(client, start.baseline,
+                        protocol.welcome(client.user, self.name, start.last_seq, start.unread))
         try:
-            while True:
-                before = client.cursor
-                page = await self._replay_page((client.user, before))
-                sent = self._hub.deliver_to(client, page.frames)
-                self._metrics.replayed.inc(len(sent))
-                if not page.full:
-                    return
-                if client.cursor == before and page.frames[-1].seq > before:
-                    return  # paused for backpressure: it asks for the rest once drained
-                # Otherwise more may follow (or the page, fetched from another session's
-                # lower cursor, ended below this one's): the next page starts there.
+            await self._replay(client.user)
         finally:
             self._hub.release_held(client)
 
-    async def _replay_pages(self, requests: Sequence[tuple[str, int]]) -> list[ReplayPage]:
-        """One fetch for the replays of many sessions: from each user's lowest cursor
-        among them. A session with a higher cursor skips what it has (the hub's rule)."""
-        floors: dict[str, int] = {}
-        for user, after in requests:
-            floors[user] = min(after, floors.get(user, after))
-        rows = await self._store.fetch_after(floors, self._fetch_limit)
-        by_user: dict[str, list[asyncpg.Record]] = defaultdict(list)
-        for row in rows:
-            by_user[row["user_id"]].append(row)
-        pages = {user: ReplayPage(frames_after(floors[user], by_user[user]),
-                                  len(by_user[user]) == self._fetch_limit)
-                 for user in floors}
-        return [pages[user] for user, _ in requests]
+    async def _replay_users(self, users: Sequence[str]) -> list[None]:
+        """Replay, for the sessions starting together, what their users' connections
+        miss (a connection paused for backpressure asks for the rest once drained)."""
+        await self.fetch_and_deliver(set(users), self._metrics.replayed)
+        return [None] * len(users)
 
     def resume(self, client: Client) -> None:
         """``client`` drained its write buffer after a backpressure pause: fetch from its
         cursor in the next round."""
         self._queue.put_nowait(Resume(client.user))
-
-    def close_session(self, client: Client) -> None:
-        self._hub.remove(client)
 
     def ack(self, client: Client, seq: int) -> None:
         """Mark delivered up to ``seq``, but never past what this connection was sent
