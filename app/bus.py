@@ -12,7 +12,14 @@ nodes' role can read), the key its MAC must verify under (revision 0009); None f
 of the public channel. It must not block. A role that cannot read the key listens on the
 public channel alone, whose pointers announce every row anyway. ``on_listening``
 is called every time LISTEN is (re-)established, *after* it is in place, so the node's
-catch-up read of the table cannot miss a commit that happened during the gap. It gets
+catch-up read of the table cannot miss a commit that happened during the gap.
+
+Shards (revision 0011): besides ``herald`` (the cluster-wide ``sync``) the bus listens to
+the channels of the shards it is asked for (``want``/``unwant``, counted: one per local
+user of the shard), and ``ready(shard)`` returns once they are in place, so a session's
+replay read comes after its shard's LISTEN. A shard nobody wants any more is unlistened
+after ``linger`` seconds (a user who reconnects at once keeps it). All of it is redone
+on each new connection before ``on_listening``. It gets
 ``since``: the oldest transaction id that may have committed after the previous
 connection was last known to have delivered everything (read with each ping), so the
 node can find the read-state changes whose announcements were lost with it.
@@ -26,7 +33,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 
-from app import db, tasks
+from app import db, shards, tasks
 from app.backoff import Backoff
 from app.errors import DB_ERRORS
 
@@ -43,6 +50,7 @@ class Bus:
         *,
         application_name: str = "herald-bus",
         ping_interval: float = 5.0,
+        linger: float = 30.0,
         connect: Callable[[str, str], Awaitable[asyncpg.Connection]] = db.connect,
     ) -> None:
         self._dsn = dsn
@@ -56,6 +64,14 @@ class Bus:
         self._conn: asyncpg.Connection | None = None
         self._private: str | None = None  # the private channel, once read
         self._mac_key: bytes | None = None  # its frames' MAC key
+        self._private_prefix: str | None = None  # its shards' channels start with this
+        self._linger = linger
+        self._wanted: dict[int, int] = {}  # shard -> how many local users it has
+        self._listening: set[int] = set()  # shards LISTENed on the current connection
+        self._unlisten: dict[int, asyncio.TimerHandle] = {}  # shards about to be let go
+        # asyncpg runs one command at a time on a connection: LISTENs, UNLISTENs and pings
+        # take turns.
+        self._lock = asyncio.Lock()
         self._first = asyncio.get_running_loop().create_future()  # set on first LISTEN
         self.connected = False
         self.reconnects = 0
@@ -74,7 +90,76 @@ class Bus:
         await self._drop()
 
     def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_event(payload, self._mac_key if channel == self._private else None)
+        private = channel == self._private or (
+            self._private_prefix is not None and channel.startswith(self._private_prefix))
+        self._on_event(payload, self._mac_key if private else None)
+
+    # --- shards ---------------------------------------------------------------------------
+
+    def want(self, shard: int) -> None:
+        """One more local user in ``shard``: its channels must be listened to (``ready``)."""
+        self._wanted[shard] = self._wanted.get(shard, 0) + 1
+        timer = self._unlisten.pop(shard, None)
+        if timer is not None:
+            timer.cancel()
+
+    def unwant(self, shard: int) -> None:
+        """One local user of ``shard`` fewer; with none left, unlisten after ``linger``."""
+        count = self._wanted.get(shard, 0) - 1
+        if count > 0:
+            self._wanted[shard] = count
+            return
+        self._wanted.pop(shard, None)
+        if shard in self._listening and shard not in self._unlisten:
+            self._unlisten[shard] = asyncio.get_running_loop().call_later(
+                self._linger, lambda: asyncio.ensure_future(self._drop_shard(shard)))
+
+    def shards(self) -> list[int]:
+        """The shards listened to now (``herald status``)."""
+        return sorted(self._listening)
+
+    async def ready(self, shard: int) -> None:
+        """Return once ``shard`` (wanted) is listened to on the live connection, or at
+        once while the bus is down: its reconnect listens first and then has the node
+        re-read the table for every local user, this shard's included."""
+        if shard in self._listening or not self.connected:
+            return
+        async with self._lock:
+            conn = self._conn
+            if (conn is None or not self.connected or shard in self._listening
+                    or shard not in self._wanted):
+                return
+            try:
+                await self._listen_shard(conn, shard)
+            except DB_ERRORS as err:
+                # A connection that cannot LISTEN is no bus: start again (listening to
+                # every wanted shard, then the catch-up).
+                log.warning("bus: LISTEN for shard %d failed (%s); reconnecting", shard,
+                            type(err).__name__)
+                if not conn.is_closed():
+                    conn.terminate()
+
+    async def _listen_shard(self, conn: asyncpg.Connection, shard: int) -> None:
+        await conn.add_listener(shards.channel(self._channel, shard), self._listener)
+        if self._private is not None:
+            await conn.add_listener(shards.channel(self._private, shard), self._listener)
+        self._listening.add(shard)
+
+    async def _drop_shard(self, shard: int) -> None:
+        self._unlisten.pop(shard, None)
+        async with self._lock:
+            conn = self._conn
+            if shard in self._wanted or shard not in self._listening or conn is None:
+                return
+            self._listening.discard(shard)
+            try:
+                await conn.remove_listener(shards.channel(self._channel, shard),
+                                           self._listener)
+                if self._private is not None:
+                    await conn.remove_listener(shards.channel(self._private, shard),
+                                               self._listener)
+            except DB_ERRORS as err:
+                log.info("bus: UNLISTEN for shard %d failed (%s)", shard, type(err).__name__)
 
     async def _private_channel(self, conn: asyncpg.Connection) -> tuple[str, bytes] | None:
         """The private channel's name and MAC key, or None when this role cannot read
@@ -95,6 +180,10 @@ class Bus:
 
     async def _drop(self) -> None:
         self.connected = False
+        self._listening.clear()
+        for timer in self._unlisten.values():
+            timer.cancel()
+        self._unlisten.clear()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()  # close() could hang on a dead socket
@@ -111,11 +200,18 @@ class Bus:
                 await self._conn.add_listener(self._channel, self._listener)
                 private = await self._private_channel(self._conn)
                 self._private, self._mac_key = private or (None, None)
+                self._private_prefix = None if self._private is None else self._private + "_"
                 if self._private is not None:
                     await self._conn.add_listener(self._private, self._listener)
-                # The old connection was good up to its horizon; the new one from now.
-                since, self.horizon = self.horizon, await self._ping()
-                self.connected = True
+                async with self._lock:
+                    # Every shard wanted, including those wanted meanwhile: none is
+                    # wanted between the last check and ``connected`` (no await there).
+                    while missing := set(self._wanted) - self._listening:
+                        for shard in sorted(missing):
+                            await self._listen_shard(self._conn, shard)
+                    # The old connection was good up to its horizon; the new one from now.
+                    since, self.horizon = self.horizon, await self._ping()
+                    self.connected = True
                 reconnected = self._first.done()
                 if reconnected:
                     self.reconnects += 1
@@ -144,7 +240,8 @@ class Bus:
             except asyncio.TimeoutError:
                 pass
             try:
-                self.horizon = await self._ping()
+                async with self._lock:
+                    self.horizon = await self._ping()
             except DB_ERRORS as err:
                 log.warning("bus: ping failed (%s)", type(err).__name__)
                 return

@@ -318,6 +318,17 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` as ``0-2,5,7-8`` (``-`` for none)."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "-"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
@@ -338,12 +349,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                  f"{sum(n.sockets for n in alive)} sockets"]
         if status.nodes:
             lines.append(f"  {'node':<20} {'sockets':>8}  {'started (UTC)':<19}  "
-                         f"{'heartbeat':<12} {'relay':<7} state")
+                         f"{'heartbeat':<12} {'relay':<7} {'state':<9} shards")
         for n in status.nodes:
             state = "gone" if n.age >= stale else "draining" if n.draining else "serving"
             lines.append(f"  {n.name[:20]:<20} {n.sockets:>8}  "
                          f"{n.started_at.strftime('%Y-%m-%d %H:%M:%S')}  "
-                         f"{_ago(n.age):<12} {'leader' if n.relay_leader else '':<7} {state}")
+                         f"{_ago(n.age):<12} {'leader' if n.relay_leader else '':<7} "
+                         f"{state:<9} {_ranges(n.shards)}")
         lines.append(f"NOTIFY queue: {status.notify_queue_usage:.2%} used")
         lines.append("relay: " + (f"batching (lease until {status.relay_batched_until:%H:%M:%S})"
                                   if status.relay_batched_until

@@ -160,6 +160,9 @@ class Config:
                                    "seconds to wait for hello before closing with 4408")
     bus_ping_interval: float = setting(5.0, _positive_float,
                                        "seconds between LISTEN liveness pings")
+    shard_linger: float = setting(
+        30.0, _positive_float, "seconds a node keeps listening to a shard after its last "
+        "local user left (a quick reconnect keeps it)")
     ws_ping_interval: float = setting(
         25.0, _positive_float, "seconds between a socket's WebSocket pings (spread over the "
         "interval across sockets)")

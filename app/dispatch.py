@@ -19,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
 
 import asyncpg
 
@@ -124,6 +124,9 @@ class Dispatcher:
         self._acks = AckWriter(store.mark_delivered_many, ack_interval)
         # Sessions starting together share their queries (app/coalesce.py).
         self._session_start = Coalescer(store.session_starts)
+        # Returns once the bus listens to the user's shard (app/server.py sets it to the
+        # bus's ``ready``): a session's replay must read the table after that.
+        self.listening: Callable[[str], Awaitable[None]] = _listening_always
         self._replay = Coalescer(self._replay_users)
 
     # --- bus side ---------------------------------------------------------------------
@@ -365,6 +368,10 @@ class Dispatcher:
         self._hub.start(client, start.baseline,
                         protocol.welcome(client.user, self.name, start.last_seq, start.unread))
         try:
+            # Registered first (the hub asks the bus for the user's shard), then listened
+            # to, then read: a row committed at any moment is in the replay, or its
+            # announcement reaches this node.
+            await self.listening(client.user)
             await self._replay(client.user)
         finally:
             self._hub.release_held(client)
@@ -403,3 +410,7 @@ class Dispatcher:
 
     def shutdown(self, code: int, reason: str) -> None:
         self._hub.close_all(code, reason)
+
+
+async def _listening_always(user: str) -> None:
+    """A bus that listens to every user (tests that drive a dispatcher alone)."""

@@ -23,6 +23,7 @@ class NodeRow:
     age: float  # seconds since its heartbeat
     relay_leader: bool
     draining: bool
+    shards: list[int]  # the shards it listens to (revision 0011)
 
 
 @dataclass(frozen=True)
@@ -36,28 +37,28 @@ class ClusterStatus:
 class Heartbeats(PoolStore):
 
     async def heartbeat(self, name: str, sockets: int, relay_leader: bool, draining: bool,
-                        ) -> list[NodeRow]:
+                        shards: list[int]) -> list[NodeRow]:
         """Record this node's heartbeat; return every node's latest one (this one too)."""
 
         async def op(conn: asyncpg.Connection) -> list[NodeRow]:
             await conn.execute(
                 """
-                INSERT INTO herald.nodes AS n (name, sockets, relay_leader, draining)
-                VALUES ($1, $2, $3, $4)
+                INSERT INTO herald.nodes AS n (name, sockets, relay_leader, draining, shards)
+                VALUES ($1, $2, $3, $4, $5)
                 ON CONFLICT (name) DO UPDATE SET sockets = $2, relay_leader = $3,
-                    draining = $4, heartbeat_at = now()
-                """, name, sockets, relay_leader, draining)
+                    draining = $4, shards = $5, heartbeat_at = now()
+                """, name, sockets, relay_leader, draining, shards)
             return await self._nodes(conn)
 
         return await self._retrying(op)
 
     async def _nodes(self, conn: asyncpg.Connection) -> list[NodeRow]:
         rows = await conn.fetch(
-            "SELECT name, sockets, started_at, relay_leader, draining, "
+            "SELECT name, sockets, started_at, relay_leader, draining, shards, "
             "extract(epoch FROM now() - heartbeat_at)::float8 AS age "
             "FROM herald.nodes ORDER BY name")
         return [NodeRow(r["name"], r["sockets"], r["started_at"], r["age"],
-                        r["relay_leader"], r["draining"]) for r in rows]
+                        r["relay_leader"], r["draining"], list(r["shards"])) for r in rows]
 
     async def forget_node(self, name: str) -> None:
         """A node that stops takes its row away."""

@@ -22,7 +22,7 @@ memory, and a client that never drains is closed by its own stall timer.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class Hub:
         self._waiting_by_ip: dict[str, dict[Waiting, None]] = {}
         # The node is shutting down: no new socket (the load balancer sends it elsewhere).
         self.draining = False
+        # Told when a user gets a first registered connection here, and loses its last
+        # (the bus listens to the shards of local users: app/server.py wires them).
+        self.on_first: Callable[[str], None] = _nothing
+        self.on_last: Callable[[str], None] = _nothing
 
     # --- admission ----------------------------------------------------------------------
 
@@ -162,7 +166,11 @@ class Hub:
     # --- registry -----------------------------------------------------------------------
 
     def add(self, client: Client) -> None:
-        self._by_user.setdefault(client.user, set()).add(client)
+        clients = self._by_user.get(client.user)
+        if clients is None:
+            clients = self._by_user[client.user] = set()
+            self.on_first(client.user)
+        clients.add(client)
 
     def start(self, client: Client, cursor: int, welcome: str) -> None:
         """An admitted session starts: its cursor is where its replay begins, ``welcome`` goes out
@@ -180,6 +188,7 @@ class Hub:
         clients.discard(client)
         if not clients:
             del self._by_user[client.user]
+            self.on_last(client.user)
 
     def users(self) -> list[str]:
         return list(self._by_user)
@@ -279,3 +288,7 @@ class Hub:
 
     def all_clients(self) -> list[Client]:
         return [c for clients in self._by_user.values() for c in clients]
+
+
+def _nothing(user: str) -> None:
+    pass

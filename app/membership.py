@@ -33,13 +33,15 @@ log = logging.getLogger(__name__)
 
 class Membership:
     def __init__(self, store: Heartbeats, hub: Hub, name: str, leads: Callable[[], bool],
-                 on_shed: Callable[[int], None], *, interval: float = 2.0,
+                 on_shed: Callable[[int], None], *, shards: Callable[[], list[int]] = list,
+                 interval: float = 2.0,
                  factor: float = 1.25, rate: float = 0.03) -> None:
         self._store = store
         self._hub = hub
         self.name = name
         self._leads = leads
         self._on_shed = on_shed
+        self._shards = shards  # the shards the bus listens to, for herald status
         self._interval = interval
         self._factor = factor
         self._rate = rate
@@ -80,7 +82,7 @@ class Membership:
         sockets = self._hub.count()
         try:
             self.nodes = await self._store.heartbeat(self.name, sockets, self._leads(),
-                                                     self._hub.draining)
+                                                     self._hub.draining, self._shards())
         except DB_ERRORS as err:
             log.warning("membership: heartbeat failed (%s)", type(err).__name__)
             self.surplus = 0  # blind: do not move anyone

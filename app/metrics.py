@@ -45,6 +45,14 @@ class Metrics:
         self.bus_events = Counter(
             "herald_bus_events", "NOTIFY payloads received", ["kind"], registry=r
         )
+        self.shards = Gauge(
+            "herald_bus_shards", "User shards whose channels this node listens to", registry=r
+        )
+        self.routing = Counter(
+            "herald_ws_routing", "Sessions by routing key: 'hit' (the user's shard), 'miss' "
+            "(another shard: the load balancer's key was wrong) or 'none'", ["result"],
+            registry=r,
+        )
         self.relay_leader = Gauge(
             "herald_relay_leader", "1 while this node is the elected relay", registry=r
         )

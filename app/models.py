@@ -27,7 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 SCHEMA = "herald"
 CHANNEL = "herald"
@@ -198,6 +198,8 @@ nodes = Table(
            server_default=text("now()")),
     Column("relay_leader", Boolean, nullable=False, server_default=text("false")),
     Column("draining", Boolean, nullable=False, server_default=text("false")),
+    # The shards whose channels it listens to (revision 0011; ``herald status``).
+    Column("shards", ARRAY(Integer), nullable=False, server_default=text("'{}'")),
 )
 
 # herald_private.bus_key (revision 0008), the private bus channel's name, lives outside

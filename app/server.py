@@ -13,7 +13,7 @@ import socket
 import tornado.httpserver
 import tornado.netutil
 
-from app import db, models, protocol, schema, tasks
+from app import db, models, protocol, schema, shards, tasks
 from app.bus import Bus
 from app.config import Config, ConfigError
 from app.dispatch import Dispatcher
@@ -89,10 +89,16 @@ class HeraldServer:
             dispatcher.on_listening,
             application_name=f"herald:{name}:bus"[:63],
             ping_interval=self.config.bus_ping_interval,
+            linger=self.config.shard_linger,
         )
+        # The bus listens to the shards of local users, before their sessions' replays.
+        self.hub.on_first = lambda user: bus.want(shards.shard_of(user))
+        self.hub.on_last = lambda user: bus.unwant(shards.shard_of(user))
+        dispatcher.listening = lambda user: bus.ready(shards.shard_of(user))
         self.metrics.connections.set_function(self.hub.count)
         self.metrics.bus_connected.set_function(lambda: 1 if bus.connected else 0)
         self.metrics.notify_queue.set_function(lambda: bus.queue_usage)
+        self.metrics.shards.set_function(lambda: len(bus.shards()))
         await bus.start()
         # Every node stands for relay; one leads (app/relay.py). Started after LISTEN is up
         # so this node hears its own sync.
@@ -109,6 +115,7 @@ class HeraldServer:
         self.pruner.start()
         self.membership = Membership(
             heartbeats, self.hub, name, lambda: relay.leader, self.metrics.shed.inc,
+            shards=bus.shards,
             interval=self.config.heartbeat_interval, rate=self.config.rebalance_rate)
         self.membership.start()
         self._keepalive = Keepalive(self.hub, self.config.ws_ping_interval,

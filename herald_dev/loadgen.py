@@ -15,6 +15,7 @@ from typing import Awaitable, Callable, Sequence
 import asyncpg
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from app import shards
 from app.client import ResumingClient
 from herald_dev.checker import Checker
 
@@ -42,15 +43,25 @@ class FleetClient(ResumingClient):
             self._latency(time.time() - sent)
 
 
+def routed(url: str, user: str) -> str:
+    """``url`` with ``user``'s routing key."""
+    return f"{url}{'&' if '?' in url else '?'}shard={shards.shard_of(user)}"
+
+
 class Fleet:
     """``users`` clients, one socket each, all through ``url`` (a load balancer), or
-    through the ``url`` list in turn (user i to ``url[i % len(url)]``)."""
+    through the ``url`` list in turn (user i to ``url[i % len(url)]``). With
+    ``affinity`` each URL carries the user's shard (``?shard=``, app/shards.py), as
+    herald.js does, for a load balancer that routes on it."""
 
     def __init__(self, url: str | Sequence[str], users: Sequence[str],
-                 token: Callable[[str], str], checker: Checker) -> None:
+                 token: Callable[[str], str], checker: Checker, *,
+                 affinity: bool = False) -> None:
         urls = [url] if isinstance(url, str) else list(url)
-        self.clients = [FleetClient(urls[i % len(urls)], u, token, checker)
-                        for i, u in enumerate(users)]
+        self.clients = [
+            FleetClient(routed(urls[i % len(urls)], u) if affinity else urls[i % len(urls)],
+                        u, token, checker)
+            for i, u in enumerate(users)]
 
     async def start(self, timeout: float = 30) -> None:
         for client in self.clients:

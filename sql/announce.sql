@@ -10,17 +10,22 @@ AS $function$
 DECLARE
     item text;
     chunk text := '';
+    channel text := '';
+    next_channel text;
 BEGIN
     FOR i IN 1 .. coalesce(cardinality(users), 0) LOOP
         item := to_json(users[i])::text || ':' || seqs[i];
-        IF chunk <> '' AND octet_length(chunk) + octet_length(item) > 7000 THEN
-            PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+        next_channel := 'herald_' || herald.shard_of(users[i]);
+        IF chunk <> '' AND (next_channel <> channel
+                            OR octet_length(chunk) + octet_length(item) > 7000) THEN
+            PERFORM pg_notify(channel, '{"k":"new","u":{' || chunk || '}}');
             chunk := '';
         END IF;
+        channel := next_channel;
         chunk := CASE WHEN chunk = '' THEN item ELSE chunk || ',' || item END;
     END LOOP;
     IF chunk <> '' THEN
-        PERFORM pg_notify('herald', '{"k":"new","u":{' || chunk || '}}');
+        PERFORM pg_notify(channel, '{"k":"new","u":{' || chunk || '}}');
     END IF;
 END
 $function$;

@@ -26,14 +26,15 @@ BEGIN
         RETURN NULL;  -- the relay's batches keep NOTIFY out of the writers' commits
     END IF;
     SELECT json_build_object('k', 'frame', 'u', n.user_id, 's', n.seq,
-                             't', extract(epoch FROM n.created_at), 'f', herald.render_frame(n))::text
+                             't', extract(epoch FROM n.created_at),
+                             'f', herald.render_frame(n))::text
     INTO payload FROM herald.notifications AS n WHERE n.id = NEW.id AND n.expires_at IS NULL;
     SELECT channel, mac_inner, mac_outer INTO key FROM herald_private.bus_key WHERE id = 1;
     -- 8000 bytes is NOTIFY's cap, 64 of them the MAC; a larger frame is fetched.
     IF payload IS NOT NULL AND key.channel IS NOT NULL AND octet_length(payload) < 7800 THEN
         mac := encode(sha256(key.mac_outer || sha256(key.mac_inner
                                                      || convert_to(payload, 'UTF8'))), 'hex');
-        PERFORM pg_notify(key.channel, mac || payload);
+        PERFORM pg_notify(key.channel || '_' || herald.shard_of(NEW.user_id), mac || payload);
     END IF;
     RETURN NULL;
 END

@@ -27,7 +27,7 @@ BEGIN
         SELECT user_id, max(seq) FROM inserted GROUP BY user_id;
         RETURN NULL;
     END IF;
-    SELECT array_agg(user_id), array_agg(seq) INTO users, seqs
+    SELECT array_agg(user_id ORDER BY herald.shard_of(user_id), user_id), array_agg(seq ORDER BY herald.shard_of(user_id), user_id) INTO users, seqs
     FROM (SELECT user_id, max(seq) AS seq FROM inserted GROUP BY user_id) AS latest;
     PERFORM herald.announce(users, seqs);
     RETURN NULL;

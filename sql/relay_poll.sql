@@ -14,7 +14,8 @@ BEGIN
     -- Pointers of transactions still running are invisible here and stay for a later
     -- poll; the DELETE and the NOTIFYs commit together, so each is announced once.
     WITH taken AS (DELETE FROM herald.relay_pending RETURNING user_id, seq)
-    SELECT array_agg(user_id), array_agg(seq), count(*) INTO users, seqs, announced
+    SELECT array_agg(user_id ORDER BY herald.shard_of(user_id), user_id), array_agg(seq ORDER BY herald.shard_of(user_id), user_id), count(*)
+    INTO users, seqs, announced
     FROM (SELECT user_id, max(seq) AS seq FROM taken GROUP BY user_id) AS latest;
     PERFORM herald.announce(users, seqs);
     -- The id sequence's position: the relay's measure of the insert rate.

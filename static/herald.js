@@ -14,6 +14,7 @@
  *                                        //   reconnecting, detail.retryAt (epoch ms)
  *     onPending(count) { ... },          // changes made offline, waiting to be sent
  *     onAuthError(message) { ... },      // the token was refused (close 4401)
+ *     user: "alice",                     // optional: routes the socket (see below)
  *   });
  *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
  *   client.archive([101]); client.unarchive([101]); client.ack(42);
@@ -39,6 +40,13 @@
  * in "signed-out" until setToken() hands over a fresh one (the session's cursor, and so
  * the page's list, are kept). With token null the server uses the login cookie (same
  * origin only).
+ *
+ * Routing: the socket's URL carries ?shard=N, the user's shard (HeraldClient.shardOf:
+ * the first four bytes of the MD5 of the user id's UTF-8 bytes, big-endian, mod 64, as
+ * the database computes it), from options.user, else the token's "sub", else the user
+ * a previous welcome named. A load balancer that hashes on it sends all of a shard's
+ * users to one node, which then hears only its own shards' notifications; a wrong or
+ * missing shard costs the cluster some work, never a notification.
  */
 (function (global) {
   "use strict";
@@ -58,6 +66,66 @@
 
   function noop() {}
 
+  var SHARDS = 64;
+  // MD5 (RFC 1321) round constants and shifts.
+  var MD5_K = [];
+  for (var k = 0; k < 64; k++) MD5_K[k] = Math.floor(Math.abs(Math.sin(k + 1)) * 4294967296) | 0;
+  var MD5_S = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+
+  function utf8(text) {
+    if (typeof TextEncoder !== "undefined") return Array.from(new TextEncoder().encode(text));
+    var binary = unescape(encodeURIComponent(text)), bytes = [];
+    for (var i = 0; i < binary.length; i++) bytes.push(binary.charCodeAt(i));
+    return bytes;
+  }
+
+  /** The user's shard: the database's herald.shard_of(user_id), app/shards.py's too. */
+  function shardOf(user) {
+    var bytes = utf8(String(user)), n = bytes.length;
+    var len = (((n + 8) >>> 6) + 1) * 16, words = [], i;
+    for (i = 0; i < len; i++) words[i] = 0;
+    for (i = 0; i < n; i++) words[i >> 2] |= bytes[i] << ((i % 4) * 8);
+    words[n >> 2] |= 0x80 << ((n % 4) * 8);
+    words[len - 2] = (n * 8) | 0;
+    words[len - 1] = Math.floor(n / 536870912);
+    var a0 = 0x67452301, b0 = 0xefcdab89 | 0, c0 = 0x98badcfe | 0, d0 = 0x10325476;
+    for (var block = 0; block < len; block += 16) {
+      var a = a0, b = b0, c = c0, d = d0;
+      for (var j = 0; j < 64; j++) {
+        var f, g;
+        if (j < 16) { f = (b & c) | (~b & d); g = j; }
+        else if (j < 32) { f = (d & b) | (~d & c); g = (5 * j + 1) % 16; }
+        else if (j < 48) { f = b ^ c ^ d; g = (3 * j + 5) % 16; }
+        else { f = c ^ (b | ~d); g = (7 * j) % 16; }
+        var sum = (a + f + MD5_K[j] + words[block + g]) | 0;
+        var shift = MD5_S[(j >> 4) * 4 + (j % 4)];
+        a = d; d = c; c = b;
+        b = (b + ((sum << shift) | (sum >>> (32 - shift)))) | 0;
+      }
+      a0 = (a0 + a) | 0; b0 = (b0 + b) | 0; c0 = (c0 + c) | 0; d0 = (d0 + d) | 0;
+    }
+    // The digest's first four bytes are a0's, little-endian: big-endian, the value's
+    // low six bits are those of a0's top byte.
+    return (a0 >>> 24) % SHARDS;
+  }
+
+  /** The "sub" of a JWT, or null (the signature is the server's business). */
+  function tokenSubject(token) {
+    if (typeof token !== "string") return null;
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      var claims = JSON.parse(decodeURIComponent(escape(atob(part))));
+      return typeof claims.sub === "string" ? claims.sub : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function routed(url, shard) {
+    if (shard === null) return url;
+    return url + (url.indexOf("?") < 0 ? "?" : "&") + "shard=" + shard;
+  }
+
   function HeraldClient(options) {
     options = options || {};
     this.url = options.url || defaultUrl();
@@ -70,6 +138,7 @@
     this.onState = options.onState || noop;
     this.onPending = options.onPending || noop;
     this.onAuthError = options.onAuthError || noop;
+    this._shard = options.user ? shardOf(options.user) : null;  // the routing key
     this.state = "offline";
     this.retryAt = null;   // while reconnecting: when the next attempt starts (epoch ms)
     this._ws = null;
@@ -109,7 +178,9 @@
     this._setState(this._attempt === 0 ? "connecting" : "reconnecting");
     this._token().then(function (token) {
       if (self._closed) return;
-      var ws = new WebSocket(self.url);
+      var sub = tokenSubject(token);
+      if (sub !== null) self._shard = shardOf(sub);
+      var ws = new WebSocket(routed(self.url, self._shard));
       self._ws = ws;
       self._live = false;
       ws.onopen = function () {
@@ -135,6 +206,7 @@
         this._live = true;
         this._setState("live");
         this._startPings(ws);
+        if (typeof frame.user === "string") this._shard = shardOf(frame.user);
         this.onWelcome(frame);
         this._flush();
         break;
@@ -290,5 +362,6 @@
     this._setState("offline");
   };
 
+  HeraldClient.shardOf = shardOf;
   global.HeraldClient = HeraldClient;
 })(window);

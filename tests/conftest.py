@@ -19,7 +19,7 @@ import pytest
 from app import auth, db, schema
 from app.config import Config
 from app.server import HeraldServer
-from tests.helpers import WsClient, wait_for
+from tests.helpers import WsClient, listen_everywhere, wait_for
 
 # The browser fixture (tests/browsers.py), for the browser and shop tests.
 pytest_plugins = ["tests.browsers"]
@@ -162,7 +162,7 @@ async def listen(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[str]"]:
     """A LISTEN connection on Herald's channel and the queue of its payloads."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     conn = await db.connect(url, "herald-test-listen")
-    await conn.add_listener("herald", lambda *args: queue.put_nowait(args[-1]))
+    await listen_everywhere(conn, "herald", lambda *args: queue.put_nowait(args[-1]))
     return conn, queue
 
 

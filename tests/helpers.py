@@ -14,7 +14,7 @@ from urllib.request import urlopen
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection
 
-from app import bus_payloads, client
+from app import bus_payloads, client, shards
 
 
 class WsClient:
@@ -28,8 +28,9 @@ class WsClient:
         self._pending: list[dict[str, Any]] = []  # received by sync(), not yet recv()d
 
     @classmethod
-    async def connect(cls, port: int, headers: dict[str, str] | None = None) -> "WsClient":
-        return cls(await client.connect(f"ws://127.0.0.1:{port}/ws", headers))
+    async def connect(cls, port: int, headers: dict[str, str] | None = None,
+                      path: str = "/ws") -> "WsClient":
+        return cls(await client.connect(f"ws://127.0.0.1:{port}{path}", headers))
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         if isinstance(frame, dict):
@@ -141,6 +142,14 @@ def notification_frame(seq: int, title: str, **fields: Any) -> dict[str, Any]:
              "expires_at": None, "read": False, "archived": False}
     frame.update(fields)
     return frame
+
+
+async def listen_everywhere(conn: Any, base: str, callback: Any) -> None:
+    """LISTEN on channel ``base`` and on every shard's part of it (app/shards.py):
+    whatever Herald announces there, for any user."""
+    await conn.add_listener(base, callback)
+    for shard in range(shards.SHARDS):
+        await conn.add_listener(shards.channel(base, shard), callback)
 
 
 async def private_channel(conn: Any) -> tuple[str, bytes]:

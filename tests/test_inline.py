@@ -17,11 +17,17 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from app import bus_payloads, db
+from app import bus_payloads, db, shards
 from app.bus import Bus
 from app.store import Store
 from tests.conftest import insert, listen, token_for
-from tests.helpers import frame_payload, metric, notification_frame, private_channel
+from tests.helpers import (
+    frame_payload,
+    listen_everywhere,
+    metric,
+    notification_frame,
+    private_channel,
+)
 
 
 async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[str, Any]]"]:
@@ -36,7 +42,7 @@ async def _private(url: str) -> tuple[asyncpg.Connection, "asyncio.Queue[dict[st
         assert bus_payloads.frame_event_user(args[-1]) == event.user
         queue.put_nowait(json.loads(args[-1][bus_payloads.MAC_HEX:]))
 
-    await conn.add_listener(channel, heard)
+    await listen_everywhere(conn, channel, heard)
     return conn, queue
 
 
@@ -143,6 +149,8 @@ async def test_only_trusted_roles_can_read_the_channel(fresh) -> None:
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="notify_frame"):
             await limited.execute(f"CREATE TRIGGER t AFTER INSERT ON {name}.t FOR EACH ROW "
                                   "EXECUTE FUNCTION herald.notify_frame()")
+        for listening in (bus, owner_bus):  # carol's shard, as for a local user of hers
+            listening.want(shards.shard_of("carol"))
         await bus.start()
         await owner_bus.start()
         row = await insert(limited, "carol", "from the limited writer")

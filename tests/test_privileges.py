@@ -17,7 +17,7 @@ import pytest
 
 from app import db, schema
 from tests.conftest import API_KEY, insert, token_for
-from tests.helpers import call, metric, private_channel, wait_for
+from tests.helpers import call, listen_everywhere, metric, private_channel, wait_for
 
 
 def _as_role(url: str, role: str) -> str:
@@ -177,7 +177,7 @@ async def test_a_writer_cannot_reach_the_owners_rights(
     private, key = await private_channel(fresh["sql"])
     heard: list[str] = []
     listener = await db.connect(fresh["url"], "herald-test-private")
-    await listener.add_listener(private, lambda *args: heard.append(args[-1]))
+    await listen_everywhere(listener, private, lambda *args: heard.append(args[-1]))
     try:
         await conn.execute(LOOT)
         errors = []

@@ -16,7 +16,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 
-from app import auth, protocol
+from app import auth, protocol, shards
 from app.config import Config
 from app.connection import Connection, OverBudget
 from app.dispatch import Dispatcher
@@ -203,6 +203,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                       protocol.CLOSE_TOO_MANY_CONNECTIONS)
             return
         self.conn = conn
+        self._count_routing(conn.user)
         log.info("session start", extra={"user": conn.user, "conn": self.conn_id,
                                          "last_seq": hello.last_seq})
         if self._hello_timer is not None:
@@ -219,6 +220,12 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
                       protocol.CLOSE_UNAVAILABLE)
         except ClientGone:
             self.hub.leave(conn)
+
+    def _count_routing(self, user: str) -> None:
+        """Whether the load balancer's key (``?shard=``, app/shards.py) was this user's."""
+        key = shards.parse_routing_key(self.get_query_argument("shard", None))
+        result = "none" if key is None else "hit" if key == shards.shard_of(user) else "miss"
+        self.metrics.routing.labels(result).inc()
 
     # --- app.connection.Socket ----------------------------------------------------------
 
