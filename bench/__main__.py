@@ -24,7 +24,7 @@ import asyncpg
 import psutil
 
 from app import schema
-from bench import ceiling, herald_load, memory, socketio_load
+from bench import ceiling, herald_load, memory, node_scaling, socketio_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = [("warm-up 4,000 @ 1,000/s", 4000, 1000.0), ("10,000 @ 500/s", 10000, 500.0),
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="which systems to run (herald, peer or both), for iterating")
     parser.add_argument("--skip-ceiling", action="store_true",
                         help="leave out pgbench and the memory figure (for iterating)")
+    parser.add_argument("--skip-scaling", action="store_true",
+                        help="leave out the node-scaling table (1, 3 and 6 Herald nodes)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
              "the three nodes, the load client (one Python process holding every socket) "
              "and the publisher process. The CPU column says where the time went.", "",
              "The workload, identical for both systems: U users `u0…u{U-1}`, one WebSocket "
-             "each, user i on node i mod 3; a publisher sends N messages to uniformly random "
-             "users, each carrying its send time (Herald: a single-row INSERT in its own "
+             "each (Herald: each user on the node that owns its shard, shard mod 3, as "
+             "nginx's consistent hashing on herald.js's routing key places it; the peer: "
+             "user i on node i mod 3, its adapter has no placement to gain from); a "
+             "publisher sends N messages to uniformly random users, each carrying its "
+             "send time (Herald: a single-row INSERT in its own "
              "transaction from 16 connections; the peer: an emit through its adapter from "
              "16 pooled connections). Latency is receive time minus send time, "
              "HdrHistogram; delivered/s is rows received over first send to last receive. "
@@ -188,6 +193,15 @@ def main(argv: list[str] | None = None) -> None:
              "announced by their own transaction's NOTIFY).", ""]
     if not args.skip_ceiling:
         lines += ceiling_and_memory(args)
+    if not args.skip_scaling and not args.quick and "herald" in args.systems:
+        lines += ["## Node scaling (Herald): cluster CPU per notification", "",
+                  "`python -m bench.node_scaling`: 1,200 users, 300 single-row INSERTs/s for "
+                  "15 s, the node processes' CPU minus their idle CPU over as long a window. "
+                  "*spread*: user i on node i mod N (every node holds every shard); "
+                  "*affinity*: each user on the node owning its shard (shard mod N). The "
+                  "peer was not run in this scenario.", ""]
+        lines += asyncio.run(node_scaling.scaling_table(args.database_url, [1, 3, 6]))
+        lines += [""]
     all_results: list[herald_load.ScenarioResult] = []
     wanted = set(args.systems.split(","))
     systems = [(name, run) for key, name, run in (
@@ -198,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         for system, run_scenarios in systems:
             results, extra = asyncio.run(run_scenarios(
                 args.database_url, users, QUICK if args.quick else SCENARIOS))
-            lines += [f"## {system}, U = {users:,} (3 nodes, user i on node i mod 3)", "",
+            placed = ("each user on its shard's node" if system == "Herald"
+                      else "user i on node i mod 3")
+            lines += [f"## {system}, U = {users:,} (3 nodes, {placed})", "",
                       f"Nodes' RSS {extra['rss_mb']:.0f} MB in total, "
                       f"{extra['kb_per_connection']:.1f} KB per connection.", ""]
             lines += _scenario_table(results)

@@ -1,5 +1,6 @@
-"""Herald under the benchmark workload: 3 nodes, U users with one socket each (user i on
-node i mod 3, connected directly), a publisher of single-row INSERTs from 16 connections,
+"""Herald under the benchmark workload: 3 nodes, U users with one socket each (each user
+on the node that owns its shard, shard mod 3, as nginx's consistent hashing on the
+routing key places it; connected directly), a publisher of single-row INSERTs from 16 connections,
 each carrying its send time. Measures delivered/s, lost/duplicated/out of order, latency
 percentiles (HdrHistogram), node RSS per connection and CPU per process."""
 
@@ -19,7 +20,7 @@ import asyncpg
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from app import auth, db
+from app import auth, db, shards
 from herald_dev.checker import Checker
 from herald_dev.loadgen import FleetClient
 from herald_dev.net import free_port
@@ -287,10 +288,12 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
         checker = Checker()
         prefix = f"b{time.time_ns() % 10**8}"
         names = [f"{prefix}-u{i}" for i in range(users)]
-        clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[i % 3]}/ws", name,
+        # Affinity routing (docs/scaling.md): a shard's users on one node.
+        clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[shards.shard_of(name) % 3]}/ws",
+                               name,
                                lambda u: auth.mint_token(SECRET, u, 36000), checker,
                                latency=window.record)
-                   for i, name in enumerate(names)]
+                   for name in names]
         seconds = await open_clients(clients)
         log(f"herald U={users}: {users} sockets live in {seconds:.1f}s")
         await asyncio.sleep(1)
