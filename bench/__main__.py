@@ -194,13 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_ceiling:
         lines += ceiling_and_memory(args)
     if not args.skip_scaling and not args.quick and "herald" in args.systems:
-        lines += ["## Node scaling (Herald): cluster CPU per notification", "",
+        lines += ["## Node scaling: cluster CPU per notification", "",
                   "`python -m bench.node_scaling`: 1,200 users, 300 single-row INSERTs/s for "
                   "15 s, the node processes' CPU minus their idle CPU over as long a window. "
                   "*spread*: user i on node i mod N (every node holds every shard); "
-                  "*affinity*: each user on the node owning its shard (shard mod N). The "
-                  "peer was not run in this scenario.", ""]
-        lines += asyncio.run(node_scaling.scaling_table(args.database_url, [1, 3, 6]))
+                  "*affinity*: each user on the node owning its shard (shard mod N); the "
+                  "peer: user i on node i mod N.", ""]
+        lines += asyncio.run(node_scaling.scaling_table(args.database_url, [1, 3, 6],
+                                                        peer="peer" in args.systems))
         lines += [""]
     all_results: list[herald_load.ScenarioResult] = []
     wanted = set(args.systems.split(","))

@@ -1,4 +1,5 @@
-"""Node scaling: cluster CPU per notification with 1, 3 and 6 nodes at a fixed rate.
+"""Node scaling: cluster CPU per notification with 1, 3 and 6 nodes at a fixed rate, for
+Herald (two placements) and the Socket.IO peer.
 
     python -m bench.node_scaling [--database-url URL] [--nodes 1,3,6] [--rate 300]
                                  [--seconds 15] [--users 1200]
@@ -84,26 +85,80 @@ async def one_run(url: str, nodes_count: int, placement: str, users: int, rate: 
         await nodes.stop()
 
 
+async def peer_run(url: str, nodes_count: int, users: int, rate: float,
+                   seconds: float) -> dict[str, float]:
+    """The same measurement for the Socket.IO peer (bench/socketio_peer): user i on node
+    i mod N, its adapter's NOTIFY reaching every node."""
+    import subprocess
+
+    from bench import socketio_load
+    from bench.herald_load import Window
+    from herald_dev.net import free_port
+
+    cache = socketio_load.install()
+    env = {**os.environ, "DATABASE_URL": url}
+    ports = [free_port() for _ in range(nodes_count)]
+    procs = [subprocess.Popen(["node", "server.js"], cwd=cache, env={**env, "PORT": str(p)},
+                              stdout=subprocess.PIPE, text=True) for p in ports]
+    checker, window = Checker(), Window()
+    prefix = f"p{time.time_ns() % 10**8}"
+    clients = [socketio_load.EioClient(ports[i % nodes_count], f"{prefix}-u{i}", checker,
+                                       window) for i in range(users)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        pids = [p.pid for p in procs]
+        await open_clients(clients)
+        await asyncio.sleep(2)
+        gc.freeze()
+        idle0 = cpu_seconds(pids)
+        await asyncio.sleep(seconds)
+        idle = cpu_seconds(pids) - idle0
+        busy0 = cpu_seconds(pids)
+        started = time.monotonic()
+        await run_publisher(["node", "publisher.js", prefix, str(users),
+                             str(int(rate * seconds)), str(rate)], cache, env, checker)
+        complete = await until_delivered(checker, timeout=60)
+        await asyncio.sleep(0.3)
+        window_s = time.monotonic() - started
+        busy = cpu_seconds(pids) - busy0
+        report = checker.report()
+        net = busy - idle * window_s / seconds
+        return {"nodes": nodes_count, "sent": report.committed,
+                "cpu_ms": net * 1000 / max(report.committed, 1),
+                "ok": float(complete and report.ok), "lost": report.total("lost"),
+                "dup": report.total("duplicated"), "ooo": report.total("out_of_order")}
+    finally:
+        for client in clients:
+            await client.stop()
+        gc.unfreeze()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+
+
 async def scaling_table(url: str, counts: list[int], users: int = 1200, rate: float = 300.0,
-                        seconds: float = 15.0) -> list[str]:
-    """Run every placement and node count; the Markdown table of the results."""
+                        seconds: float = 15.0, peer: bool = True) -> list[str]:
+    """Run every placement and node count (and the peer's); the Markdown table."""
     rows: list[dict[str, float | str]] = []
-    for placement in ("spread", "affinity"):
+    for placement in ("spread", "affinity", "peer") if peer else ("spread", "affinity"):
         for count in counts:
-            result: dict[str, float | str] = {
-                "placement": placement,
-                **await one_run(url, count, placement, users, rate, seconds)}
+            run = (peer_run(url, count, users, rate, seconds) if placement == "peer"
+                   else one_run(url, count, placement, users, rate, seconds))
+            result: dict[str, float | str] = {"placement": placement, **await run}
             print(result, flush=True)
             rows.append(result)
-    lines = ["| placement | nodes | cluster CPU ms / notification | vs 1 node | delivery |",
-             "|---|---|---|---|---|"]
+    lines = ["| system, placement | nodes | cluster CPU ms / notification | vs 1 node | "
+             "delivery |", "|---|---|---|---|---|"]
     for row in rows:
         base = next(r for r in rows if r["placement"] == row["placement"]
                     and r["nodes"] == counts[0])
         ratio = float(row["cpu_ms"]) / max(float(base["cpu_ms"]), 1e-9)
         ok = ("0 lost, 0 dup, 0 ooo" if row["ok"] else
               f"INCOMPLETE ({row['lost']} lost, {row['dup']} dup, {row['ooo']} ooo)")
-        lines.append(f"| {row['placement']} | {row['nodes']} | {float(row['cpu_ms']):.3f} | "
+        who = ("Socket.IO peer, user i on node i mod N" if row["placement"] == "peer"
+               else f"Herald, {row['placement']}")
+        lines.append(f"| {who} | {row['nodes']} | {float(row['cpu_ms']):.3f} | "
                      f"{ratio:.2f}x | {ok} |")
     return lines
 
@@ -115,7 +170,7 @@ async def main(args: argparse.Namespace) -> None:
     await asyncio.to_thread(schema.upgrade, args.database_url)  # alembic runs its own loop
     counts = [int(n) for n in args.nodes.split(",")]
     print("\n".join(await scaling_table(args.database_url, counts, args.users, args.rate,
-                                        args.seconds)))
+                                        args.seconds, peer=not args.no_peer)))
 
 
 if __name__ == "__main__":
@@ -126,4 +181,5 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=1200)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--no-peer", action="store_true", help="Herald only")
     asyncio.run(main(parser.parse_args()))

@@ -28,12 +28,12 @@ BEGIN
         -- The rows' read_xid or archive_xid, as stamp_change() set it.
         xid := pg_current_xact_id()::text::bigint;
         IF rec.kind = 'read' AND current_setting('herald.read_all', true) = rec.user_id THEN
-            PERFORM pg_notify('herald_' || herald.shard_of(rec.user_id), json_build_object(
+            PERFORM pg_notify('herald_' || ((('x' || substr(md5(convert_to(rec.user_id, 'UTF8')), 1, 8))::bit(32)::bigint % 64)), json_build_object(
                 'k', 'read', 'u', rec.user_id, 'all', true, 'seq', rec.seq, 'x', xid)::text);
         ELSE
             -- 300 ids of up to 19 digits stay far below the 8000-byte payload cap.
             FOR i IN 1 .. cardinality(rec.ids) BY 300 LOOP
-                PERFORM pg_notify('herald_' || herald.shard_of(rec.user_id), json_build_object(
+                PERFORM pg_notify('herald_' || ((('x' || substr(md5(convert_to(rec.user_id, 'UTF8')), 1, 8))::bit(32)::bigint % 64)), json_build_object(
                     'k', rec.kind, 'u', rec.user_id, 'ids', rec.ids[i : i + 299],
                     'x', xid)::text);
             END LOOP;

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from app import auth, db
+from app import auth, db, shards
 from herald_dev.checker import Checker, Report
 from herald_dev.cluster import LocalCluster
 from herald_dev.loadgen import Fleet, Publisher, http_sender, sql_sender
@@ -55,14 +55,15 @@ async def pool(cluster: LocalCluster) -> AsyncIterator[asyncpg.Pool]:
 class Run:
     """One scenario: fresh users, a fleet through nginx, a publisher, a checker."""
 
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
+    def __init__(self, cluster: LocalCluster, name: str, affinity: bool = False) -> None:
         self.cluster = cluster
         self.name = name
         self.checker = Checker()
         prefix = f"{name}-{random.randrange(1 << 30):x}"
         self.users = [f"{prefix}-{i}" for i in range(USERS)]
         self.fleet = Fleet(cluster.ws_url, self.users,
-                           lambda u: auth.mint_token(cluster.secret, u, 3600), self.checker)
+                           lambda u: auth.mint_token(cluster.secret, u, 3600), self.checker,
+                           affinity=affinity)
 
     async def __aenter__(self) -> "Run":
         await self.fleet.start()
@@ -131,6 +132,42 @@ async def test_sigkill_one_node_mid_stream(cluster: LocalCluster, pool) -> None:
         print(f"[sigkill] {len(victims)} clients of node-2 live elsewhere after "
               f"{back_in[0]:.2f}s")
     await cluster.start_node(1)
+
+
+def nodes_by_shard(run: Run) -> dict[int, set[str]]:
+    """Which nodes hold the sockets of each shard's users."""
+    held: dict[int, set[str]] = {}
+    for client in run.fleet.clients:
+        held.setdefault(shards.shard_of(client.user), set()).add(client.node)
+    return held
+
+
+async def test_affinity_routing_keeps_shards_whole_through_a_drain(
+    cluster: LocalCluster, pool
+) -> None:
+    """Through nginx with the routing key: every shard's users share one node; a node
+    drained (SIGTERM) under load hands its shards, whole, to the others; nothing is lost,
+    duplicated or reordered, and the node, back, takes shards again."""
+    async with Run(cluster, "affinity", affinity=True) as run:
+        before = nodes_by_shard(run)
+        assert all(len(nodes) == 1 for nodes in before.values()), before
+        busiest = max(range(3), key=lambda i: sum(
+            nodes == {f"node-{i + 1}"} for nodes in before.values()))
+        moved = [s for s, nodes in before.items() if nodes == {f"node-{busiest + 1}"}]
+        assert moved
+
+        async def fault() -> None:
+            await cluster.stop_node(busiest, signal.SIGTERM)
+            await run.fleet.wait_live(timeout=15)
+
+        await run.load(sql_publisher(run, pool), fault)
+        await run.verdict()
+        after = nodes_by_shard(run)
+        assert all(len(nodes) == 1 for nodes in after.values()), after
+        assert all(after[s] != {f"node-{busiest + 1}"} for s in moved)
+        print(f"[affinity] {len(moved)} shards of node-{busiest + 1} moved whole: "
+              f"{ {s: sorted(after[s]) for s in moved} }")
+    await cluster.start_node(busiest)
 
 
 async def test_sigterm_then_rolling_restart(cluster: LocalCluster, pool) -> None:

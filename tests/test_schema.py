@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from alembic import command
 
-from app import db, schema
+from app import db, schema, shards
 from tests.conftest import insert, listen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +120,9 @@ async def test_push_happens_at_commit_and_never_on_rollback(
 async def test_bulk_insert_sends_few_small_notifies(
     database_url: str, sql: asyncpg.Connection, user: str
 ) -> None:
-    """10,000 rows in one INSERT … SELECT: a handful of NOTIFYs, each under 8000 bytes,
-    together naming every user with its highest seq."""
+    """10,000 rows in one INSERT … SELECT: a handful of NOTIFYs per shard (one per shard
+    here, 2,000 users spread over all 64), each under 8000 bytes, together naming every
+    user with its highest seq, each user in its own shard's pointer."""
     listener, queue = await listen(database_url)
     try:
         await sql.execute(
@@ -137,7 +138,9 @@ async def test_bulk_insert_sends_few_small_notifies(
         await listener.close()
     events = [json.loads(r) for r in raw]
     mine = [e for e in events if any(u.startswith(user) for u in e["u"])]
-    assert 1 <= len(mine) <= 20
+    assert 1 <= len(mine) <= shards.SHARDS + 20
+    for event in mine:
+        assert len({shards.shard_of(u) for u in event["u"]}) == 1
     assert all(len(r.encode()) < 8000 for r in raw)
     merged: dict[str, int] = {}
     for event in mine:
