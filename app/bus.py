@@ -69,6 +69,7 @@ class Bus:
         self._wanted: dict[int, int] = {}  # shard -> how many local users it has
         self._listening: set[int] = set()  # shards LISTENed on the current connection
         self._unlisten: dict[int, asyncio.TimerHandle] = {}  # shards about to be let go
+        self._drops: set[asyncio.Future[None]] = set()  # UNLISTENs under way
         # asyncpg runs one command at a time on a connection: LISTENs, UNLISTENs and pings
         # take turns.
         self._lock = asyncio.Lock()
@@ -87,6 +88,8 @@ class Bus:
 
     async def stop(self) -> None:
         await tasks.cancel(self._task)
+        for drop in list(self._drops):
+            drop.cancel()
         await self._drop()
 
     def _listener(self, conn: Any, pid: int, channel: str, payload: str) -> None:
@@ -110,9 +113,15 @@ class Bus:
             self._wanted[shard] = count
             return
         self._wanted.pop(shard, None)
-        if shard in self._listening and shard not in self._unlisten:
+        # Even if its LISTEN is still on the way: _drop_shard looks again when it runs.
+        if shard not in self._unlisten:
             self._unlisten[shard] = asyncio.get_running_loop().call_later(
-                self._linger, lambda: asyncio.ensure_future(self._drop_shard(shard)))
+                self._linger, self._start_drop, shard)
+
+    def _start_drop(self, shard: int) -> None:
+        task = asyncio.ensure_future(self._drop_shard(shard))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
 
     def shards(self) -> list[int]:
         """The shards listened to now (``herald status``)."""
@@ -130,20 +139,31 @@ class Bus:
                     or shard not in self._wanted):
                 return
             try:
-                await self._listen_shard(conn, shard)
-            except DB_ERRORS as err:
+                # Every shard wanted and not yet listened to, in this one turn: sessions
+                # of many shards starting together (a node restart) wait for one turn
+                # of the lock, not one each, and so still share their first queries.
+                while (missing := set(self._wanted) - self._listening) and self._conn is conn:
+                    for wanted in sorted(missing):
+                        await self._listen_shard(conn, wanted)
+            except DB_ERRORS as err:  # asyncio.TimeoutError among them
                 # A connection that cannot LISTEN is no bus: start again (listening to
                 # every wanted shard, then the catch-up).
-                log.warning("bus: LISTEN for shard %d failed (%s); reconnecting", shard,
-                            type(err).__name__)
+                log.warning("bus: LISTEN failed (%s); reconnecting", type(err).__name__)
                 if not conn.is_closed():
                     conn.terminate()
 
     async def _listen_shard(self, conn: asyncpg.Connection, shard: int) -> None:
-        await conn.add_listener(shards.channel(self._channel, shard), self._listener)
+        """LISTEN to ``shard``'s channels on ``conn``; a silently dead connection must not
+        hold the lock (and so the liveness ping) for long: a LISTEN gets the ping's time."""
+        channels = [shards.channel(self._channel, shard)]
         if self._private is not None:
-            await conn.add_listener(shards.channel(self._private, shard), self._listener)
-        self._listening.add(shard)
+            channels.append(shards.channel(self._private, shard))
+        for name in channels:
+            await asyncio.wait_for(conn.add_listener(name, self._listener),
+                                   self._ping_interval)
+        current = self._conn  # not a connection dropped meanwhile
+        if current is not None and current is conn and not current.is_closed():
+            self._listening.add(shard)
 
     async def _drop_shard(self, shard: int) -> None:
         self._unlisten.pop(shard, None)
@@ -153,13 +173,17 @@ class Bus:
                 return
             self._listening.discard(shard)
             try:
-                await conn.remove_listener(shards.channel(self._channel, shard),
-                                           self._listener)
+                await asyncio.wait_for(conn.remove_listener(
+                    shards.channel(self._channel, shard), self._listener), self._ping_interval)
                 if self._private is not None:
-                    await conn.remove_listener(shards.channel(self._private, shard),
-                                               self._listener)
-            except DB_ERRORS as err:
-                log.info("bus: UNLISTEN for shard %d failed (%s)", shard, type(err).__name__)
+                    await asyncio.wait_for(conn.remove_listener(
+                        shards.channel(self._private, shard), self._listener),
+                        self._ping_interval)
+            except DB_ERRORS as err:  # asyncio.TimeoutError among them
+                log.info("bus: UNLISTEN for shard %d failed (%s); reconnecting", shard,
+                         type(err).__name__)
+                if not conn.is_closed():
+                    conn.terminate()
 
     async def _private_channel(self, conn: asyncpg.Connection) -> tuple[str, bytes] | None:
         """The private channel's name and MAC key, or None when this role cannot read
@@ -204,13 +228,15 @@ class Bus:
                 if self._private is not None:
                     await self._conn.add_listener(self._private, self._listener)
                 async with self._lock:
-                    # Every shard wanted, including those wanted meanwhile: none is
+                    # The old connection was good up to its horizon; the new one from
+                    # now (read before the shards' LISTENs: an earlier horizon only
+                    # makes the next catch-up look further back).
+                    since, self.horizon = self.horizon, await self._ping()
+                    # Every shard wanted, including those wanted meanwhile: none can be
                     # wanted between the last check and ``connected`` (no await there).
                     while missing := set(self._wanted) - self._listening:
                         for shard in sorted(missing):
                             await self._listen_shard(self._conn, shard)
-                    # The old connection was good up to its horizon; the new one from now.
-                    since, self.horizon = self.horizon, await self._ping()
                     self.connected = True
                 reconnected = self._first.done()
                 if reconnected:
@@ -240,9 +266,14 @@ class Bus:
             except asyncio.TimeoutError:
                 pass
             try:
-                async with self._lock:
+                # A LISTEN stuck on a dead connection holds the lock: waiting longer
+                # than a ping would take is a lost connection too.
+                await asyncio.wait_for(self._lock.acquire(), self._ping_interval)
+                try:
                     self.horizon = await self._ping()
-            except DB_ERRORS as err:
+                finally:
+                    self._lock.release()
+            except DB_ERRORS as err:  # asyncio.TimeoutError among them
                 log.warning("bus: ping failed (%s)", type(err).__name__)
                 return
 

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Protocol, Sequence, Union
 
 import asyncpg
 
@@ -124,9 +124,9 @@ class Dispatcher:
         self._acks = AckWriter(store.mark_delivered_many, ack_interval)
         # Sessions starting together share their queries (app/coalesce.py).
         self._session_start = Coalescer(store.session_starts)
-        # Returns once the bus listens to the user's shard (app/server.py sets it to the
-        # bus's ``ready``): a session's replay must read the table after that.
-        self.listening: Callable[[str], Awaitable[None]] = _listening_always
+        # The bus's interest in users (app/server.py sets it to app.shards.UserShards):
+        # a session's first read of the table comes after its user's LISTEN.
+        self.interest: Interest = _EVERY_USER
         self._replay = Coalescer(self._replay_users)
 
     # --- bus side ---------------------------------------------------------------------
@@ -364,14 +364,19 @@ class Dispatcher:
         The replay is the catch-up's own path (``fetch_and_deliver``), for every user
         whose sessions start together: one fetch per page for all of them.
         """
-        start = await self._session_start((client.user, last_seq))
-        self._hub.start(client, start.baseline,
-                        protocol.welcome(client.user, self.name, start.last_seq, start.unread))
+        # The user's shard is listened to before the first read (the session start's
+        # unread count), held by this start until the hub's registration holds it: a
+        # row or read-state change committed from then on is either read or announced.
+        interest = self.interest
+        interest.want(client.user)
         try:
-            # Registered first (the hub asks the bus for the user's shard), then listened
-            # to, then read: a row committed at any moment is in the replay, or its
-            # announcement reaches this node.
-            await self.listening(client.user)
+            await interest.ready(client.user)
+            start = await self._session_start((client.user, last_seq))
+            self._hub.start(client, start.baseline, protocol.welcome(
+                client.user, self.name, start.last_seq, start.unread))
+        finally:
+            interest.unwant(client.user)
+        try:
             await self._replay(client.user)
         finally:
             self._hub.release_held(client)
@@ -412,5 +417,29 @@ class Dispatcher:
         self._hub.close_all(code, reason)
 
 
-async def _listening_always(user: str) -> None:
-    """A bus that listens to every user (tests that drive a dispatcher alone)."""
+class Interest(Protocol):
+    """The bus's interest in users: ``want``/``unwant`` count a user's holders (the hub
+    holds each registered user), ``ready`` returns once the user's announcements reach
+    this node (or at once while the bus is down: its reconnect re-reads everything)."""
+
+    def want(self, user: str) -> None: ...
+
+    def unwant(self, user: str) -> None: ...
+
+    async def ready(self, user: str) -> None: ...
+
+
+class _EveryUser:
+    """A bus that hears every user (a dispatcher driven without app/server.py)."""
+
+    def want(self, user: str) -> None:
+        pass
+
+    def unwant(self, user: str) -> None:
+        pass
+
+    async def ready(self, user: str) -> None:
+        pass
+
+
+_EVERY_USER = _EveryUser()

@@ -91,10 +91,10 @@ class HeraldServer:
             ping_interval=self.config.bus_ping_interval,
             linger=self.config.shard_linger,
         )
-        # The bus listens to the shards of local users, before their sessions' replays.
-        self.hub.on_first = lambda user: bus.want(shards.shard_of(user))
-        self.hub.on_last = lambda user: bus.unwant(shards.shard_of(user))
-        dispatcher.listening = lambda user: bus.ready(shards.shard_of(user))
+        # The bus listens to the shards of local users, before their sessions' reads.
+        interest = shards.UserShards(bus)
+        self.hub.on_first, self.hub.on_last = interest.want, interest.unwant
+        dispatcher.interest = interest
         self.metrics.connections.set_function(self.hub.count)
         self.metrics.bus_connected.set_function(lambda: 1 if bus.connected else 0)
         self.metrics.notify_queue.set_function(lambda: bus.queue_usage)

@@ -17,6 +17,7 @@ correctness: the node listens to whatever shards its sockets need.
 from __future__ import annotations
 
 import hashlib
+from typing import Protocol
 
 SHARDS = 64  # fixed in the schema: herald.shard_of() (revision 0011)
 
@@ -38,3 +39,30 @@ def parse_routing_key(value: str | None) -> int | None:
         return None
     shard = int(value)
     return shard if shard < SHARDS else None
+
+
+class ShardBus(Protocol):
+    """What ``UserShards`` needs of app.bus.Bus."""
+
+    def want(self, shard: int) -> None: ...
+
+    def unwant(self, shard: int) -> None: ...
+
+    async def ready(self, shard: int) -> None: ...
+
+
+class UserShards:
+    """A bus's interest in shards, spoken in users (app.dispatch.Interest): the hub holds
+    each registered user, a starting session its user until registered."""
+
+    def __init__(self, bus: ShardBus) -> None:
+        self._bus = bus
+
+    def want(self, user: str) -> None:
+        self._bus.want(shard_of(user))
+
+    def unwant(self, user: str) -> None:
+        self._bus.unwant(shard_of(user))
+
+    async def ready(self, user: str) -> None:
+        await self._bus.ready(shard_of(user))

@@ -273,3 +273,37 @@ async def test_a_wrong_routing_key_costs_nothing_but_a_count(make_node, clients,
         sock.close()
     for result, count in (("miss", 1), ("hit", 1), ("none", 2)):
         assert await metric(node.port, f'herald_ws_routing_total{{result="{result}"}}') == count
+
+
+async def test_a_shard_wanted_while_the_bus_reconnects_is_listened_to(
+    make_node, clients, sql
+) -> None:
+    """A session starts while the bus is reconnecting (here: during the new connection's
+    first ping, after the shards wanted so far were listened to): its shard is listened
+    to before the bus says it is up, so the user's later rows arrive live."""
+    node = await make_node("node-a", bus_ping_interval=0.3)
+    first, late = users_in_other_shards(2)
+    sock = await clients(node.port)
+    await sock.hello(token_for(first))
+    await sock.sync()
+    bus = node._bus
+    assert bus is not None
+    ping = bus._ping
+    pinging = asyncio.Event()
+
+    async def slow_ping() -> int:
+        if not bus.connected:  # the reconnect's ping: the late session starts meanwhile
+            pinging.set()
+            await asyncio.sleep(1.0)
+        return await ping()
+
+    bus._ping = slow_ping  # type: ignore[method-assign]
+    await sql.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'herald:node-a:bus'")
+    await asyncio.wait_for(pinging.wait(), 15)
+    late_sock = await clients(node.port)
+    await late_sock.hello(token_for(late))
+    await wait_for(lambda: bus.connected, timeout=15)
+    row = await insert(sql, late, "after the reconnect")
+    assert [f["seq"] for f in await late_sock.notifications(1)] == [row["seq"]]
+    assert shards.shard_of(late) in bus.shards()
