@@ -12,7 +12,7 @@ import subprocess
 import uuid
 from typing import Any
 
-from app import db, shards
+from app import auth, db, shards
 from tests.conftest import insert, token_for
 from tests.helpers import ROOT, frame_payload, metric, notification_frame, private_channel, wait_for
 
@@ -307,3 +307,35 @@ async def test_a_shard_wanted_while_the_bus_reconnects_is_listened_to(
     row = await insert(sql, late, "after the reconnect")
     assert [f["seq"] for f in await late_sock.notifications(1)] == [row["seq"]]
     assert shards.shard_of(late) in bus.shards()
+
+
+def test_herald_js_routes_by_the_token_subject_the_user_option_or_the_welcome() -> None:
+    """herald.js adds ?shard= (or &shard=) to the socket's URL: from the token's sub,
+    else the user option, else the user of the last welcome."""
+    token = auth.mint_token("secret-for-this-test-0123456789", "Ωmega-sub", 60)
+    script = """
+const fs = require('fs');
+const urls = [];
+class FakeSocket { constructor(url) { urls.push(url); } send() {} close() {} }
+const window = {addEventListener() {}, removeEventListener() {},
+                location: {protocol: 'http:', host: 'x'}, WebSocket: FakeSocket};
+global.WebSocket = FakeSocket;
+new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
+const C = window.HeraldClient;
+const token = process.argv[2];
+new C({url: 'ws://h/ws', token: token});
+new C({url: 'ws://h/ws?x=1', token: null, user: 'alice'});
+const plain = new C({url: 'ws://h/ws', token: null});
+setTimeout(() => {
+  plain._frame(plain._ws, {type: 'welcome', user: 'bob', node: 'n', last_seq: 0, unread: 0});
+  plain.connect();
+  setTimeout(() => { console.log(JSON.stringify(urls)); process.exit(0); }, 50);
+}, 50);
+"""
+    result = subprocess.run(["node", "-e", script, str(ROOT / "static" / "herald.js"), token],
+                            capture_output=True, text=True, check=True, timeout=30)
+    urls = json.loads(result.stdout)
+    assert urls == [f"ws://h/ws?shard={shards.shard_of('Ωmega-sub')}",
+                    f"ws://h/ws?x=1&shard={shards.shard_of('alice')}",
+                    "ws://h/ws",
+                    f"ws://h/ws?shard={shards.shard_of('bob')}"], urls

@@ -120,6 +120,11 @@ async def test_herald_status_shows_the_cluster(make_node, clients, database_url)
     assert set(rows) == {"node-a", "node-b"}, out
     assert rows["node-a"].split()[1] == "3" and rows["node-b"].split()[1] == "0", out
     assert "serving" in rows["node-a"] and "NOTIFY queue:" in out and "relay:" in out
+    # The shards each node listens to: status-user's on node-a, none on node-b.
+    from app.shards import shard_of
+
+    assert rows["node-a"].split()[-1] == str(shard_of("status-user")), out
+    assert rows["node-b"].split()[-1] == "-", out
     assert "oldest undelivered:" in out
     leader = a if a.relay is not None and a.relay.leader else b
     assert "leader" in rows[leader.config.node]
