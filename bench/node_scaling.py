@@ -25,6 +25,7 @@ import gc
 import os
 import sys
 import time
+from typing import Any, Awaitable, Callable
 
 from app import auth, schema, shards
 from bench.herald_load import (
@@ -38,6 +39,31 @@ from bench.herald_load import (
 )
 from herald_dev.checker import Checker
 from herald_dev.loadgen import FleetClient
+
+
+async def measure(pids: list[int], clients: list[Any], checker: Checker, nodes_count: int,
+                  seconds: float, publish: Callable[[], Awaitable[float]]) -> dict[str, float]:
+    """Connect ``clients``, take the nodes' idle CPU over ``seconds``, then ``publish`` and
+    wait for every row: the busy CPU minus the idle cost of as long a window (pings,
+    heartbeats, relay), per notification."""
+    await open_clients(clients)
+    await asyncio.sleep(2)  # sessions settle, shards listened to
+    gc.freeze()
+    idle0 = cpu_seconds(pids)
+    await asyncio.sleep(seconds)
+    idle = cpu_seconds(pids) - idle0
+    busy0 = cpu_seconds(pids)
+    started = time.monotonic()
+    await publish()
+    complete = await until_delivered(checker, timeout=60)
+    await asyncio.sleep(0.3)
+    window = time.monotonic() - started
+    net = cpu_seconds(pids) - busy0 - idle * window / seconds
+    report = checker.report()
+    return {"nodes": nodes_count, "sent": report.committed,
+            "cpu_ms": net * 1000 / max(report.committed, 1),
+            "ok": float(complete and report.ok), "lost": report.total("lost"),
+            "dup": report.total("duplicated"), "ooo": report.total("out_of_order")}
 
 
 async def one_run(url: str, nodes_count: int, placement: str, users: int, rate: float,
@@ -55,29 +81,11 @@ async def one_run(url: str, nodes_count: int, placement: str, users: int, rate: 
                            lambda u: auth.mint_token(SECRET, u, 36000), checker)
                for i, n in enumerate(names)]
     try:
-        await open_clients(clients)
-        await asyncio.sleep(2)  # sessions settle, shards listened to
-        gc.freeze()
-        pids = nodes.pids()
-        idle0 = cpu_seconds(pids)
-        await asyncio.sleep(seconds)
-        idle = cpu_seconds(pids) - idle0
-        busy0 = cpu_seconds(pids)
-        started = time.monotonic()
-        await run_publisher(
-            [sys.executable, "-m", "bench.publisher", url, prefix, str(users),
-             str(int(rate * seconds)), str(rate)], ROOT, dict(os.environ), checker)
-        complete = await until_delivered(checker, timeout=60)
-        await asyncio.sleep(0.3)
-        window = time.monotonic() - started
-        busy = cpu_seconds(pids) - busy0
-        report = checker.report()
-        sent = report.committed
-        # The idle cost of a window as long as the busy one (pings, heartbeats, relay).
-        net = busy - idle * window / seconds
-        return {"nodes": nodes_count, "sent": sent, "cpu_ms": net * 1000 / max(sent, 1),
-                "ok": float(complete and report.ok), "lost": report.total("lost"),
-                "dup": report.total("duplicated"), "ooo": report.total("out_of_order")}
+        return await measure(nodes.pids(), clients, checker, nodes_count, seconds,
+                             lambda: run_publisher(
+                                 [sys.executable, "-m", "bench.publisher", url, prefix,
+                                  str(users), str(int(rate * seconds)), str(rate)],
+                                 ROOT, dict(os.environ), checker))
     finally:
         for client in clients:
             await client.stop()
@@ -107,27 +115,10 @@ async def peer_run(url: str, nodes_count: int, users: int, rate: float,
     try:
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        pids = [p.pid for p in procs]
-        await open_clients(clients)
-        await asyncio.sleep(2)
-        gc.freeze()
-        idle0 = cpu_seconds(pids)
-        await asyncio.sleep(seconds)
-        idle = cpu_seconds(pids) - idle0
-        busy0 = cpu_seconds(pids)
-        started = time.monotonic()
-        await run_publisher(["node", "publisher.js", prefix, str(users),
-                             str(int(rate * seconds)), str(rate)], cache, env, checker)
-        complete = await until_delivered(checker, timeout=60)
-        await asyncio.sleep(0.3)
-        window_s = time.monotonic() - started
-        busy = cpu_seconds(pids) - busy0
-        report = checker.report()
-        net = busy - idle * window_s / seconds
-        return {"nodes": nodes_count, "sent": report.committed,
-                "cpu_ms": net * 1000 / max(report.committed, 1),
-                "ok": float(complete and report.ok), "lost": report.total("lost"),
-                "dup": report.total("duplicated"), "ooo": report.total("out_of_order")}
+        return await measure([p.pid for p in procs], clients, checker, nodes_count, seconds,
+                             lambda: run_publisher(
+                                 ["node", "publisher.js", prefix, str(users),
+                                  str(int(rate * seconds)), str(rate)], cache, env, checker))
     finally:
         for client in clients:
             await client.stop()
