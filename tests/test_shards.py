@@ -31,6 +31,28 @@ def users_in_other_shards(count: int, *taken: str) -> list[str]:
     return found
 
 
+# Loads static/herald.js in Node.js as a page would: ``window`` (with a recording
+# WebSocket), then the script given after it; argv[1] is herald.js, argv[2] an argument.
+HERALD_JS = """
+const fs = require('fs');
+const urls = [];
+class FakeSocket { constructor(url) { urls.push(url); } send() {} close() {} }
+const window = {addEventListener() {}, removeEventListener() {},
+                location: {protocol: 'http:', host: 'x'}, WebSocket: FakeSocket};
+global.WebSocket = FakeSocket;
+new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
+const C = window.HeraldClient;
+"""
+
+
+def run_herald_js(script: str, argument: str = "", stdin: str = "") -> Any:
+    """Run ``script`` after herald.js in Node.js; the JSON it prints."""
+    result = subprocess.run(["node", "-e", HERALD_JS + script,
+                             str(ROOT / "static" / "herald.js"), argument],
+                            input=stdin, capture_output=True, text=True, check=True, timeout=30)
+    return json.loads(result.stdout)
+
+
 async def events(port: int) -> float:
     """Bus events of new rows this node has heard (pointers and inline frames)."""
     return sum([await metric(port, name) for name in EVENTS])
@@ -55,15 +77,10 @@ async def test_python_sql_and_herald_js_compute_the_same_shard(sql) -> None:
     in_sql = await sql.fetchval("SELECT array_agg(herald.shard_of(u) ORDER BY i) "
                                 "FROM unnest($1::text[]) WITH ORDINALITY AS t(u, i)", ids)
     assert list(in_sql) == expected
-    script = ("const fs = require('fs');"
-              "const window = {addEventListener() {}, removeEventListener() {},"
-              " location: {protocol: 'http:', host: 'x'}};"
-              "new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);"
-              "const ids = JSON.parse(fs.readFileSync(0, 'utf8'));"
-              "console.log(JSON.stringify(ids.map((u) => window.HeraldClient.shardOf(u))));")
-    result = subprocess.run(["node", "-e", script, str(ROOT / "static" / "herald.js")],
-                            input=json.dumps(ids), capture_output=True, text=True, check=True)
-    assert json.loads(result.stdout) == expected
+    in_js = run_herald_js("const ids = JSON.parse(fs.readFileSync(0, 'utf8'));"
+                          "console.log(JSON.stringify(ids.map((u) => C.shardOf(u))));",
+                          stdin=json.dumps(ids))
+    assert in_js == expected
 
 
 async def test_a_node_wakes_only_for_the_shards_of_its_users(make_node, clients, sql) -> None:
@@ -314,14 +331,6 @@ def test_herald_js_routes_by_the_token_subject_the_user_option_or_the_welcome() 
     else the user option, else the user of the last welcome."""
     token = auth.mint_token("secret-for-this-test-0123456789", "Ωmega-sub", 60)
     script = """
-const fs = require('fs');
-const urls = [];
-class FakeSocket { constructor(url) { urls.push(url); } send() {} close() {} }
-const window = {addEventListener() {}, removeEventListener() {},
-                location: {protocol: 'http:', host: 'x'}, WebSocket: FakeSocket};
-global.WebSocket = FakeSocket;
-new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
-const C = window.HeraldClient;
 const token = process.argv[2];
 new C({url: 'ws://h/ws', token: token});
 new C({url: 'ws://h/ws?x=1', token: null, user: 'alice'});
@@ -332,9 +341,7 @@ setTimeout(() => {
   setTimeout(() => { console.log(JSON.stringify(urls)); process.exit(0); }, 50);
 }, 50);
 """
-    result = subprocess.run(["node", "-e", script, str(ROOT / "static" / "herald.js"), token],
-                            capture_output=True, text=True, check=True, timeout=30)
-    urls = json.loads(result.stdout)
+    urls = run_herald_js(script, token)
     assert urls == [f"ws://h/ws?shard={shards.shard_of('Ωmega-sub')}",
                     f"ws://h/ws?x=1&shard={shards.shard_of('alice')}",
                     "ws://h/ws",
