@@ -117,7 +117,8 @@ class Connection:
             future = transport.write(stream, transport.encode_frames(texts, self._batch))
         except tornado.iostream.StreamClosedError:
             raise ClientGone() from None
-        self._last_write = future
+        if future is not None:  # None: all sent at once
+            self._last_write = future
         if transport.pending_bytes(stream) > self._max_pending:
             self._socket.slow_consumer()
             raise ClientGone()
@@ -129,14 +130,19 @@ class Connection:
 
     def pause(self) -> None:
         """Wait for the write buffer to drain, then ask for the rest from the cursor; a
-        client that drains nothing for ``slow_consumer_timeout`` seconds is closed."""
-        if self._paused is not None or self._last_write is None:
+        client that drains nothing for ``slow_consumer_timeout`` seconds is closed. With
+        nothing queued (every write went out whole) the rest is asked for at once."""
+        if self._paused is not None:
             return
         loop = asyncio.get_running_loop()
         self._paused = loop.call_later(self._stall_timeout, self._socket.slow_consumer)
-        self._last_write.add_done_callback(self._drained)
+        last = self._last_write
+        if last is None or transport.pending_bytes(getattr(self._wire, "stream", None)) == 0:
+            loop.call_soon(self._drained, None)
+        else:
+            last.add_done_callback(self._drained)
 
-    def _drained(self, future: asyncio.Future[None]) -> None:
+    def _drained(self, future: asyncio.Future[None] | None) -> None:
         if self._paused is not None:
             self._paused.cancel()
             self._paused = None
