@@ -1,7 +1,10 @@
-"""Who is asking: user JWTs (HS256), the publish API key, and the browser origin policy.
+"""Who is asking: user JWTs, the publish API key, and the browser origin policy.
 
-The user id only ever comes from a verified token's ``sub``; nothing a client sends in a
-frame or a query string can name another user.
+User tokens are HS256 with Herald's secret (what ``herald token`` and the dev login
+mint), and, when a deployment names its identity provider's keys (a PEM file or a JWKS
+URL, app/keyset.py), RS256, ES256 or EdDSA signed by that provider. The user id only
+ever comes from a verified token (``sub``, or the provider tokens' configured claim);
+nothing a client sends in a frame or a query string can name another user.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import jwt
 
-from app import models
+from app import keyset, models
 
 ALGORITHM = "HS256"
 COOKIE_NAME = "herald_token"
@@ -73,12 +76,22 @@ def verify_token(
     configured — the wrong ``aud`` or ``iss``."""
     if not token:
         raise AuthError("missing token")
-    required = ["exp", "sub"] + (["aud"] if audience else []) + (["iss"] if issuer else [])
+    return _verified(token, secret, ALGORITHM, audience, issuer, max_lifetime, now, "sub")
+
+
+def _verified(token: str, key: Any, algorithm: str, audience: str | None,
+              issuer: str | None, max_lifetime: float, now: float | None,
+              user_claim: str) -> Claims:
+    """The claims of ``token`` signed with ``key`` by ``algorithm`` (and no other), its
+    user from ``user_claim``; raises ``AuthError`` as ``verify_token`` says."""
+    required = (["exp", user_claim] + (["aud"] if audience else [])
+                + (["iss"] if issuer else []))
     try:
         with warnings.catch_warnings():
+            # PyJWT warns on HMAC keys under 32 bytes; the operator chose the secret.
             warnings.simplefilter("ignore")
             claims = jwt.decode(
-                token, secret, algorithms=[ALGORITHM], audience=audience, issuer=issuer,
+                token, key, algorithms=[algorithm], audience=audience, issuer=issuer,
                 options={"require": required, "verify_aud": audience is not None},
             )
     except jwt.ExpiredSignatureError:
@@ -91,20 +104,25 @@ def verify_token(
     if float(claims["exp"]) - (time.time() if now is None else now) > max_lifetime:
         raise AuthError(f"invalid token: exp is more than {max_lifetime:g} s away "
                         "(HERALD_MAX_TOKEN_LIFETIME)")
-    user = claims.get("sub")
+    user = claims.get(user_claim)
     if not models.is_user_id(user):
-        raise AuthError(f"invalid token: sub must be a user id, {models.USER_ID_RULE}")
+        raise AuthError(f"invalid token: {user_claim} must be a user id, "
+                        f"{models.USER_ID_RULE}")
     return Claims(user=user, expires_at=float(claims["exp"]))
 
 
 @dataclass(frozen=True)
 class Tokens:
-    """The token policy of one deployment: secret plus optional audience and issuer."""
+    """The token policy of one deployment: the secret, optional audience and issuer, and
+    optionally the identity provider's keys and the claim of its tokens that names the
+    user (``sub`` unless configured; Herald's own HS256 tokens always use ``sub``)."""
 
     secret: str
     audience: str | None = None
     issuer: str | None = None
     max_lifetime: float = MAX_LIFETIME
+    keys: keyset.KeySet | None = None
+    user_claim: str = "sub"
 
     def mint(self, user: str, ttl: int = 3600) -> str:
         if ttl > self.max_lifetime:
@@ -113,7 +131,36 @@ class Tokens:
         return mint_token(self.secret, user, ttl, audience=self.audience, issuer=self.issuer)
 
     def verify(self, token: str | None) -> Claims:
+        """An HS256 token's claims (see ``verify_token``)."""
         return verify_token(self.secret, token, self.audience, self.issuer, self.max_lifetime)
+
+    async def check(self, token: str | None) -> Claims:
+        """Any token this deployment accepts: HS256 with the secret, and with a key set
+        configured RS256, ES256 or EdDSA signed by one of its keys (found by the header's
+        ``kid``; each key verifies the one algorithm of its type). Raises ``AuthError``
+        for everything ``verify_token`` refuses, an unknown key and a mismatched ``alg``."""
+        if not token:
+            raise AuthError("missing token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as err:
+            raise AuthError(f"invalid token: {err}") from None
+        algorithm = header.get("alg")
+        if self.keys is None or algorithm not in keyset.ALGORITHMS:
+            return self.verify(token)  # HS256, or refused for its algorithm there
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("invalid token: kid must be a string")
+        key = await self.keys.key_for(kid)
+        if key is None:
+            raise AuthError("invalid token: signed with a key the identity provider "
+                            "does not publish" if kid is not None else
+                            "invalid token: no kid, and the key set holds several keys")
+        if key.algorithm != algorithm:
+            raise AuthError(f"invalid token: its key verifies {key.algorithm}, "
+                            f"not {algorithm}")
+        return _verified(token, key.key, key.algorithm, self.audience, self.issuer,
+                         self.max_lifetime, None, self.user_claim)
 
 
 def bearer(header: str | None) -> str | None:

@@ -12,6 +12,7 @@ it, and a per-machine random secret would fail silently in the worst way.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from app import keyset
 from app.auth import Tokens
+from app.keyset import KeySet, PublicKey
 from app.proxies import Network, parse_networks
 
 
@@ -115,6 +118,29 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
+def _public_key_file(value: str) -> PublicKey:
+    path = Path(value).expanduser()
+    try:
+        return keyset.key_from_pem(path.read_bytes())
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+    except keyset.UnusableKey as err:
+        raise ValueError(str(err)) from None
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError("must be an http(s) URL like https://idp.example/.well-known/jwks.json")
+    return value
+
+
+def _claim_name(value: str) -> str:
+    if not value.strip() or value != value.strip():
+        raise ValueError("must be a claim name like sub or email")
+    return value
+
+
 def setting(default: Any, parse: Callable[[str], Any], help: str,
             shown: str | None = None) -> Any:
     """A ``Config`` field: ``parse`` turns the environment's (or a flag's) text into the
@@ -206,6 +232,21 @@ class Config:
                                        "(and herald token adds it)")
     jwt_issuer: str | None = setting(None, str, "when set, tokens must carry this iss "
                                      "(and herald token adds it)")
+    jwt_public_key: PublicKey | None = setting(
+        None, _public_key_file, "PEM file of the identity provider's public key: tokens "
+        "signed RS256, ES256 or EdDSA by it are accepted besides HS256 ones",
+        shown="none")
+    jwks_url: str | None = setting(
+        None, _https_url, "the identity provider's JWKS (OpenID Connect jwks_uri): tokens "
+        "signed RS256, ES256 or EdDSA by a key in it are accepted besides HS256 ones")
+    jwks_cache_seconds: float = setting(
+        600.0, _positive_float, "seconds a fetched JWKS is used before it is fetched again")
+    jwks_min_refresh_seconds: float = setting(
+        10.0, _positive_float, "at most one JWKS fetch per this many seconds, however many "
+        "tokens name a key it does not hold")
+    jwt_user_claim: str = setting(
+        "sub", _claim_name, "the claim of the identity provider's tokens that names the "
+        "user (Herald's own HS256 tokens always use sub)")
     max_connections: int = setting(20_000, _positive_int, "sessions (sockets that said "
                                    "hello) per node; beyond: error node_full, close 4503")
     max_waiting_sockets: int = setting(
@@ -244,11 +285,18 @@ class Config:
         0.03, _fraction_or_zero, "share of its sockets a node holding more than its share "
         "closes per second; 0 = never")
 
-    @property
+    @functools.cached_property
     def tokens(self) -> Tokens:
-        """How this deployment mints and verifies user tokens."""
+        """How this deployment mints and verifies user tokens (one instance: a JWKS key
+        set keeps its cache in it)."""
+        keys: KeySet | None = None
+        if self.jwt_public_key is not None:
+            keys = keyset.StaticKey(self.jwt_public_key)
+        elif self.jwks_url is not None:
+            keys = keyset.JwksKeys(self.jwks_url, ttl=self.jwks_cache_seconds,
+                                   min_interval=self.jwks_min_refresh_seconds)
         return Tokens(self.secret, self.jwt_audience, self.jwt_issuer,
-                      self.max_token_lifetime)
+                      self.max_token_lifetime, keys, self.jwt_user_claim)
 
     @property
     def embedded(self) -> bool:
@@ -334,6 +382,9 @@ def load_config(
                 raise ConfigError(f"{SETTINGS[name].flag} {value!r} is invalid: {err}") from None
         values[name] = value
 
+    if values.get("jwt_public_key") is not None and values.get("jwks_url") is not None:
+        raise ConfigError("HERALD_JWT_PUBLIC_KEY and HERALD_JWKS_URL are exclusive: "
+                          "name the identity provider's keys one way")
     data_dir = values.get("data_dir") or Path.home() / ".herald"
     values["data_dir"] = data_dir
     embedded = values.get("database_url") is None

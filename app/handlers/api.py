@@ -56,7 +56,7 @@ class NotificationsHandler(JsonHandler):
     def max_items(self) -> int:
         return self.config.max_publish_batch
 
-    def authorize_publish(self) -> None:
+    async def authorize_publish(self) -> None:
         """Publishing takes the API key (raises ``ApiError`` 401 without it)."""
         if not self.config.api_key:
             raise ApiError(
@@ -70,7 +70,7 @@ class NotificationsHandler(JsonHandler):
 
     async def post(self) -> None:
         """Validate, insert in one transaction, answer: the one publishing path of HTTP."""
-        self.authorize_publish()
+        await self.authorize_publish()
         try:
             items = publish.parse_publish(self.request.body, self.max_items(),
                                            self.request.headers.get("Idempotency-Key"))
@@ -100,7 +100,7 @@ class NotificationsHandler(JsonHandler):
         )
 
     async def get(self) -> None:
-        user = self.current_user_id()
+        user = await self.current_user_id()
         unknown = sorted(set(self.request.query_arguments) - HISTORY_PARAMETERS)
         if unknown:  # a typo'd parameter would otherwise silently mean "the default"
             raise ApiError(400, "invalid_request",
@@ -137,7 +137,7 @@ class ChangeHandler(JsonHandler):
         self.kind = kind
 
     async def post(self) -> None:
-        user = self.current_user_id()
+        user = await self.current_user_id()
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request", 'body must be {"ids": [...]}'

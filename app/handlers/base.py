@@ -66,7 +66,7 @@ class JsonHandler(tornado.web.RequestHandler):
         except (ValueError, RecursionError):
             raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
 
-    def current_user_id(self) -> str:
+    async def current_user_id(self) -> str:
         """The user of a Bearer JWT, else of the login cookie (only from an allowed
         origin, so another site cannot spend the cookie). Raises 401 ``ApiError``, or 429
         when the user has spent its requests (``HERALD_HTTP_RATE``, per node)."""
@@ -80,7 +80,7 @@ class JsonHandler(tornado.web.RequestHandler):
                 self.metrics.refused.labels("origin").inc()
                 raise ApiError(403, "forbidden_origin", f"origin {origin} is not allowed")
         try:
-            user = self.config.tokens.verify(token).user
+            user = (await self.config.tokens.check(token)).user
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             raise ApiError(401, "unauthorized", str(err)) from None

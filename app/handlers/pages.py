@@ -70,5 +70,5 @@ class DevSendHandler(NotificationsHandler):
     def max_items(self) -> int:
         return 1
 
-    def authorize_publish(self) -> None:
-        self.current_user_id()
+    async def authorize_publish(self) -> None:
+        await self.current_user_id()

@@ -194,7 +194,7 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
     async def _hello(self, hello: protocol.Hello) -> None:
         token = hello.token or self._cookie_token
         try:
-            claims = self.config.tokens.verify(token)
+            claims = await self.config.tokens.check(token)
         except auth.AuthError as err:
             self.metrics.refused.labels("token").inc()
             self.fail("unauthorized", str(err), protocol.CLOSE_UNAUTHORIZED)
