@@ -7,6 +7,7 @@ Pure functions, no I/O. Every parser either returns a typed frame or raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ CLOSE_NODE_FULL = 4503  # the node has max_connections sockets: reconnect (elsew
 MAX_READ_IDS = 1000
 MAX_SEQ = 2**63 - 1
 MAX_ACK_BYTES = 256
+MAX_REF = 2**53 - 1  # a change's ref: any integer a JavaScript number holds exactly
 ACK_KEYS = frozenset({"type", "seq"})
 
 
@@ -62,6 +64,7 @@ class Change:
     kind: str
     ids: tuple[int, ...]
     all: bool = False
+    ref: int | None = None  # the client's number for it: answered by a "done" frame
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class Ping:
 
 
 ClientFrame = Union[Hello, Ack, Change, Ping]
+# The keys of a change frame besides the change itself.
+CHANGE_ENVELOPE = frozenset({"type", "ref"})
 
 
 def is_int(value: Any) -> bool:
@@ -147,7 +152,13 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
                                 f"at most {MAX_ACK_BYTES} bytes")
         return Ack(seq=_seq(frame["seq"], "seq"))
     if kind in CHANGE_KINDS:
-        return parse_change_request(kind, frame, frozenset({"type"}))
+        change = parse_change_request(kind, frame, CHANGE_ENVELOPE)
+        if "ref" not in frame:
+            return change
+        ref = frame["ref"]
+        if not is_int(ref) or not 0 <= ref <= MAX_REF:
+            raise ProtocolError("malformed", f"ref must be an integer from 0 to {MAX_REF}")
+        return dataclasses.replace(change, ref=ref)
     if kind == "ping":
         return Ping()
     raise ProtocolError("malformed", f"unknown frame type {kind!r}"[:200])
@@ -185,5 +196,16 @@ def pong() -> str:
     return '{"type":"pong"}'
 
 
-def error(code: str, message: str) -> str:
-    return dumps({"type": "error", "code": code, "message": message})
+def done(ref: int, changed: int) -> str:
+    """The answer to a change frame that carried ``ref``: it is applied (``changed`` rows
+    changed state; 0 when they already were so), and every socket of the user gets the
+    change's push as usual."""
+    return dumps({"type": "done", "ref": ref, "changed": changed})
+
+
+def error(code: str, message: str, ref: int | None = None) -> str:
+    """An error frame; ``ref`` names the change frame it answers, when it had one."""
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return dumps(frame)

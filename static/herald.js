@@ -12,9 +12,11 @@
  *     onState(state, detail) { ... },    // "connecting" | "live" | "reconnecting" |
  *                                        //   "offline" | "signed-out"; while
  *                                        //   reconnecting, detail.retryAt (epoch ms)
- *     onPending(count) { ... },          // changes made offline, waiting to be sent
+ *     onPending(count) { ... },          // changes not yet confirmed by the server
  *     onAuthError(message) { ... },      // the token was refused (close 4401)
  *     user: "alice",                     // optional: routes the socket (see below)
+ *     confirmWithinMs: 5000,             // a change unconfirmed this long: the socket
+ *                                        //   is taken for dead and replaced
  *   });
  *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
  *   client.archive([101]); client.unarchive([101]); client.ack(42);
@@ -28,9 +30,13 @@
  * one WebSocket frame, one JSON object per line; acks are cumulative and sent at most
  * every 100 ms.
  *
- * Changes (read, unread, archive, unarchive, read-all) made while the socket is down
- * are kept, in order, and sent as soon as a socket is welcomed: they are never dropped
- * silently; onPending says how many are waiting.
+ * Changes (read, unread, archive, unarchive, read-all) are kept, in order, until the
+ * server confirms each one ("ref" in the change, "done" in the answer): made while the
+ * socket is down, they are sent as soon as a socket is welcomed; sent on a socket that
+ * closes (or dies silently: no "done" within confirmWithinMs makes the client drop it
+ * and reconnect) before their "done", they are sent again on the next one (changes are
+ * idempotent). They are never dropped silently; onPending says how many are waiting
+ * for their confirmation, and pending() too.
  *
  * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
  * after a node's 1001 "going away", when the browser comes back online, or on
@@ -58,6 +64,8 @@
   var ACK_EVERY_MS = 100;
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 5000;
+  var CONFIRM_WITHIN_MS = 5000;
+  var RETRY_CHANGE_MS = 1000;
 
   function defaultUrl() {
     var scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
@@ -139,6 +147,7 @@
     this.onPending = options.onPending || noop;
     this.onAuthError = options.onAuthError || noop;
     this._shard = options.user ? shardOf(options.user) : null;  // the routing key
+    this._confirmWithin = options.confirmWithinMs || CONFIRM_WITHIN_MS;
     this.state = "offline";
     this.retryAt = null;   // while reconnecting: when the next attempt starts (epoch ms)
     this._ws = null;
@@ -151,6 +160,10 @@
     this._acked = 0;       // highest seq acknowledged on the current socket
     this._ackTimer = null;
     this._outbox = [];     // changes waiting for a live socket, in order
+    this._sent = [];       // changes sent on the current socket, awaiting their "done"
+    this._ref = 0;         // the last change's ref
+    this._confirmTimer = null;
+    this._retryTimer = null;
     var self = this;
     this._online = function () { self.retryNow(); };
     global.addEventListener("online", this._online);
@@ -229,8 +242,12 @@
       case "pong":
         clearTimeout(this._pongTimer);
         break;
+      case "done":
+        this._confirmed(frame.ref, false);
+        break;
       case "error":
         if (global.console) console.warn("herald:", frame.code, frame.message);
+        if (typeof frame.ref === "number") this._confirmed(frame.ref, true);
         break;
     }
   };
@@ -244,7 +261,7 @@
       if (ws.readyState !== WebSocket.OPEN) return;
       ws.send('{"type":"ping"}');
       clearTimeout(self._pongTimer);
-      self._pongTimer = setTimeout(function () { ws.close(); }, PONG_WITHIN_MS);
+      self._pongTimer = setTimeout(function () { self._drop(ws); }, PONG_WITHIN_MS);
     }, PING_EVERY_MS);
   };
 
@@ -256,6 +273,7 @@
     clearTimeout(this._pongTimer);
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
+    this._requeue();
     if (this._closed) { this._setState("offline"); return; }
     if (event.code === CLOSE_UNAUTHORIZED && typeof this.token !== "function") {
       // A fixed token was refused (expired, revoked): retrying with it cannot help.
@@ -308,27 +326,77 @@
     return false;
   };
 
-  /** A change: sent at once on a live socket, otherwise kept until one is welcomed.
-   * Returns true when sent, false when queued. */
+  /** A change: numbered, queued, and sent at once on a live socket; kept until the
+   * server's "done" for it arrives. Returns true when sent now, false when queued. */
   HeraldClient.prototype._change = function (frame) {
-    if (this._live && this._send(frame)) return true;
+    this._ref += 1;
+    frame.ref = this._ref;
     this._outbox.push(frame);
-    this.onPending(this._outbox.length);
-    return false;
+    this._flush();
+    return this._sent.indexOf(frame) >= 0;
   };
 
+  /** Send what waits, in order, on a welcomed socket. */
   HeraldClient.prototype._flush = function () {
-    if (!this._outbox.length) return;
-    var waiting = this._outbox;
-    this._outbox = [];
-    for (var i = 0; i < waiting.length; i++) {
-      if (!this._send(waiting[i])) this._outbox.push(waiting[i]);
+    var self = this;
+    while (this._live && this._outbox.length && this._send(this._outbox[0])) {
+      this._sent.push(this._outbox.shift());
     }
-    this.onPending(this._outbox.length);
+    if (this._sent.length && !this._confirmTimer) {
+      var ws = this._ws;
+      this._confirmTimer = setTimeout(function () {
+        self._confirmTimer = null;
+        // Bytes written into a dead connection vanish without an error: no answer in
+        // time means this socket is gone, whatever its readyState says.
+        if (ws === self._ws && self._sent.length) self._drop(ws);
+      }, this._confirmWithin);
+    }
+    this.onPending(this.pending());
   };
 
-  /** Changes made while offline that are still waiting to be sent. */
-  HeraldClient.prototype.pending = function () { return this._outbox.length; };
+  /** The server answered change ``ref``: done, or refused for now (database down: it
+   * goes back to the queue and is sent again shortly). */
+  HeraldClient.prototype._confirmed = function (ref, retry) {
+    var self = this;
+    for (var i = 0; i < this._sent.length; i++) {
+      if (this._sent[i].ref !== ref) continue;
+      var frame = this._sent.splice(i, 1)[0];
+      if (retry) {
+        this._outbox.unshift(frame);
+        clearTimeout(this._retryTimer);
+        this._retryTimer = setTimeout(function () { self._flush(); }, RETRY_CHANGE_MS);
+      }
+      break;
+    }
+    clearTimeout(this._confirmTimer);
+    this._confirmTimer = null;
+    if (retry) this.onPending(this.pending());
+    else this._flush();  // restarts the timer for what is still unconfirmed
+  };
+
+  /** The socket closed: its unconfirmed changes go back to the front of the queue. */
+  HeraldClient.prototype._requeue = function () {
+    clearTimeout(this._confirmTimer);
+    this._confirmTimer = null;
+    if (!this._sent.length) return;
+    this._outbox = this._sent.concat(this._outbox);
+    this._sent = [];
+    this.onPending(this.pending());
+  };
+
+  /** Give up on ``ws`` now (a silently dead line may take minutes to report its close)
+   * and reconnect. */
+  HeraldClient.prototype._drop = function (ws) {
+    ws.onmessage = null;
+    ws.onclose = null;
+    try { ws.close(); } catch (err) { /* already closing */ }
+    this._closedSocket(ws, {code: 1006, reason: "no answer"});
+  };
+
+  /** Changes not yet confirmed by the server: queued, or sent and awaiting "done". */
+  HeraldClient.prototype.pending = function () {
+    return this._outbox.length + this._sent.length;
+  };
 
   /** Acknowledge everything up to seq as shown (sets delivered_at). Acks are cumulative,
    * so a burst is acknowledged once, at most ACK_EVERY_MS later. */

@@ -331,6 +331,7 @@
 
   function showState(state) {
     var text = STATES[state] || state;
+    if (state === "live" && pendingCount > 0) text = "Saving…";
     if (retryAt) {
       var seconds = Math.ceil((retryAt - Date.now()) / 1000);
       text = seconds > 0 ? "Reconnecting in " + seconds + " s" : "Reconnecting…";
@@ -343,10 +344,24 @@
     else restart();
   });
 
+  // Changes the server has not confirmed yet (herald.js keeps them until it does). On a
+  // live socket that takes milliseconds: the status line says "Saving…" at once (never
+  // "Live" while a change is unconfirmed), the count only once it takes longer.
+  var pendingCount = 0;
+  var pendingTimer = null;
+
   function setPending(count) {
-    pendingText.hidden = count === 0;
-    pendingText.textContent = count === 1 ? "1 change waiting"
-      : count + " changes waiting";
+    pendingCount = count;
+    clearTimeout(pendingTimer);
+    if (count === 0) showPending();
+    else pendingTimer = setTimeout(showPending, 400);
+    showState(statusBox.dataset.state);
+  }
+
+  function showPending() {
+    pendingText.hidden = pendingCount === 0;
+    pendingText.textContent = pendingCount === 1 ? "1 change waiting"
+      : pendingCount + " changes waiting";
   }
 
   // --- actions ----------------------------------------------------------------------
@@ -355,13 +370,16 @@
     if (li.classList.contains("unread")) {
       markShownRead([n.id]);
       if (!view.archived) setUnread(unread - 1);  // archived rows are not counted
-      if (href && !(client && client.state === "live")) {
+      // Queued until the server confirms it, whatever the socket's state: a click that
+      // opens the link in another tab (Ctrl, Shift, middle button) leaves this page here.
+      if (client) client.markRead([n.id]);
+      var leaving = href && !(event.ctrlKey || event.metaKey || event.shiftKey ||
+                              event.button === 1);
+      if (leaving && !(client && client.state === "live" && !client.pending())) {
         // The page is about to go away with the socket: only a keepalive request can
         // carry this change out, and only if the server is reachable at all.
         api("/api/notifications/read", {method: "POST", body: {ids: [n.id]},
                                         keepalive: true}).catch(function () {});
-      } else if (client) {
-        client.markRead([n.id]);
       }
     }
     if (!href) event.preventDefault();
@@ -412,9 +430,20 @@
   viewArchived.addEventListener("click", function () { showView(true, view.category); });
 
   readAll.addEventListener("click", function () {
-    markShownRead(Object.keys(items));
-    setUnread(0);
-    if (client) client.markAllRead();
+    if (!view.category) {
+      markShownRead(Object.keys(items));
+      setUnread(0);
+      if (client) client.markAllRead();
+      return;
+    }
+    // One category shown: read what it shows, not every category's rows.
+    var ids = Object.keys(items).filter(function (id) {
+      return items[id].classList.contains("unread");
+    }).map(Number);
+    if (!ids.length) return;
+    markShownRead(ids);
+    if (!view.archived) setUnread(unread - ids.length);
+    for (var i = 0; i < ids.length && client; i += 1000) client.markRead(ids.slice(i, i + 1000));
   });
 
   // Desktop alerts are opt-in, and only while this tab is hidden.

@@ -570,3 +570,56 @@ async def test_small_rough_edges(make_node, browser, sql, user) -> None:
     await expect(page.locator("#send-result")).to_have_text("Sent (seq 2)")
     await expect(page.locator("#send-title")).to_have_value("")
     await expect(page.locator("#send-user")).to_have_value(user)
+
+
+async def test_a_change_on_a_silently_dead_socket_waits_and_lands(
+    proxied_page, sql, user
+) -> None:
+    """Bytes dropped, connection open: the click shows at once, but the page never says
+    Live while the server has not confirmed it, says a change is waiting, drops the
+    dead socket when no confirmation comes, and the change reaches the database."""
+    page, proxy = proxied_page
+    for i in range(2):
+        await insert(sql, user, f"n{i}")
+    await expect(page.locator("#badge")).to_have_text("2")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    for link in proxy.links():
+        link.frozen = True
+    await page.locator("#list li", has_text="n1").locator(".act-archive").click()
+    await expect(titles(page)).to_have_text(["n0"])  # shown at once ...
+    await expect(page.locator("#status-text")).to_have_text("Saving…")  # ... not "Live"
+    await expect(page.locator("#pending")).to_have_text("1 change waiting")
+    assert await sql.fetchval("SELECT count(*) FROM herald.notifications WHERE user_id = $1 "
+                              "AND archived_at IS NOT NULL", user) == 0
+
+    async def archived() -> bool:
+        return await sql.fetchval("SELECT archived_at IS NOT NULL FROM herald.notifications "
+                                  "WHERE user_id = $1 AND title = 'n1'", user)
+    await wait_for(archived, timeout=15)  # a new socket carried it
+    await expect(page.locator("#pending")).to_be_hidden()
+    await expect(page.locator("#status-text")).to_have_text("Live")
+    await expect(page.locator("#badge")).to_have_text("1")
+
+
+async def test_mark_all_read_keeps_to_the_chosen_category(make_node, browser, sql,
+                                                          user) -> None:
+    node = await make_node(dev=True)
+    for title, category in [("o1", "orders"), ("b1", "billing"), ("o2", "orders"),
+                            ("b2", "billing")]:
+        await insert_with(sql, user, title, category=category)
+    page = await new_page(browser)
+    await login(page, node.port, user)
+    await expect(page.locator("#badge")).to_have_text("4")
+    await page.click("#chips .chip[data-category=orders]")
+    await expect(titles(page)).to_have_text(["o2", "o1"])
+    await page.click("#read-all")
+    await expect(page.locator("#badge")).to_have_text("2")
+
+    async def only_orders_read() -> bool:
+        rows = await sql.fetch("SELECT title FROM herald.notifications WHERE user_id = $1 "
+                               "AND read_at IS NULL ORDER BY seq", user)
+        return [r["title"] for r in rows] == ["b1", "b2"]
+    await wait_for(only_orders_read, timeout=10)
+    await page.click("#chips .chip[data-category='']")
+    await expect(page.locator("#list li.unread .title")).to_have_text(["b2", "b1"])
+    assert page.errors == []  # type: ignore[attr-defined]

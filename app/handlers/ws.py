@@ -174,13 +174,18 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
         return None
 
     async def _change(self, conn: Connection, frame: protocol.Change) -> None:
+        """Apply a change; a frame with a ``ref`` is answered with ``done`` once it is
+        committed (or an ``unavailable`` error naming the ref): the client keeps it
+        queued until then, so a socket that died silently loses nothing."""
         try:
-            await self.dispatcher.change(conn.user, frame)
+            changed = await self.dispatcher.change(conn.user, frame)
         except DB_ERRORS as err:
             log.warning("ws: %s for %s failed: %s", type(frame).__name__, conn.user, err)
-            self._send_quietly(protocol.error("unavailable", "database unavailable; retry"))
-        except ClientGone:
-            pass
+            self._send_quietly(protocol.error("unavailable", "database unavailable; retry",
+                                              frame.ref))
+            return
+        if frame.ref is not None:
+            self._send_quietly(protocol.done(frame.ref, changed))
 
     def _rate_limited(self, message: str) -> None:
         self.metrics.refused.labels("rate_limited").inc()

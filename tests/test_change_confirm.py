@@ -1,0 +1,161 @@
+"""A change is certain only once the server confirmed it: change frames carry a ``ref``,
+the server answers ``done`` after the commit, and herald.js keeps each change queued
+until then, so one made on a socket that died silently (bytes dropped, connection still
+open) is sent again on the next socket instead of being lost. herald.js runs in Node.js
+with its real WebSocket, through a TCP proxy that freezes the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.conftest import insert, token_for
+from tests.helpers import call
+from tests.proxy import TcpProxy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# herald.js in Node.js (>= 20, whose WebSocket is the browser's API): events out as JSON
+# lines, commands in as JSON lines.
+CLIENT_JS = r"""
+const fs = require('fs');
+const readline = require('readline');
+const window = {addEventListener() {}, removeEventListener() {}, navigator: {onLine: true},
+                location: {protocol: 'http:', host: 'x'}};
+new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
+const say = (event) => process.stdout.write(JSON.stringify(event) + '\n');
+const client = new window.HeraldClient({
+  url: process.argv[2], token: process.argv[3], confirmWithinMs: 1500,
+  onState: (state) => say({state}), onPending: (pending) => say({pending}),
+  onNotification: (n) => say({notification: n.id}), onWelcome: (w) => say({welcome: w.user}),
+});
+readline.createInterface({input: process.stdin}).on('line', (line) => {
+  const command = JSON.parse(line);
+  if (command.read) say({sent: client.markRead([command.read])});
+  if (command.stop) { client.close(); process.exit(0); }
+});
+"""
+
+
+class NodeClient:
+    """herald.js running in a Node.js process, driven over its stdin and stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def start(cls, url: str, token: str) -> "NodeClient":
+        proc = await asyncio.create_subprocess_exec(
+            "node", "--experimental-websocket", "--no-warnings", "-e", CLIENT_JS,
+            str(ROOT / "static" / "herald.js"), url, token,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return cls(proc)
+
+    async def until(self, wanted: Callable[[dict[str, Any]], bool],
+                    timeout: float = 10) -> dict[str, Any]:
+        """Read events until one is ``wanted``; fail after ``timeout`` seconds."""
+        assert self.proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            assert line, f"herald.js exited; events: {self.events}"
+            event = json.loads(line)
+            self.events.append(event)
+            if wanted(event):
+                return event
+
+    async def command(self, **command: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def read_at(sql: Any, row_id: int) -> Any:
+    return await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1", row_id)
+
+
+async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
+        make_node, sql, user) -> None:
+    node = await make_node()
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
+    try:
+        await client.until(lambda e: e.get("state") == "live")
+        first = await insert(sql, user, "first")
+        await client.until(lambda e: e.get("notification") == first["id"])
+
+        # A healthy socket: the change waits for its "done", then nothing waits.
+        await client.command(read=first["id"])
+        await client.until(lambda e: e.get("pending") == 1)
+        await client.until(lambda e: e.get("pending") == 0)
+        assert await read_at(sql, first["id"]) is not None
+
+        second = await insert(sql, user, "second")
+        await client.until(lambda e: e.get("notification") == second["id"])
+        for link in proxy.links():
+            link.frozen = True  # the network drops everything; nobody closes anything
+        await client.command(read=second["id"])
+        assert (await client.until(lambda e: "sent" in e))["sent"] is True  # written out
+        await client.until(lambda e: e.get("pending") == 1)
+        await asyncio.sleep(0.8)
+        assert await read_at(sql, second["id"]) is None  # it never reached the server
+        assert not any(e.get("pending") == 0 for e in client.events[-3:])
+
+        # No "done" within confirmWithinMs: the socket is dropped, a new one (the proxy
+        # lets new connections through) is welcomed, and the change is sent again.
+        await client.until(lambda e: e.get("state") == "reconnecting", timeout=5)
+        await client.until(lambda e: e.get("state") == "live", timeout=10)
+        await client.until(lambda e: e.get("pending") == 0, timeout=5)
+        assert await read_at(sql, second["id"]) is not None
+    finally:
+        await client.stop()
+        await proxy.stop()
+
+
+async def test_done_answers_a_change_with_a_ref(make_node, clients, sql, user) -> None:
+    node = await make_node()
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    row = await insert(sql, user, "one")
+    await client.notifications(1)
+    await client.send({"type": "read", "ids": [row["id"]], "ref": 7})
+    await client.send({"type": "read", "ids": [row["id"]], "ref": 8})  # already read
+    await client.send({"type": "read", "ids": [row["id"]]})  # no ref: no answer
+    await client.send({"type": "unread", "ids": [row["id"]], "ref": 2**53 - 1})
+    dones = []
+    while len(dones) < 3:
+        frame = await client.recv()
+        assert frame is not None
+        if frame["type"] == "done":
+            dones.append(frame)
+    assert dones == [{"type": "done", "ref": 7, "changed": 1},
+                     {"type": "done", "ref": 8, "changed": 0},
+                     {"type": "done", "ref": 2**53 - 1, "changed": 1}]
+    assert await read_at(sql, row["id"]) is None  # the unread came last
+
+
+@pytest.mark.parametrize("ref", [-1, 2**53, 1.5, "7", True, None])
+async def test_a_bad_ref_is_malformed(make_node, clients, user, ref) -> None:
+    node = await make_node()
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    await client.send({"type": "read", "ids": [1], "ref": ref})
+    code, frames = await client.closed()
+    assert code == 4400 and frames[-1]["code"] == "malformed"
+
+
+async def test_http_changes_take_no_ref(make_node, user) -> None:
+    node = await make_node()
+    code, body = await call(node.port, "POST", "/api/notifications/read",
+                            token=token_for(user), body={"ids": [1], "ref": 1})
+    assert code == 400 and body["error"]["code"] == "malformed"
