@@ -306,8 +306,10 @@ async def replay_storm(pool: asyncpg.Pool, clients: list[FleetClient], nodes: "H
 
 
 async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, float]],
-                        log: Log = print) -> tuple[list[ScenarioResult], dict[str, float]]:
-    """Run ``scenarios`` (name, count, rate per second; rate 0 = as fast as possible)."""
+                        log: Log = print, ack: bool = True
+                        ) -> tuple[list[ScenarioResult], dict[str, float]]:
+    """Run ``scenarios`` (name, count, rate per second; rate 0 = as fast as possible).
+    Without ``ack`` the clients never acknowledge (what the ack path costs)."""
     nodes = HeraldNodes(url)
     await nodes.start()
     results: list[ScenarioResult] = []
@@ -323,7 +325,7 @@ async def run_scenarios(url: str, users: int, scenarios: list[tuple[str, int, fl
         clients = [FleetClient(f"ws://127.0.0.1:{nodes.ports[shards.shard_of(name) % 3]}/ws",
                                name,
                                lambda u: auth.mint_token(SECRET, u, 36000), checker,
-                               latency=window.record)
+                               ack=ack, latency=window.record)
                    for name in names]
         seconds = await open_clients(clients)
         log(f"herald U={users}: {users} sockets live in {seconds:.1f}s")
