@@ -61,6 +61,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def recreate(url: str) -> None:
+    """Drop the database of ``url`` (whoever is connected) and create it empty."""
     parts = urlsplit(url)
     name = parts.path.lstrip("/")
     admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))

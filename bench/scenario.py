@@ -13,23 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from app import schema
 from bench import herald_load
-
-
-async def fresh_database(url: str) -> None:
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+from bench.prune import recreate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="then this many as fast as possible (0: skip)")
     parser.add_argument("--no-acks", action="store_true", help="clients never ack")
     args = parser.parse_args(argv)
-    asyncio.run(fresh_database(args.database_url))
+    asyncio.run(recreate(args.database_url))
     schema.upgrade(args.database_url)
     scenarios = [("warm-up", 3000, 1000.0), (f"{args.count} @ {args.rate:g}/s", args.count,
                                             args.rate)]
