@@ -81,6 +81,13 @@
     return sessionStorage.getItem("herald.token");
   }
 
+  /** The handed-over token was refused: forget it, so the login cookie (which may be
+   * fresher: another tab signed in again) is what the next attempt uses. */
+  function forgetToken() {
+    sessionStorage.removeItem("herald.token");
+    token = null;
+  }
+
   function api(path, options) {
     options = options || {};
     var headers = {"Content-Type": "application/json"};
@@ -536,6 +543,11 @@
   /** The token was refused mid-session (it expired): keep what is on screen, say so,
    * and resume in place once a fresh token arrives. */
   function sessionEnded() {
+    if (token) {  // a stale handed-over token: try the login cookie before giving up
+      forgetToken();
+      if (client) client.setToken(null);
+      return;
+    }
     who.textContent = "";
     toolbar.hidden = true;
     ended.hidden = false;
@@ -624,8 +636,14 @@
         }, {rootMargin: "200px"}).observe(more);
       }
     }).catch(function (err) {
-      if (err.message === "unauthorized") showSignedOut();
-      else if (!started) scheduleRestart();
+      if (err.message === "unauthorized" && token) {
+        forgetToken();  // a stale handed-over token: the login cookie may do
+        restart();
+      } else if (err.message === "unauthorized") {
+        showSignedOut();
+      } else if (!started) {
+        scheduleRestart();
+      }
     });
   }
 
@@ -663,6 +681,18 @@
       });
     });
   }
+
+  // Signing out ends the session in every tab of this browser, not only this one.
+  var signOut = document.querySelector('a[href="/logout"]');
+  if (signOut) {
+    signOut.addEventListener("click", function () {
+      sessionStorage.removeItem("herald.token");
+      try { localStorage.setItem("herald.signed-out", String(Date.now())); } catch (err) {}
+    });
+  }
+  window.addEventListener("storage", function (event) {
+    if (event.key === "herald.signed-out" && event.newValue) showSignedOut();
+  });
 
   showDesktopButton();
   app.dataset.ready = "true";

@@ -12,8 +12,9 @@ from typing import Any, AsyncIterator
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.browsers import login, new_page
-from tests.conftest import insert, token_for
+from app import auth
+from tests.browsers import login, new_page, track_errors
+from tests.conftest import SECRET, insert, token_for
 from tests.helpers import wait_for
 from tests.proxy import TcpProxy
 
@@ -623,3 +624,40 @@ async def test_mark_all_read_keeps_to_the_chosen_category(make_node, browser, sq
     await page.click("#chips .chip[data-category='']")
     await expect(page.locator("#list li.unread .title")).to_have_text(["b2", "b1"])
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_a_stale_handed_over_token_gives_way_to_a_fresh_login_cookie(
+        make_node, browser, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)  # a fresh cookie
+    expired = auth.mint_token(SECRET, user, ttl=60, now=time.time() - 600)
+    await page.evaluate(f"sessionStorage.setItem('herald.token', '{expired}')")
+    await page.reload()  # the stale token is what the page tries first
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}")
+    assert await page.evaluate("sessionStorage.getItem('herald.token')") is None
+
+
+async def test_sign_out_ends_every_tab_and_the_next_sign_in_is_the_new_user(
+        make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user)  # the login cookie, for every tab
+    await page.goto(f"http://127.0.0.1:{node.port}/#token={token_for(user)}")  # and a
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}")  # handed one
+    other = track_errors(await page.context.new_page())  # same browser: same storage
+    await other.goto(f"http://127.0.0.1:{node.port}/")
+    await expect(other.locator("#status")).to_have_attribute("data-state", "live")
+
+    await page.click("a[href='/logout']")
+    await expect(other.locator("#status")).to_have_attribute("data-state", "signed-out")
+    await expect(other.locator("#signed-out")).to_be_visible()
+    await insert(sql, user, "after sign-out")
+    await asyncio.sleep(0.5)
+    await expect(other.locator("#list li")).to_have_count(0)  # no longer receiving
+
+    await page.fill("#user", user + "-b")  # /logout led to the sign-in form
+    await page.click("button[type=submit]")
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}-b")
+    assert other.errors == []  # type: ignore[attr-defined]
