@@ -56,6 +56,7 @@
   var viewInbox = document.getElementById("view-inbox");
   var viewArchived = document.getElementById("view-archived");
   var emptyText = document.getElementById("empty-text");
+  var unreadOnly = document.getElementById("unread-only");
 
   var token = takeFragmentToken();
   var unread = 0;
@@ -156,6 +157,7 @@
     var li = el("li", "item" + (n.read ? "" : " unread"));
     li.dataset.id = n.id;
     li.dataset.seq = n.seq;
+    li.dataset.category = n.category || "";
     var href = safeLink(n.link);
     var main = href ? el("a", "item-main") : el("button", "item-main");
     if (href) main.href = href; else main.type = "button";
@@ -191,8 +193,14 @@
     main.addEventListener("click", function (event) { open(n, li, href, event); });
     li.appendChild(main);
     var actions = el("span", "actions");
+    // Read without following the link; the two swap places, and focus with them.
+    actions.appendChild(actionButton("act-read", "Mark read", n.title, function () {
+      readOne(n, li);
+      refocus(li, ".act-unread");
+    }));
     actions.appendChild(actionButton("act-unread", "Mark unread", n.title, function () {
       change("unread", n.id);
+      refocus(li, ".act-read");
     }));
     actions.appendChild(n.archived
       ? actionButton("act-unarchive", "Move to inbox", n.title, function () {
@@ -216,6 +224,7 @@
       var state = li.querySelector(".state");
       if (state) state.textContent = read ? "" : "Unread: ";
     });
+    refreshEmpty();
   }
 
   function markShownRead(ids) { setShownRead(ids, true); }
@@ -223,9 +232,34 @@
   function removeShown(id) {
     var li = items[id];
     if (!li) return;
+    if (li.contains(document.activeElement)) {
+      // Keep keyboard users in the list: the next item, else the previous one, else
+      // the view's tab (focus would otherwise fall to the page's body).
+      var near = li.nextElementSibling || li.previousElementSibling;
+      (near ? near.querySelector(".item-main")
+        : (view.archived ? viewArchived : viewInbox)).focus();
+    }
     delete items[id];
     if (li.parentNode) li.parentNode.removeChild(li);
+    forgetCategory(li.dataset.category);
     refreshEmpty();
+  }
+
+  /** ``li``'s button that a click just hid hands focus to the one that took its place. */
+  function refocus(li, selector) {
+    var target = li.querySelector(selector);
+    if (target && li.contains(document.activeElement)) target.focus();
+  }
+
+  /** A category chip goes with the last item shown in it (not while it is chosen). */
+  function forgetCategory(category) {
+    if (!category || !known[category] || view.category === category) return;
+    for (var id in items) {
+      if (items[id].dataset.category === category) return;
+    }
+    known[category].parentNode.removeChild(known[category]);
+    delete known[category];
+    chips.hidden = Object.keys(known).length === 0;
   }
 
   // --- views: inbox or archive, one category or all -------------------------------------
@@ -256,7 +290,8 @@
       var mine = (chip.dataset.category || null) === category;
       chip.setAttribute("aria-pressed", mine ? "true" : "false");
     });
-    emptyText.textContent = archived ? "Nothing archived." : "You're all caught up.";
+    emptyText.textContent = unreadOnly.getAttribute("aria-pressed") === "true"
+      ? "No unread notifications." : archived ? "Nothing archived." : "You're all caught up.";
     reload();
   }
 
@@ -316,8 +351,10 @@
   }
 
   function refreshEmpty() {
-    empty.hidden = list.children.length > 0;
-    end.hidden = !(exhausted && list.children.length > 0);
+    var shown = unreadOnly.getAttribute("aria-pressed") === "true"
+      ? list.querySelectorAll(".item.unread").length : list.children.length;
+    empty.hidden = shown > 0;
+    end.hidden = !(exhausted && shown > 0);
   }
 
   // --- the connection's state, shown as one truthful line ----------------------------
@@ -373,18 +410,25 @@
 
   // --- actions ----------------------------------------------------------------------
 
+  /** Mark one item read: on screen at once, then queued until the server confirms. */
+  function readOne(n, li) {
+    if (!li.classList.contains("unread")) return false;
+    markShownRead([n.id]);
+    if (!view.archived) setUnread(unread - 1);  // archived rows are not counted
+    if (client) client.markRead([n.id]);
+    refreshEmpty();
+    return true;
+  }
+
   function open(n, li, href, event) {
-    if (li.classList.contains("unread")) {
-      markShownRead([n.id]);
-      if (!view.archived) setUnread(unread - 1);  // archived rows are not counted
+    if (readOne(n, li)) {
       // Queued until the server confirms it, whatever the socket's state: a click that
       // opens the link in another tab (Ctrl, Shift, middle button) leaves this page here.
-      if (client) client.markRead([n.id]);
       var leaving = href && !(event.ctrlKey || event.metaKey || event.shiftKey ||
                               event.button === 1);
-      if (leaving && !(client && client.state === "live" && !client.pending())) {
-        // The page is about to go away with the socket: only a keepalive request can
-        // carry this change out, and only if the server is reachable at all.
+      if (leaving) {
+        // The page is about to go away with the socket, before the change's "done" can
+        // come back: a keepalive request carries it out too (changes are idempotent).
         api("/api/notifications/read", {method: "POST", body: {ids: [n.id]},
                                         keepalive: true}).catch(function () {});
       }
@@ -434,6 +478,14 @@
     showView(view.archived, null);
   });
   viewInbox.addEventListener("click", function () { showView(false, view.category); });
+  unreadOnly.addEventListener("click", function () {
+    var on = unreadOnly.getAttribute("aria-pressed") !== "true";
+    unreadOnly.setAttribute("aria-pressed", on ? "true" : "false");
+    list.classList.toggle("unread-only", on);
+    emptyText.textContent = on ? "No unread notifications." : view.archived
+      ? "Nothing archived." : "You're all caught up.";
+    refreshEmpty();
+  });
   viewArchived.addEventListener("click", function () { showView(true, view.category); });
 
   readAll.addEventListener("click", function () {
