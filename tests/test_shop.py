@@ -127,7 +127,14 @@ async def test_the_admin_ships_and_the_customer_sees_it_live_on_any_node(
         await page.close()
     await ship(admin, 3)
     back = await customer_page(browser, shop_url, context)
-    await expect(notes(back).first).to_have_text(
-        "Order #3 shipped — Your tamper is on its way.")
-    await expect(notes(back)).to_have_count(1)  # #1 was shown before: not again
+    await expect(notes(back)).to_have_text([  # the recent ones again, the new one first
+        "Order #3 shipped — Your tamper is on its way.",
+        "Order #1 shipped — Your espresso grinder is on its way."])
+    await expect(notes(back).first).to_have_class("fresh")  # new since the last visit
+    await expect(notes(back).nth(1)).not_to_have_class("fresh")
+    await expect(back.locator("#herald-unread")).to_have_text("2")  # counted once each
+    await back.reload()  # a reload never empties the panel
+    await expect(back.locator("#herald-widget")).to_have_attribute("data-state", "live")
+    await expect(notes(back)).to_have_count(2)
+    await expect(back.locator("#herald-unread")).to_have_text("2")
     assert admin.errors == [] and back.errors == []  # type: ignore[attr-defined]
