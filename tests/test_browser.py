@@ -741,3 +741,31 @@ async def test_keyboard_focus_filters_and_reading_in_place(make_node, browser, s
 
 async def stored_is(read: Any, expected: list[tuple[str, bool, bool]]) -> bool:
     return await read() == expected
+
+
+async def test_ctrl_click_while_reconnecting_keeps_the_read_queued(
+    proxied_page, sql, user
+) -> None:
+    """The link opens in another tab and this page stays: the read waits in the queue
+    (the keepalive request cannot reach the server either) and lands on reconnect."""
+    page, proxy = proxied_page
+    await insert(sql, user, "linked", link="/healthz")
+    await expect(page.locator("#badge")).to_have_text("1")
+    proxy.refuse_new = True
+    proxy.cut_all()
+    await expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
+    async with page.context.expect_page():
+        await item(page, "linked").locator(".item-main").click(modifiers=["Control"])
+    await expect(page.locator("#pending")).to_have_text("1 change waiting")
+    await expect(page.locator("#badge")).to_be_hidden()
+    proxy.refuse_new = False
+    await page.click("#retry")
+    await expect(page.locator("#status-text")).to_have_text("Live")
+    await expect(page.locator("#pending")).to_be_hidden()
+
+    async def read() -> bool:
+        return await sql.fetchval("SELECT read_at IS NOT NULL FROM herald.notifications "
+                                  "WHERE user_id = $1", user)
+    await wait_for(read, timeout=10)
+    await expect(page.locator("#badge")).to_be_hidden()  # and it does not come back
+    await expect(item(page, "linked")).not_to_have_class(UNREAD)
