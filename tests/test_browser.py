@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 import pytest
 from playwright.async_api import Page, expect
 
-from app import auth
+from app import auth, shards
 from tests.browsers import login, new_page, track_errors
 from tests.conftest import SECRET, insert, token_for
 from tests.helpers import wait_for
@@ -769,3 +769,23 @@ async def test_ctrl_click_while_reconnecting_keeps_the_read_queued(
     await wait_for(read, timeout=10)
     await expect(page.locator("#badge")).to_be_hidden()  # and it does not come back
     await expect(item(page, "linked")).not_to_have_class(UNREAD)
+
+
+async def test_herald_js_loads_as_an_es_module(make_node, browser, sql, user) -> None:
+    """herald.mjs, imported by a page's module script, is the same client: it connects,
+    delivers and routes like the classic script."""
+    node = await make_node()
+    page = await new_page(browser)
+    await page.goto(f"http://127.0.0.1:{node.port}/healthz")
+    await page.evaluate("""async ([token, user]) => {
+        const m = await import('/static/herald.mjs');
+        window.got = [];
+        window.shard = m.shardOf(user);
+        window.same = m.default === m.HeraldClient && m.HeraldClient === window.HeraldClient;
+        new m.HeraldClient({token, user, onNotification: (n) => window.got.push(n.title)});
+    }""", [token_for(user), user])
+    await insert(sql, user, "via the module")
+    await page.wait_for_function("window.got.length === 1")
+    assert await page.evaluate("window.got") == ["via the module"]
+    assert await page.evaluate("window.same") is True
+    assert await page.evaluate("window.shard") == shards.shard_of(user)

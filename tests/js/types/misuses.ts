@@ -1,0 +1,6 @@
+// Mistakes the declarations must catch (tests/test_types.py expects these errors).
+import { HeraldClient } from "../../../static/herald.mjs";
+
+const client = new HeraldClient({ onNotification: (n) => n.seq.toUpperCase() });
+client.markRead("101");
+client.ack();
