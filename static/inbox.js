@@ -158,6 +158,7 @@
     li.dataset.id = n.id;
     li.dataset.seq = n.seq;
     li.dataset.category = n.category || "";
+    li.dataset.created = n.created_at;
     var href = safeLink(n.link);
     var main = href ? el("a", "item-main") : el("button", "item-main");
     if (href) main.href = href; else main.type = "button";
@@ -355,6 +356,42 @@
       ? list.querySelectorAll(".item.unread").length : list.children.length;
     empty.hidden = shown > 0;
     end.hidden = !(exhausted && shown > 0);
+    markDays();
+  }
+
+  // --- date groups: "Today", "Yesterday", "Earlier" ---------------------------------
+
+  var DAY_MS = 86400000;
+
+  function dayLabel(iso) {
+    var now = new Date();
+    var midnight = new Date(now.getFullYear(), now.getMonth(), now.getDate()).getTime();
+    var then = Date.parse(iso);
+    return then >= midnight ? "Today" : then >= midnight - DAY_MS ? "Yesterday" : "Earlier";
+  }
+
+  /** A heading on the first shown item of each day group (the list is newest first);
+   * run after every change of the list, and as the clock passes midnight. */
+  function markDays() {
+    var only = unreadOnly.getAttribute("aria-pressed") === "true";
+    var previous = null;
+    Array.prototype.forEach.call(list.children, function (li) {
+      var heading = li.querySelector(".day");
+      var shown = !only || li.classList.contains("unread");
+      var label = shown ? dayLabel(li.dataset.created) : null;
+      if (label !== null && label !== previous) {
+        if (!heading) {
+          heading = el("span", "day");
+          heading.setAttribute("role", "heading");
+          heading.setAttribute("aria-level", "2");
+          li.insertBefore(heading, li.firstChild);
+        }
+        heading.textContent = label;
+      } else if (heading) {
+        li.removeChild(heading);
+      }
+      if (label !== null) previous = label;
+    });
   }
 
   // --- the connection's state, shown as one truthful line ----------------------------
@@ -700,6 +737,7 @@
   }
 
   setInterval(function () {
+    markDays();
     Array.prototype.forEach.call(list.querySelectorAll("time"), function (t) {
       t.textContent = t.classList.contains("expires") ? expiresLabel(t.dateTime)
         : ago(t.dateTime);

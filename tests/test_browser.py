@@ -789,3 +789,27 @@ async def test_herald_js_loads_as_an_es_module(make_node, browser, sql, user) ->
     assert await page.evaluate("window.got") == ["via the module"]
     assert await page.evaluate("window.same") is True
     assert await page.evaluate("window.shard") == shards.shard_of(user)
+
+
+async def test_notifications_are_grouped_by_day(make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    await sql.execute(
+        "INSERT INTO herald.notifications (user_id, title, created_at) VALUES "
+        "($1, 'last week', now() - interval '7 days'), "
+        "($1, 'three days ago', now() - interval '3 days'), "
+        "($1, 'yesterday', (date_trunc('day', now() AT TIME ZONE 'UTC') "
+        "  - interval '12 hours') AT TIME ZONE 'UTC'), "
+        "($1, 'today', now())", user)
+    page = await new_page(browser, timezone_id="UTC")
+    await login(page, node.port, user)
+    await expect(titles(page)).to_have_text(["today", "yesterday", "three days ago",
+                                             "last week"])
+    await expect(page.locator("#list .day")).to_have_text(["Today", "Yesterday", "Earlier"])
+    await expect(item(page, "three days ago").locator(".day")).to_have_text("Earlier")
+    await expect(page.get_by_role("heading", name="Yesterday")).to_be_visible()
+    await insert(sql, user, "just now")  # the newest item takes the day's heading
+    await expect(page.locator("#list .day")).to_have_text(["Today", "Yesterday", "Earlier"])
+    await expect(item(page, "just now").locator(".day")).to_have_text("Today")
+    today = page.locator("#list li").filter(
+        has=page.locator(".title", has_text=re.compile("^today$")))
+    await expect(today.locator(".day")).to_have_count(0)
