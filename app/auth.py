@@ -56,6 +56,9 @@ def mint_token(
 
 # Tokens Herald accepts expire within this many seconds unless configured otherwise.
 MAX_LIFETIME = 7 * 86400
+# How far ahead of Herald's clock a token's iat and nbf may be: an identity provider's
+# clock slightly ahead must not refuse its fresh tokens. (exp gets no such allowance.)
+CLOCK_SKEW = 60
 
 
 def _numeric_date(value: object) -> bool:
@@ -92,7 +95,8 @@ def _verified(token: str, key: Any, algorithm: str, audience: str | None,
             warnings.simplefilter("ignore")
             claims = jwt.decode(
                 token, key, algorithms=[algorithm], audience=audience, issuer=issuer,
-                options={"require": required, "verify_aud": audience is not None},
+                options={"require": required, "verify_aud": audience is not None,
+                         "verify_iat": False, "verify_nbf": False},
             )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
@@ -101,7 +105,11 @@ def _verified(token: str, key: Any, algorithm: str, audience: str | None,
     for name in ("exp", "iat", "nbf"):
         if name in claims and not _numeric_date(claims[name]):
             raise AuthError(f"invalid token: {name} must be a number of seconds")
-    if float(claims["exp"]) - (time.time() if now is None else now) > max_lifetime:
+    clock = time.time() if now is None else now
+    for name in ("iat", "nbf"):
+        if name in claims and float(claims[name]) > clock + CLOCK_SKEW:
+            raise AuthError(f"invalid token: not valid yet ({name} is in the future)")
+    if float(claims["exp"]) - clock > max_lifetime:
         raise AuthError(f"invalid token: exp is more than {max_lifetime:g} s away "
                         "(HERALD_MAX_TOKEN_LIFETIME)")
     user = claims.get(user_claim)
@@ -146,6 +154,8 @@ class Tokens:
         except jwt.InvalidTokenError as err:
             raise AuthError(f"invalid token: {err}") from None
         algorithm = header.get("alg")
+        if not isinstance(algorithm, str):
+            raise AuthError("invalid token: alg must be a string")
         if self.keys is None or algorithm not in keyset.ALGORITHMS:
             return self.verify(token)  # HS256, or refused for its algorithm there
         kid = header.get("kid")

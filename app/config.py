@@ -130,8 +130,12 @@ def _public_key_file(value: str) -> PublicKey:
 
 def _https_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ValueError("must be an http(s) URL like https://idp.example/.well-known/jwks.json")
+    # Keys fetched in the clear could be swapped by anyone on the path: https, except
+    # from this very machine.
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if not parts.netloc or not (parts.scheme == "https" or local):
+        raise ValueError("must be an https URL like https://idp.example/.well-known/jwks.json "
+                         "(http only from 127.0.0.1, ::1 or localhost)")
     return value
 
 
@@ -382,9 +386,16 @@ def load_config(
                 raise ConfigError(f"{SETTINGS[name].flag} {value!r} is invalid: {err}") from None
         values[name] = value
 
-    if values.get("jwt_public_key") is not None and values.get("jwks_url") is not None:
+    provider = [name for name in ("jwt_public_key", "jwks_url") if values.get(name) is not None]
+    if len(provider) == 2:
         raise ConfigError("HERALD_JWT_PUBLIC_KEY and HERALD_JWKS_URL are exclusive: "
                           "name the identity provider's keys one way")
+    if provider and not (values.get("jwt_issuer") and values.get("jwt_audience")):
+        # A provider signs tokens for every application of the tenant (and some share
+        # their keys between tenants): without iss and aud, any of them would do here.
+        raise ConfigError(f"HERALD_{provider[0].upper()} needs HERALD_JWT_ISSUER and "
+                          "HERALD_JWT_AUDIENCE: the provider's tokens must be ones it "
+                          "issued for Herald")
     data_dir = values.get("data_dir") or Path.home() / ".herald"
     values["data_dir"] = data_dir
     embedded = values.get("database_url") is None

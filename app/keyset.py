@@ -94,12 +94,13 @@ def keys_from_jwks(document: Any) -> dict[str | None, PublicKey]:
     for jwk in document["keys"]:
         if not isinstance(jwk, Mapping) or jwk.get("use", "sig") != "sig":
             continue
-        algorithm = ALGORITHM_OF_KTY.get(jwk.get("kty"))  # type: ignore[arg-type]
+        kty = jwk.get("kty")
+        algorithm = ALGORITHM_OF_KTY.get(kty) if isinstance(kty, str) else None
         if algorithm is None or jwk.get("alg", algorithm) != algorithm:
             continue
         kid = jwk.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            continue
+        if kid is not None and not isinstance(kid, str) or kid in keys:
+            continue  # a kid must name one key: the first one keeps it
         try:
             key = jwt.PyJWK(dict(jwk), algorithm).key
             if algorithm_of(key) != algorithm:
@@ -125,15 +126,19 @@ Fetch = Callable[[str], Awaitable[bytes]]
 
 
 async def http_fetch(url: str) -> bytes:
-    """GET ``url`` (5 s timeout, at most ``MAX_JWKS_BYTES``); raises on failure."""
+    """GET ``url`` (5 s timeout; a body over ``MAX_JWKS_BYTES`` is refused as it
+    arrives, not after); raises on failure."""
     import tornado.httpclient
 
-    client = tornado.httpclient.AsyncHTTPClient()
-    response = await client.fetch(url, request_timeout=5, connect_timeout=5,
-                                  follow_redirects=False,
-                                  headers={"Accept": "application/json"})
-    if len(response.body) > MAX_JWKS_BYTES:
-        raise UnusableKey(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
+    # A client of its own: the shared one buffers bodies of up to 100 MB.
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True,
+                                                max_body_size=MAX_JWKS_BYTES)
+    try:
+        response = await client.fetch(url, request_timeout=5, connect_timeout=5,
+                                      follow_redirects=False,
+                                      headers={"Accept": "application/json"})
+    finally:
+        client.close()
     return response.body
 
 
@@ -152,12 +157,17 @@ class JwksKeys:
         self._fetched_at: float | None = None  # the last successful fetch
         self._tried_at: float | None = None  # the last attempt, successful or not
         self._inflight: asyncio.Future[None] | None = None
+        self._background: asyncio.Future[None] | None = None  # kept from being collected
         self.fetches = 0  # attempts made, for tests and metrics
 
     async def key_for(self, kid: str | None) -> PublicKey | None:
         now = self._clock()
-        if self._fetched_at is None or now - self._fetched_at >= self._ttl:
-            await self._refresh(now)
+        if self._fetched_at is None:
+            await self._refresh(now)  # nothing held yet: wait for the first set
+        elif now - self._fetched_at >= self._ttl and self._inflight is None:
+            # Stale: fetch again in the background and go on with the keys held, so a
+            # slow or hanging provider does not hold up tokens it signed with them.
+            self._background = asyncio.ensure_future(self._refresh(now))
         key = self._lookup(kid)
         if key is None:
             await self._refresh(self._clock())  # maybe rotated: look again (rate-bounded)

@@ -81,7 +81,8 @@ declare class HeraldClient {
   retryNow(): void;
   setToken(token: Herald.Token): void;
   close(): void;
-  /** Each change returns true when sent at once, false when queued. */
+  /** Each change returns true when sent at once, false when queued; ids must be a
+   * non-empty array of notification ids (else a TypeError). */
   markRead(ids: number[]): boolean;
   markAllRead(): boolean;
   markUnread(ids: number[]): boolean;

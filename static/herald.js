@@ -36,7 +36,12 @@
  * closes (or dies silently: no "done" within confirmWithinMs makes the client drop it
  * and reconnect) before their "done", they are sent again on the next one (changes are
  * idempotent). They are never dropped silently; onPending says how many are waiting
- * for their confirmation, and pending() too.
+ * for their confirmation, and pending() too. ids must be a non-empty array of
+ * notification ids (else a TypeError, at once); more than 1,000 go in several frames.
+ * A change the server refuses as malformed (close 4400) is dropped with a console
+ * warning; one it cannot apply for now (error "unavailable") is sent again a second
+ * later, with every change sent after it, in order. Sockets dropped for want of a
+ * confirmation back off like failed connections until a confirmation arrives.
  *
  * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
  * after a node's 1001 "going away", when the browser comes back online, or on
@@ -66,6 +71,18 @@
   var BACKOFF_MAX_MS = 5000;
   var CONFIRM_WITHIN_MS = 5000;
   var RETRY_CHANGE_MS = 1000;
+  var CLOSE_MALFORMED = 4400;
+  var MAX_IDS = 1000;  // ids per change frame (the server's limit)
+
+  /** A change's ids, checked here: a frame the server refuses closes the socket. */
+  function checkIds(ids) {
+    var ok = Array.isArray(ids) && ids.length > 0 && ids.every(function (id) {
+      return typeof id === "number" && id >= 1 && id <= 9007199254740991 &&
+        Math.floor(id) === id;
+    });
+    if (!ok) throw new TypeError("herald: ids must be a non-empty array of notification ids");
+    return ids;
+  }
 
   function defaultUrl() {
     var scheme = global.location.protocol === "https:" ? "wss:" : "ws:";
@@ -164,6 +181,7 @@
     this._ref = 0;         // the last change's ref
     this._confirmTimer = null;
     this._retryTimer = null;
+    this._strikes = 0;     // sockets dropped in a row for want of a "done"
     var self = this;
     this._online = function () { self.retryNow(); };
     global.addEventListener("online", this._online);
@@ -215,7 +233,9 @@
     if (ws !== this._ws) return;
     switch (frame.type) {
       case "welcome":
-        this._attempt = 0;
+        // A socket dropped for want of a "done" (a database too slow to answer, maybe)
+        // keeps its backoff growing: reconnecting at once would only add to the load.
+        this._attempt = this._strikes;
         this._live = true;
         this._setState("live");
         this._startPings(ws);
@@ -273,6 +293,12 @@
     clearTimeout(this._pongTimer);
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
+    if (event.code === CLOSE_MALFORMED && this._sent.length) {
+      // The server answers each change in order and closed at the first it could not
+      // take: sending it again would only close the next socket too.
+      var refused = this._sent.shift();
+      if (global.console) console.warn("herald: change refused as malformed", refused);
+    }
     this._requeue();
     if (this._closed) { this._setState("offline"); return; }
     if (event.code === CLOSE_UNAUTHORIZED && typeof this.token !== "function") {
@@ -348,7 +374,10 @@
         self._confirmTimer = null;
         // Bytes written into a dead connection vanish without an error: no answer in
         // time means this socket is gone, whatever its readyState says.
-        if (ws === self._ws && self._sent.length) self._drop(ws);
+        if (ws === self._ws && self._sent.length) {
+          self._strikes += 1;
+          self._drop(ws);
+        }
       }, this._confirmWithin);
     }
     this.onPending(this.pending());
@@ -358,13 +387,18 @@
    * goes back to the queue and is sent again shortly). */
   HeraldClient.prototype._confirmed = function (ref, retry) {
     var self = this;
+    this._strikes = 0;
     for (var i = 0; i < this._sent.length; i++) {
       if (this._sent[i].ref !== ref) continue;
-      var frame = this._sent.splice(i, 1)[0];
       if (retry) {
-        this._outbox.unshift(frame);
+        // It and every change sent after it go back, in order: one of those may
+        // already be applied, and is applied again after it (changes are idempotent),
+        // so the last word stays the last.
+        this._outbox = this._sent.splice(i).concat(this._outbox);
         clearTimeout(this._retryTimer);
         this._retryTimer = setTimeout(function () { self._flush(); }, RETRY_CHANGE_MS);
+      } else {
+        this._sent.splice(i, 1);
       }
       break;
     }
@@ -412,14 +446,23 @@
     }
     return true;
   };
+  /** A change of ``ids`` (checked; in frames of at most MAX_IDS); true when all sent. */
+  HeraldClient.prototype._changeIds = function (type, ids) {
+    checkIds(ids);
+    var sent = true;
+    for (var i = 0; i < ids.length; i += MAX_IDS) {
+      sent = this._change({type: type, ids: ids.slice(i, i + MAX_IDS)}) && sent;
+    }
+    return sent;
+  };
   /** Mark notifications read; every open client of the user gets a "read" frame. */
-  HeraldClient.prototype.markRead = function (ids) { return this._change({type: "read", ids: ids}); };
+  HeraldClient.prototype.markRead = function (ids) { return this._changeIds("read", ids); };
   HeraldClient.prototype.markAllRead = function () { return this._change({type: "read", all: true}); };
   /** Mark notifications unread again; every open client gets an "unread" frame. */
-  HeraldClient.prototype.markUnread = function (ids) { return this._change({type: "unread", ids: ids}); };
+  HeraldClient.prototype.markUnread = function (ids) { return this._changeIds("unread", ids); };
   /** Archive (or bring back) notifications; every open client gets the frame. */
-  HeraldClient.prototype.archive = function (ids) { return this._change({type: "archive", ids: ids}); };
-  HeraldClient.prototype.unarchive = function (ids) { return this._change({type: "unarchive", ids: ids}); };
+  HeraldClient.prototype.archive = function (ids) { return this._changeIds("archive", ids); };
+  HeraldClient.prototype.unarchive = function (ids) { return this._changeIds("unarchive", ids); };
 
   /** Close for good (no reconnect). */
   HeraldClient.prototype.close = function () {

@@ -72,6 +72,7 @@
   var recent = {};          // id -> notification that arrived live (the last ones)
   var known = {};           // category -> its chip
   var started = false;      // the first page was shown and the socket opened
+  var signedInAs = null;    // the user of the first welcome
 
   function takeFragmentToken() {
     var match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
@@ -539,7 +540,7 @@
     if (!ids.length) return;
     markShownRead(ids);
     if (!view.archived) setUnread(unread - ids.length);
-    for (var i = 0; i < ids.length && client; i += 1000) client.markRead(ids.slice(i, i + 1000));
+    if (client) client.markRead(ids);  // herald.js splits it into frames of 1,000
   });
 
   // Desktop alerts are opt-in, and only while this tab is hidden.
@@ -600,6 +601,13 @@
       onState: setState,
       onPending: setPending,
       onWelcome: function (w) {
+        if (signedInAs !== null && w.user !== signedInAs) {
+          // Another user's session now (the login cookie took over from a refused
+          // token): nothing on screen is theirs.
+          window.location.reload();
+          return;
+        }
+        signedInAs = w.user;
         welcomeSeq = w.last_seq;
         setUnread(w.unread);
         who.textContent = "Signed in as " + w.user;

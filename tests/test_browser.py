@@ -813,3 +813,21 @@ async def test_notifications_are_grouped_by_day(make_node, browser, sql, user) -
     today = page.locator("#list li").filter(
         has=page.locator(".title", has_text=re.compile("^today$")))
     await expect(today.locator(".day")).to_have_count(0)
+
+
+async def test_when_the_cookie_takes_over_for_another_user_their_list_replaces_it(
+        make_node, browser, sql, user) -> None:
+    node = await make_node(dev=True)
+    page = await new_page(browser)
+    await login(page, node.port, user + "-b")  # the cookie: user b
+    await insert(sql, user, "for a")
+    await insert(sql, user + "-b", "for b")
+    short = auth.mint_token(SECRET, user, ttl=3)  # handed over: user a, briefly
+    await page.evaluate(f"sessionStorage.setItem('herald.token', '{short}')")
+    await page.reload()
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}")
+    await expect(titles(page)).to_have_text(["for a"])
+    # a's token expires; the cookie is b's: b's page, nothing of a's under b's name.
+    await expect(page.locator("#who")).to_have_text(f"Signed in as {user}-b",
+                                                    timeout=10_000)
+    await expect(titles(page)).to_have_text(["for b"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,10 @@ const client = new window.HeraldClient({
 readline.createInterface({input: process.stdin}).on('line', (line) => {
   const command = JSON.parse(line);
   if (command.read) say({sent: client.markRead([command.read])});
+  if (command.bad) client._change({type: 'read', ids: []});  // past markRead's check
+  if (command.misuse) {
+    try { client.markRead(command.misuse); } catch (err) { say({thrown: err.name}); }
+  }
   if (command.stop) { client.close(); process.exit(0); }
 });
 """
@@ -122,6 +127,32 @@ async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
         await proxy.stop()
 
 
+async def test_a_change_the_server_refuses_is_dropped_not_retried_forever(
+        make_node, sql, user) -> None:
+    """markRead checks its ids; a malformed change that gets past it anyway closes the
+    socket once (4400), is dropped, and the changes after it still land."""
+    node = await make_node()
+    client = await NodeClient.start(f"ws://127.0.0.1:{node.port}/ws", token_for(user))
+    try:
+        await client.until(lambda e: e.get("state") == "live")
+        await client.command(misuse=[])
+        assert (await client.until(lambda e: "thrown" in e))["thrown"] == "TypeError"
+        await client.command(misuse=["101"])
+        assert (await client.until(lambda e: "thrown" in e))["thrown"] == "TypeError"
+        row = await insert(sql, user, "one")
+        await client.until(lambda e: e.get("notification") == row["id"])
+        before = len(client.events)
+        await client.command(bad=True)
+        await client.command(read=row["id"])
+        await client.until(lambda e: e.get("state") == "reconnecting")
+        await client.until(lambda e: e.get("pending") == 0, timeout=10)
+        assert await read_at(sql, row["id"]) is not None
+        await asyncio.sleep(2)  # no reconnect loop: one welcome after the refusal
+        assert sum(1 for e in client.events[before:] if "welcome" in e) == 1
+    finally:
+        await client.stop()
+
+
 async def test_done_answers_a_change_with_a_ref(make_node, clients, sql, user) -> None:
     node = await make_node()
     client = await clients(node.port)
@@ -159,3 +190,47 @@ async def test_http_changes_take_no_ref(make_node, user) -> None:
     code, body = await call(node.port, "POST", "/api/notifications/read",
                             token=token_for(user), body={"ids": [1], "ref": 1})
     assert code == 400 and body["error"]["code"] == "invalid_request"
+
+
+# The client's queue alone, on a scripted socket: what the server answers is chosen here.
+QUEUE_JS = r"""
+const fs = require('fs');
+const sent = [];
+class ScriptedSocket {
+  constructor(url) { this.readyState = 1; ScriptedSocket.last = this; }
+  send(data) { sent.push(JSON.parse(data)); }
+  close() {}
+}
+ScriptedSocket.OPEN = 1;
+global.WebSocket = ScriptedSocket;
+const window = {addEventListener() {}, removeEventListener() {}, navigator: {onLine: true},
+                location: {protocol: 'http:', host: 'x'}};
+new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
+const client = new window.HeraldClient({token: null});
+const server = (frame) => ScriptedSocket.last.onmessage({data: JSON.stringify(frame)});
+setTimeout(() => {
+  ScriptedSocket.last.onopen();
+  server({type: 'welcome', user: 'a', node: 'n', last_seq: 0, unread: 0});
+  client.markRead([5]);
+  client.markUnread([5]);
+  client.archive([6]);
+  server({type: 'done', ref: 1, changed: 1});  // read: done
+  server({type: 'error', code: 'unavailable', message: 'retry', ref: 2});  // unread: not
+  setTimeout(() => {  // the retry, after RETRY_CHANGE_MS
+    const changes = sent.filter((f) => f.ref).map((f) => f.type + ':' + f.ref);
+    process.stdout.write(JSON.stringify({changes, pending: client.pending()}));
+    process.exit(0);
+  }, 1200);
+}, 20);
+"""
+
+
+@pytest.mark.unit
+def test_a_change_refused_for_now_goes_back_with_every_later_one_in_order() -> None:
+    """An "unavailable" answer to change 2 sends 2 and everything sent after it (3)
+    again, in order, so the last change stays the last."""
+    result = subprocess.run(["node", "-e", QUEUE_JS, str(ROOT / "static" / "herald.js")],
+                            capture_output=True, text=True, check=True, timeout=30)
+    outcome = json.loads(result.stdout)
+    assert outcome["changes"] == ["read:1", "unread:2", "archive:3", "unread:2", "archive:3"]
+    assert outcome["pending"] == 2

@@ -65,6 +65,7 @@ class Provider:
         self.keys = keys
         self.requests = 0
         self.down = False
+        self.padding = 0  # bytes of filler in the document
         provider = self
 
         class Jwks(tornado.web.RequestHandler):
@@ -74,7 +75,8 @@ class Provider:
                     self.set_status(503)
                     return
                 self.set_header("Content-Type", "application/json")
-                self.finish(json.dumps({"keys": [k.jwk() for k in provider.keys]}))
+                self.finish(json.dumps({"keys": [k.jwk() for k in provider.keys],
+                                        "filler": "x" * provider.padding}))
 
         (sock,) = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/certs"
@@ -122,11 +124,15 @@ def test_a_jwks_keeps_only_usable_signing_keys(signers: dict[str, SigningKey]) -
         {**short_rsa, "kid": "rsa-1024"},
         {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
         {"kty": "RSA", "kid": "broken", "n": "AQAB"},
+        {**SigningKey("rs256-1", "RS256").jwk()},  # the same kid again: the first keeps it
+        {"kty": ["RSA"], "kid": "unhashable"},
         "not a key",
     ]}
     keys = keyset.keys_from_jwks(document)
     assert {kid: k.algorithm for kid, k in keys.items()} == {
         "rs256-1": "RS256", "es256-1": "ES256", "eddsa-1": "EdDSA"}
+    assert keys["rs256-1"].key.public_numbers() == \
+        signers["RS256"].private.public_key().public_numbers()
     with pytest.raises(keyset.UnusableKey):
         keyset.keys_from_jwks({"no": "keys"})
 
@@ -147,6 +153,8 @@ async def test_a_pem_key_verifies_its_algorithm_only(signers: dict[str, SigningK
         signer.sign({"sub": "ada"}),  # no exp
         signer.sign({"exp": FUTURE}),  # no sub
         signer.sign(_claims("ada", exp=FUTURE + 30 * 86400)),  # beyond the max lifetime
+        signer.sign(_claims("ada", nbf=int(time.time()) + 300)),  # not valid yet
+        signer.sign(_claims("ada", iat=int(time.time()) + 300)),  # issued in the future
         _hs256_with(signer.pem(), _claims("ada")),  # algorithm confusion
     ]
     if algorithm == "RS256":  # the same RSA key under another RSA algorithm
@@ -154,6 +162,23 @@ async def test_a_pem_key_verifies_its_algorithm_only(signers: dict[str, SigningK
     for token in refused:
         with pytest.raises(auth.AuthError):
             await tokens.check(token)
+    # A provider's clock a little ahead of Herald's: its fresh tokens still pass.
+    ahead = _claims("ada", iat=int(time.time()) + 20, nbf=int(time.time()) + 20)
+    assert (await tokens.check(signer.sign(ahead))).user == "ada"
+
+
+@pytest.mark.unit
+async def test_a_header_of_the_wrong_shape_is_refused_not_a_crash(
+        signers: dict[str, SigningKey]) -> None:
+    tokens = auth.Tokens(SECRET, keys=keyset.StaticKey(
+        keyset.key_from_pem(signers["ES256"].pem())))
+    token = signers["ES256"].sign(_claims("ada"))
+    head, body, signature = token.split(".")
+    for header in ({"alg": ["ES256"], "kid": "es256-1"}, {"alg": {"x": 1}},
+                   {"alg": "ES256", "kid": ["es256-1"]}):
+        forged = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+        with pytest.raises(auth.AuthError):
+            await tokens.check(f"{forged}.{body}.{signature}")
 
 
 @pytest.mark.unit
@@ -218,9 +243,30 @@ async def test_jwks_refetches_on_an_unknown_kid_at_a_bounded_rate() -> None:
         provider.down = True  # an outage after the cache expired keeps the keys held
         now[0] += 601
         assert (await tokens.check(second.sign(_claims("ada")))).user == "ada"
+        await asyncio.sleep(0.2)  # the refresh runs behind it
         assert provider.requests == 4
         # A token without a kid: the single key of the set.
         assert (await tokens.check(second.sign(_claims("ada"), kid=None))).user == "ada"
+    finally:
+        provider.stop()
+
+
+@pytest.mark.unit
+async def test_an_oversized_jwks_is_refused_and_the_keys_held_stay() -> None:
+    signer = SigningKey("k1", "EdDSA")
+    provider = Provider([signer])
+    now = [0.0]
+    keys = keyset.JwksKeys(provider.url, ttl=10, min_interval=1, clock=lambda: now[0])
+    tokens = auth.Tokens(SECRET, keys=keys)
+    try:
+        assert (await tokens.check(signer.sign(_claims("ada")))).user == "ada"
+        provider.padding = keyset.MAX_JWKS_BYTES
+        provider.keys = [SigningKey("k2", "EdDSA")]
+        now[0] += 2
+        with pytest.raises(auth.AuthError):  # k2 is only in the oversized document
+            await tokens.check(provider.keys[0].sign(_claims("ada")))
+        assert provider.requests == 2
+        assert (await tokens.check(signer.sign(_claims("ada")))).user == "ada"  # k1 held
     finally:
         provider.stop()
 
@@ -248,10 +294,12 @@ async def test_until_a_first_fetch_succeeds_provider_tokens_are_refused() -> Non
 @pytest.mark.unit
 def test_bad_key_settings_are_refused_up_front(tmp_path: Path,
                                                signers: dict[str, SigningKey]) -> None:
-    env = {"HERALD_SECRET": SECRET, "HERALD_DATABASE_URL": "postgresql://x@127.0.0.1/db"}
+    env = {"HERALD_SECRET": SECRET, "HERALD_DATABASE_URL": "postgresql://x@127.0.0.1/db",
+           "HERALD_JWT_ISSUER": "https://idp.example", "HERALD_JWT_AUDIENCE": "herald"}
     good = tmp_path / "idp.pem"
     good.write_bytes(signers["EdDSA"].pem())
     assert load_config({**env, "HERALD_JWT_PUBLIC_KEY": str(good)}).jwt_public_key
+    assert load_config({**env, "HERALD_JWKS_URL": "http://127.0.0.1:9/certs"}).jwks_url
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a key")
     private = tmp_path / "hs.pem"
@@ -261,6 +309,10 @@ def test_bad_key_settings_are_refused_up_front(tmp_path: Path,
         ({"HERALD_JWT_PUBLIC_KEY": str(garbage)}, "PEM"),
         ({"HERALD_JWT_PUBLIC_KEY": str(private)}, "PEM"),
         ({"HERALD_JWKS_URL": "ftp://idp.example/keys"}, "HERALD_JWKS_URL"),
+        ({"HERALD_JWKS_URL": "http://idp.example/keys"}, "https"),  # in the clear
+        ({"HERALD_JWKS_URL": "https://idp.example/k", "HERALD_JWT_AUDIENCE": ""},
+         "HERALD_JWT_AUDIENCE"),
+        ({"HERALD_JWT_PUBLIC_KEY": str(good), "HERALD_JWT_ISSUER": ""}, "HERALD_JWT_ISSUER"),
         ({"HERALD_JWT_PUBLIC_KEY": str(good), "HERALD_JWKS_URL": "https://idp.example/k"},
          "exclusive"),
         ({"HERALD_JWT_USER_CLAIM": " "}, "HERALD_JWT_USER_CLAIM"),
