@@ -92,6 +92,13 @@ def signers() -> dict[str, SigningKey]:
     return {alg: SigningKey(f"{alg.lower()}-1", alg) for alg in ("RS256", "ES256", "EdDSA")}
 
 
+def tokens_on(provider: Provider, **settings: float) -> tuple[auth.Tokens, list[float]]:
+    """Tokens checked against ``provider``'s JWKS, on a clock the test moves (``now[0]``)."""
+    now = [1000.0]
+    keys = keyset.JwksKeys(provider.url, clock=lambda: now[0], **settings)
+    return auth.Tokens(SECRET, keys=keys), now
+
+
 def _claims(user: str, **more: Any) -> dict[str, Any]:
     return {"sub": user, "exp": FUTURE, **more}
 
@@ -210,9 +217,7 @@ async def test_without_provider_keys_asymmetric_tokens_are_refused(
 async def test_jwks_refetches_on_an_unknown_kid_at_a_bounded_rate() -> None:
     first, second = SigningKey("k1", "RS256"), SigningKey("k2", "EdDSA")
     provider = Provider([first])
-    now = [1000.0]
-    keys = keyset.JwksKeys(provider.url, ttl=600, min_interval=30, clock=lambda: now[0])
-    tokens = auth.Tokens(SECRET, keys=keys)
+    tokens, now = tokens_on(provider, ttl=600, min_interval=30)
     try:
         assert (await tokens.check(first.sign(_claims("ada")))).user == "ada"
         assert provider.requests == 1
@@ -255,9 +260,7 @@ async def test_jwks_refetches_on_an_unknown_kid_at_a_bounded_rate() -> None:
 async def test_an_oversized_jwks_is_refused_and_the_keys_held_stay() -> None:
     signer = SigningKey("k1", "EdDSA")
     provider = Provider([signer])
-    now = [0.0]
-    keys = keyset.JwksKeys(provider.url, ttl=10, min_interval=1, clock=lambda: now[0])
-    tokens = auth.Tokens(SECRET, keys=keys)
+    tokens, now = tokens_on(provider, ttl=10, min_interval=1)
     try:
         assert (await tokens.check(signer.sign(_claims("ada")))).user == "ada"
         provider.padding = keyset.MAX_JWKS_BYTES
@@ -276,9 +279,7 @@ async def test_until_a_first_fetch_succeeds_provider_tokens_are_refused() -> Non
     signer = SigningKey("k1", "ES256")
     provider = Provider([signer])
     provider.down = True
-    now = [0.0]
-    tokens = auth.Tokens(SECRET, keys=keyset.JwksKeys(provider.url, min_interval=5,
-                                                      clock=lambda: now[0]))
+    tokens, now = tokens_on(provider, min_interval=5)
     try:
         with pytest.raises(auth.AuthError):
             await tokens.check(signer.sign(_claims("ada")))
