@@ -82,10 +82,23 @@ async def _reset(conn: asyncpg.Connection) -> None:
     """Return a connection to the pool. asyncpg's default sends ``RESET ALL; UNLISTEN *;
     pg_advisory_unlock_all(); CLOSE ALL`` on *every* release, one more round trip per
     query (13% of a node's time at 500 notifications/s). Pool connections here never
-    LISTEN, lock, open cursors or change session settings (SET LOCAL only), so only an
+    LISTEN, lock, open cursors or change session settings (SET LOCAL only, beyond the
+    jit = off each gets once when it opens), so only an
     abandoned transaction needs undoing."""
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+async def _init_direct_connection(conn: asyncpg.Connection) -> None:
+    await _init_connection(conn)
+    # PostgreSQL's JIT compiles a query whose estimated cost passes jit_above_cost: the
+    # catch-up fetch of a bulk fan-out for 3,333 users (estimated far above its real
+    # cost) spent 149 of its 184 ms compiling. The node's queries are short; JIT never
+    # pays for itself here. A SET, not a startup setting, which PgBouncer (even in
+    # session mode) refuses when it does not know it; behind a transaction pooler, where
+    # a SET would land on whichever server is free, docs/operations.md says to set it on
+    # the role instead.
+    await conn.execute("SET jit = off")
 
 
 async def _init_pooled_connection(conn: asyncpg.Connection) -> None:
@@ -150,22 +163,14 @@ async def create_pool(dsn: str, application_name: str, behind_pooler: bool = Fal
     ``behind_pooler``: the URL goes through a transaction pooler (``behind_transaction_pooler``):
     no prepared statement cache, and the callers (``app.store``) run every statement
     inside a transaction so that all of its protocol messages reach one server."""
-    settings = {"application_name": application_name, "timezone": "UTC"}
     if behind_pooler:
         kwargs.setdefault("statement_cache_size", 0)
-    else:
-        # PostgreSQL's JIT compiles a query whose estimated cost passes jit_above_cost:
-        # the fetch of a bulk fan-out for 3,333 users (estimated far above its real
-        # cost) spent 149 of its 184 ms compiling. The node's queries are short; JIT
-        # never pays for itself here. (A transaction pooler refuses startup settings it
-        # does not know: there, ALTER ROLE <herald's login role> SET jit = off.)
-        settings["jit"] = "off"
     pool = await asyncpg.create_pool(
         asyncpg_dsn(dsn),
-        init=_init_pooled_connection if behind_pooler else _init_connection,
+        init=_init_pooled_connection if behind_pooler else _init_direct_connection,
         min_size=kwargs.pop("min_size", 1),
         max_size=kwargs.pop("max_size", 10),
-        server_settings=settings,
+        server_settings={"application_name": application_name, "timezone": "UTC"},
         timeout=kwargs.pop("timeout", 10),
         # A silently dead connection would otherwise hang a query forever.
         command_timeout=kwargs.pop("command_timeout", 15),
