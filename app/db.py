@@ -91,11 +91,12 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 async def _init_direct_connection(conn: asyncpg.Connection) -> None:
     await _init_connection(conn)
-    # PostgreSQL's JIT compiles a query whose estimated cost passes jit_above_cost: the
-    # catch-up fetch of a bulk fan-out for 3,333 users (estimated far above its real
-    # cost) spent 149 of its 184 ms compiling. The node's queries are short; JIT never
-    # pays for itself here. A SET, not a startup setting, which PgBouncer (even in
-    # session mode) refuses when it does not know it; behind a transaction pooler, where
+    # PostgreSQL's JIT compiles a query whose estimated cost passes jit_above_cost: a
+    # fetch for 3,333 users in one query (after a bus loss a node fetches for every
+    # local user at once; its estimate is far above its real cost) spent 149 of its
+    # 184 ms compiling. The node's queries are short; JIT never pays for itself here.
+    # A SET, not a startup setting, which PgBouncer (even in session mode) refuses
+    # when it does not know it; behind a transaction pooler, where
     # a SET would land on whichever server is free, docs/operations.md says to set it on
     # the role instead.
     await conn.execute("SET jit = off")

@@ -2,13 +2,14 @@
 one PEM file (``HERALD_JWT_PUBLIC_KEY``) or a JWKS URL (``HERALD_JWKS_URL``, OpenID
 Connect's ``jwks_uri``).
 
-A JWKS is fetched when first needed and kept for ``ttl`` seconds. A token naming a
-``kid`` the set does not hold makes it fetched again at once (the provider rotated its
-key), but at most once per ``min_interval`` seconds whatever the tokens say, so made-up
-kids cannot make every node hammer the provider. Concurrent lookups share one fetch. A
-fetch that fails, or returns nothing usable, keeps the keys already held (a provider's
-outage must not sign everybody out); until a first fetch succeeds, every token with an
-asymmetric algorithm is refused.
+A JWKS is fetched when first needed; after ``ttl`` seconds it is fetched again in the
+background while the keys held go on verifying. A token naming a ``kid`` the set does
+not hold makes it fetched again at once (the provider rotated its key), but at most once
+per ``min_interval`` seconds whatever the tokens say, so made-up kids cannot make every
+node hammer the provider. Concurrent lookups share one fetch. A fetch that fails, or
+returns nothing usable (or more than ``MAX_JWKS_BYTES``), keeps the keys already held (a
+provider's outage must not sign everybody out); until a first fetch succeeds, every
+token with an asymmetric algorithm is refused.
 
 Each key is bound to one algorithm by its type: RSA to RS256, EC P-256 to ES256,
 Ed25519 to EdDSA. A token's ``alg`` must be its key's, which rules out the algorithm
@@ -158,7 +159,6 @@ class JwksKeys:
         self._tried_at: float | None = None  # the last attempt, successful or not
         self._inflight: asyncio.Future[None] | None = None
         self._background: asyncio.Future[None] | None = None  # kept from being collected
-        self.fetches = 0  # attempts made, for tests and metrics
 
     async def key_for(self, kid: str | None) -> PublicKey | None:
         now = self._clock()
@@ -190,7 +190,6 @@ class JwksKeys:
         self._tried_at = now
         self._inflight = asyncio.get_running_loop().create_future()
         try:
-            self.fetches += 1
             keys = keys_from_jwks(json.loads(await self._fetch(self.url)))
             if not keys:
                 raise UnusableKey("no usable signing key in it")

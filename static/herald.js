@@ -81,7 +81,6 @@
         Math.floor(id) === id;
     });
     if (!ok) throw new TypeError("herald: ids must be a non-empty array of notification ids");
-    return ids;
   }
 
   function defaultUrl() {
@@ -394,7 +393,7 @@
         // It and every change sent after it go back, in order: one of those may
         // already be applied, and is applied again after it (changes are idempotent),
         // so the last word stays the last.
-        this._outbox = this._sent.splice(i).concat(this._outbox);
+        this._unsend(i);
         clearTimeout(this._retryTimer);
         this._retryTimer = setTimeout(function () { self._flush(); }, RETRY_CHANGE_MS);
       } else {
@@ -413,9 +412,13 @@
     clearTimeout(this._confirmTimer);
     this._confirmTimer = null;
     if (!this._sent.length) return;
-    this._outbox = this._sent.concat(this._outbox);
-    this._sent = [];
+    this._unsend(0);
     this.onPending(this.pending());
+  };
+
+  /** Sent changes from index ``from`` on go back to the front of the queue, in order. */
+  HeraldClient.prototype._unsend = function (from) {
+    this._outbox = this._sent.splice(from).concat(this._outbox);
   };
 
   /** Give up on ``ws`` now (a silently dead line may take minutes to report its close)
@@ -468,6 +471,7 @@
   HeraldClient.prototype.close = function () {
     this._closed = true;
     clearTimeout(this._timer);
+    clearTimeout(this._retryTimer);
     global.removeEventListener("online", this._online);
     if (this._ws) this._ws.close(1000);
     this._setState("offline");

@@ -292,8 +292,7 @@
       var mine = (chip.dataset.category || null) === category;
       chip.setAttribute("aria-pressed", mine ? "true" : "false");
     });
-    emptyText.textContent = unreadOnly.getAttribute("aria-pressed") === "true"
-      ? "No unread notifications." : archived ? "Nothing archived." : "You're all caught up.";
+    emptyText.textContent = emptyMessage();
     reload();
   }
 
@@ -352,8 +351,16 @@
     document.title = (unread ? "(" + unread + ") " : "") + "Inbox · Herald";
   }
 
+  /** Whether "Unread only" is on. */
+  function onlyUnread() { return unreadOnly.getAttribute("aria-pressed") === "true"; }
+
+  function emptyMessage() {
+    return onlyUnread() ? "No unread notifications."
+      : view.archived ? "Nothing archived." : "You're all caught up.";
+  }
+
   function refreshEmpty() {
-    var shown = unreadOnly.getAttribute("aria-pressed") === "true"
+    var shown = onlyUnread()
       ? list.querySelectorAll(".item.unread").length : list.children.length;
     empty.hidden = shown > 0;
     end.hidden = !(exhausted && shown > 0);
@@ -374,7 +381,7 @@
   /** A heading on the first shown item of each day group (the list is newest first);
    * run after every change of the list, and as the clock passes midnight. */
   function markDays() {
-    var only = unreadOnly.getAttribute("aria-pressed") === "true";
+    var only = onlyUnread();
     var previous = null;
     Array.prototype.forEach.call(list.children, function (li) {
       var heading = li.querySelector(".day");
@@ -517,11 +524,10 @@
   });
   viewInbox.addEventListener("click", function () { showView(false, view.category); });
   unreadOnly.addEventListener("click", function () {
-    var on = unreadOnly.getAttribute("aria-pressed") !== "true";
+    var on = !onlyUnread();
     unreadOnly.setAttribute("aria-pressed", on ? "true" : "false");
     list.classList.toggle("unread-only", on);
-    emptyText.textContent = on ? "No unread notifications." : view.archived
-      ? "Nothing archived." : "You're all caught up.";
+    emptyText.textContent = emptyMessage();
     refreshEmpty();
   });
   viewArchived.addEventListener("click", function () { showView(true, view.category); });

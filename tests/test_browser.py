@@ -40,6 +40,17 @@ async def proxied_page(make_node, browser, user) -> AsyncIterator[tuple[Page, Tc
         await proxy.stop()
 
 
+async def rows_become(sql: Any, user: str, expected: list[tuple[str, bool, bool]]) -> None:
+    """Wait until ``user``'s rows, in seq order, are ``expected`` (title, read,
+    archived): the page's changes reach the database asynchronously."""
+    async def arrived() -> bool:
+        rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read, archived_at "
+                               "IS NOT NULL AS archived FROM herald.notifications "
+                               "WHERE user_id = $1 ORDER BY seq", user)
+        return [(r["title"], r["read"], r["archived"]) for r in rows] == expected
+    await wait_for(arrived, timeout=10)
+
+
 def titles(page: Page):
     return page.locator("#list li .title")
 
@@ -451,13 +462,8 @@ async def test_changes_made_offline_wait_and_reach_the_server(
     await expect(page.locator("#pending")).to_be_hidden()
     await expect(page.locator("#badge")).to_have_text("1")
 
-    async def saved() -> bool:
-        rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read, archived_at "
-                               "IS NOT NULL AS archived FROM herald.notifications "
-                               "WHERE user_id = $1 ORDER BY seq", user)
-        return [(r["title"], r["read"], r["archived"]) for r in rows] == [
-            ("n0", False, True), ("n1", True, False), ("n2", False, False)]
-    await wait_for(saved, timeout=10)
+    await rows_become(sql, user, [("n0", False, True), ("n1", True, False),
+                                  ("n2", False, False)])
     await page.reload()
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
     await expect(titles(page)).to_have_text(["n2", "n1"])
@@ -728,19 +734,9 @@ async def test_keyboard_focus_filters_and_reading_in_place(make_node, browser, s
         "el => el.getBoundingClientRect().height")
     assert height >= 44
 
-    async def stored() -> list[tuple[str, bool, bool]]:
-        rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read, archived_at IS "
-                               "NOT NULL AS archived FROM herald.notifications WHERE "
-                               "user_id = $1 ORDER BY seq", user)
-        return [(r["title"], r["read"], r["archived"]) for r in rows]
-    await wait_for(lambda: stored_is(stored, [("old", True, False),
-                                              ("billing one", False, True),
-                                              ("linked", False, False)]), timeout=10)
+    await rows_become(sql, user, [("old", True, False), ("billing one", False, True),
+                                  ("linked", False, False)])
     assert page.errors == []  # type: ignore[attr-defined]
-
-
-async def stored_is(read: Any, expected: list[tuple[str, bool, bool]]) -> bool:
-    return await read() == expected
 
 
 async def test_ctrl_click_while_reconnecting_keeps_the_read_queued(
