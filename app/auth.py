@@ -190,6 +190,12 @@ def api_key_ok(expected: str | None, presented: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
 
+def origin_listed(origin: str, allowed: Sequence[str]) -> bool:
+    """Is ``origin`` one of ``HERALD_ALLOWED_ORIGINS`` (exactly, or ``*``)? The CORS rule:
+    a page of this very host needs no CORS."""
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
 def origin_allowed(origin: str | None, host: str, allowed: Sequence[str],
                    scheme: str = "http") -> bool:
     """May a browser page from ``origin`` open a WebSocket or POST with cookies here?
@@ -203,7 +209,7 @@ def origin_allowed(origin: str | None, host: str, allowed: Sequence[str],
     if origin is None:
         return True
     origin = origin.rstrip("/")
-    if "*" in allowed or origin in allowed:
+    if origin_listed(origin, allowed):
         return True
     parts = urlsplit(origin)
     own = {"ws": "http", "wss": "https"}.get(scheme, scheme)

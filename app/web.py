@@ -13,7 +13,13 @@ from app.dispatch import Dispatcher
 from app.handlers.api import ChangeHandler, NotificationsHandler
 from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
-from app.handlers.pages import DevSendHandler, InboxHandler, LoginHandler, LogoutHandler
+from app.handlers.pages import (
+    DevSendHandler,
+    InboxHandler,
+    LoginHandler,
+    LogoutHandler,
+    StaticHandler,
+)
 from app.handlers.ws import SocketHandler
 from app.hub import Hub
 from app.logs import log_request
@@ -74,6 +80,7 @@ def make_app(
         user_limiter=KeyedLimiter(config.http_rate, config.http_burst),
         template_path=str(resources.folder("templates")),
         static_path=str(resources.folder("static")),
+        static_handler_class=StaticHandler,
         websocket_max_message_size=config.max_frame_bytes,
         compress_response=True,
         default_handler_class=NotFoundHandler,

@@ -39,10 +39,35 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def _node_header(self) -> None:
         # Which node answered: lets operators (and the cluster tests) see the balancing.
-        # (Tornado sets default headers before initialize(), hence the getattr.)
+        # (Tornado sets default headers before initialize(), and again for an error,
+        # hence the getattr.)
         config = getattr(self, "config", None)
-        if config is not None:
-            self.set_header("X-Herald-Node", config.node)
+        if config is None:
+            return
+        self.set_header("X-Herald-Node", config.node)
+        self._cors_headers(config)
+
+    def _cors_headers(self, config: Config) -> None:
+        """CORS for pages of ``HERALD_ALLOWED_ORIGINS`` (<herald-inbox> on the host
+        application's pages calls the API from there), errors included so that the page
+        can read a 401. Other origins get no CORS header: their browser reads nothing."""
+        origin = self.request.headers.get("Origin")
+        self.add_header("Vary", "Origin")
+        if origin and auth.origin_listed(origin, config.allowed_origins):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Credentials", "true")
+
+    def options(self, *args: Any) -> None:
+        """A CORS preflight: what an allowed origin may send (403 for any other)."""
+        origin = self.request.headers.get("Origin")
+        if not origin or not auth.origin_listed(origin, self.config.allowed_origins):
+            raise ApiError(403, "forbidden_origin", f"origin {origin} is not allowed")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST")
+        self.set_header("Access-Control-Allow-Headers",
+                        "Authorization, Content-Type, Idempotency-Key")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

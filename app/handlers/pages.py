@@ -32,6 +32,14 @@ class InboxHandler(tornado.web.RequestHandler):
         self.render("inbox.html", dev=self.config.dev)
 
 
+class StaticHandler(tornado.web.StaticFileHandler):
+    """``/static/``: herald.js, herald.mjs and <herald-inbox> are public and meant for
+    other sites' pages, so any origin may read them (an ES module import needs CORS)."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
+
+
 class LoginHandler(InboxHandler):
     """``GET/POST /login`` (``--dev`` only): pick any user name, get its login cookie."""
 
