@@ -55,13 +55,23 @@ class FrameEvent:
 
 
 @dataclass(frozen=True)
+class PrefsEvent:
+    """``user``'s muted categories changed (revision 0012's muted_changed() trigger): a
+    hint only, the node reads the list from the table and pushes it where it differs
+    from what a socket was last sent."""
+
+    kind: ClassVar[str] = "prefs"
+    user: str
+
+
+@dataclass(frozen=True)
 class SyncEvent:
     """A new relay leads: re-read the table for every connected user (app/relay.py)."""
 
     kind: ClassVar[str] = "sync"
 
 
-BusEvent = Union[NewEvent, ChangeEvent, SyncEvent]
+BusEvent = Union[NewEvent, ChangeEvent, PrefsEvent, SyncEvent]
 
 
 def parse_bus_event(payload: str) -> BusEvent:
@@ -95,6 +105,11 @@ def parse_bus_event(payload: str) -> BusEvent:
                 or not all(is_int(i) and 1 <= i <= MAX_SEQ for i in ids)):
             raise ProtocolError("bad_bus_payload", f"{kind}: bad ids")
         return ChangeEvent(kind, user, ids=tuple(ids), xid=xid)
+    if kind == "prefs":
+        user = event.get("u")
+        if set(event) != {"k", "u"} or not models.is_user_id(user):
+            raise ProtocolError("bad_bus_payload", "prefs: bad user or fields")
+        return PrefsEvent(user)
     if kind == "sync" and len(event) == 1:
         return SyncEvent()
     raise ProtocolError("bad_bus_payload", "unknown kind")
@@ -103,7 +118,8 @@ def parse_bus_event(payload: str) -> BusEvent:
 FRAME_EVENT_KEYS = frozenset({"k", "u", "s", "t", "f"})
 # The fields of a notification frame (docs/protocol.md), as the trigger renders them.
 NOTIFICATION_KEYS = frozenset({"type", "id", "seq", "title", "body", "data", "link",
-                               "category", "created_at", "expires_at", "read", "archived"})
+                               "category", "group_key", "created_at", "expires_at", "read",
+                               "archived"})
 # Revision 0009: every private-channel payload starts with the HMAC-SHA256 of the rest,
 # in hex, under herald_private.bus_key.mac_key; the rest starts as json_build_object
 # writes it.

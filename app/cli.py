@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--data", default=None, help="a JSON object")
     send.add_argument("--link", default=None, help="http(s) URL or /path")
     send.add_argument("--category", default=None, help="a label of 1-64 characters")
+    send.add_argument("--group-key", default=None, metavar="K",
+                      help="a collapse key of 1-200 characters: an inbox shows one item per "
+                      "unread group, and reading it reads the group")
     send.add_argument("--expires-at", default=None, metavar="WHEN",
                       help="ISO 8601 date-time after which it is never pushed, listed or "
                       "counted (e.g. 2026-12-01T18:00:00Z)")
@@ -253,7 +256,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     except ValueError:
         raise CliError("--data must be a JSON object, e.g. '{\"order_id\": 1001}'") from None
     item = {"user_id": args.user, "title": args.title, "body": args.body, "data": data,
-            "link": args.link, "category": args.category, "expires_at": args.expires_at}
+            "link": args.link, "category": args.category, "expires_at": args.expires_at,
+            "group_key": args.group_key}
     try:
         (valid,) = publish.parse_publish(json.dumps(item).encode(), 1)
     except protocol.ProtocolError as err:
@@ -405,6 +409,9 @@ def _show(frame: dict[str, Any], as_json: bool) -> None:
     elif kind in protocol.CHANGE_KINDS:
         what = f"all up to #{frame['seq']}" if frame.get("all") else frame["ids"]
         print(f"herald tail: {kind} {what} ({frame['unread']} unread)",
+              file=sys.stderr, flush=True)
+    elif kind == "preferences":
+        print(f"herald tail: muted {frame['muted']} ({frame['unread']} unread)",
               file=sys.stderr, flush=True)
     elif kind == "error":
         print(f"herald tail: {frame['code']}: {frame['message']}", file=sys.stderr)

@@ -63,7 +63,7 @@ class Connection:
     socket has had since it opened (handed over from before the hello)."""
 
     # Slots: ten thousand of these live on a busy node.
-    __slots__ = ("user", "conn_id", "cursor", "held", "acked", "expires_at", "last_pong",
+    __slots__ = ("user", "conn_id", "cursor", "held", "muted", "acked", "expires_at", "last_pong",
                  "ping_sent_at", "frames", "admitted", "_socket", "_wire", "_batch",
                  "_idle_acks", "_max_pending", "_half_pending", "_stall_timeout",
                  "_on_drained", "_last_write", "_paused", "_closing")
@@ -77,6 +77,7 @@ class Connection:
         # While its session's replay runs, pushes wait here (None: not replaying): a
         # change pushed at once could reach the client before the replay's older copy.
         self.held: list[str] | None = None
+        self.muted: tuple[str, ...] = ()  # as last sent (app/hub.py, push_preferences)
         self.acked = 0  # the highest seq this socket acked (never above its cursor)
         self.expires_at = expires_at  # the token's exp; app.keepalive closes us then
         self.last_pong = time.monotonic()  # the hello counts as a sign of life

@@ -30,7 +30,7 @@ from app.coalesce import Coalescer
 from app.errors import DB_ERRORS
 from app.hub import Client, Frame, Hub
 from app.metrics import Metrics
-from app.store import RowState, Store
+from app.store import Preferences, RowState, Store
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,12 @@ class Plan:
     changes: list[bus_payloads.ChangeEvent] = field(default_factory=list)
     # After a bus loss: push the state of rows changed by transactions from this xid on.
     resync_since: int | None = None
+    # Users whose muted categories may have changed: read them, push where they differ.
+    prefs: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.replay or self.wanted or self.frames or self.changes
-                    or self.resync_since is not None)
+                    or self.resync_since is not None or self.prefs)
 
     def want(self, user: str, seq: int) -> None:
         if seq > self.wanted.get(user, 0):
@@ -207,7 +209,7 @@ class Dispatcher:
             else:
                 log.exception("node: delivery round failed unexpectedly; retrying")
             self._failed = Plan(replay=plan.replay | set(plan.wanted), changes=plan.changes,
-                                resync_since=plan.resync_since)
+                                resync_since=plan.resync_since, prefs=plan.prefs)
             asyncio.get_running_loop().call_later(
                 self._retry.next(), self._queue.put_nowait, Retry()
             )
@@ -235,8 +237,13 @@ class Dispatcher:
             elif isinstance(event, bus_payloads.ChangeEvent):
                 if self._hub.has(event.user):
                     plan.changes.append(event)
+            elif isinstance(event, bus_payloads.PrefsEvent):
+                if self._hub.has(event.user):
+                    plan.prefs.add(event.user)
         if catch_up:
             plan.replay.update(self._hub.users())
+            # A mute announced while nobody listened: compared, pushed only if it differs.
+            plan.prefs.update(self._hub.users())
         return plan
 
     async def _execute(self, plan: Plan) -> None:
@@ -257,6 +264,22 @@ class Dispatcher:
             await self._push_changes(plan.changes)
         if plan.resync_since is not None:
             await self._push_state(plan.resync_since)
+        if plan.prefs:
+            await self._push_preferences(plan.prefs)
+
+    async def _push_preferences(self, users: set[str]) -> None:
+        """Read the users' muted categories from the table (a payload only says whom to
+        look at: anyone may NOTIFY) and push a preferences frame to each socket that was
+        last told something else; the unread count is read only for those users."""
+        lists = await self._store.muted_lists(users)
+        stale = {user: lists.get(user, ()) for user in users
+                 if self._hub.preferences_differ(user, lists.get(user, ()))}
+        if not stale:
+            return
+        counts = await self._store.unread_counts(stale)
+        for user, muted in stale.items():
+            self._hub.push_preferences(
+                user, muted, protocol.preferences(muted, counts.get(user, 0)))
 
     def _deliver_frames(self, frames: Sequence[bus_payloads.FrameEvent]) -> None:
         """Send the frames the bus carried, in seq order per user. Each row's predecessor
@@ -372,8 +395,9 @@ class Dispatcher:
         try:
             await interest.ready(client.user)
             start = await self._session_start((client.user, last_seq))
+            client.muted = start.muted
             self._hub.start(client, start.baseline, protocol.welcome(
-                client.user, self.name, start.last_seq, start.unread))
+                client.user, self.name, start.last_seq, start.unread, start.muted))
         finally:
             interest.unwant(client.user)
         try:
@@ -407,7 +431,20 @@ class Dispatcher:
         Returns the number of rows changed."""
         if change.all:
             return await self._store.mark_all_read(user)
+        if change.group_key is not None:
+            return await self._store.read_group(user, change.group_key)
         return await self._store.change(user, change.kind, change.ids)
+
+    async def set_preference(self, user: str, preference: protocol.Preference) -> int:
+        """Mute or unmute a category for ``user``; the trigger's bus event pushes the new
+        list to every socket of the user on every node. Returns 1 if it changed, else 0;
+        raises ``store.TooManyMuted`` past ``models.MUTED_MAX`` muted categories."""
+        if preference.kind == "mute":
+            return await self._store.mute(user, preference.category)
+        return await self._store.unmute(user, preference.category)
+
+    async def preferences(self, user: str) -> Preferences:
+        return await self._store.preferences(user)
 
     async def unread(self, user: str) -> int:
         counts: Mapping[str, int] = await self._store.unread_counts([user])

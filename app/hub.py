@@ -49,6 +49,9 @@ class Client(Protocol):
     # pushed at once could reach the client before the replay's older copy of the row.
     held: list[str] | None
     admitted: bool  # holds one of the node's session places (``Hub.join``)
+    # The muted categories this connection was last told (welcome or preferences frame);
+    # set by the dispatcher before ``start``, then by ``push_preferences``.
+    muted: tuple[str, ...]
 
     def send(self, texts: Sequence[str]) -> None:
         """Queue ``texts``, one message each, in one write; raise ``ClientGone`` if the
@@ -269,6 +272,29 @@ class Hub:
             try:
                 client.send((text,))
                 count += 1
+            except ClientGone:
+                self.remove(client)
+        return count
+
+    def preferences_differ(self, user: str, muted: tuple[str, ...]) -> bool:
+        """Whether some connection of ``user`` was last told other muted categories."""
+        return any(client.muted != muted for client in self.clients(user))
+
+    def push_preferences(self, user: str, muted: tuple[str, ...], text: str) -> int:
+        """Send the preferences frame ``text`` to each connection of ``user`` that was last
+        told other muted categories than ``muted`` (a replaying one once its replay is
+        written); return how many."""
+        count = 0
+        for client in self.clients(user):
+            if client.muted == muted:
+                continue
+            client.muted = muted
+            count += 1
+            if client.held is not None:
+                client.held.append(text)
+                continue
+            try:
+                client.send((text,))
             except ClientGone:
                 self.remove(client)
         return count

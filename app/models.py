@@ -40,6 +40,9 @@ BODY_MAX = 10_000
 LINK_MAX = 2048
 DATA_MAX_BYTES = 16_384
 CATEGORY_MAX = 64
+GROUP_KEY_MAX = 200
+# Categories one user may mute (revision 0012; herald.muted_changed() enforces it).
+MUTED_MAX = 100
 
 # The one rule for user ids, wherever one comes from (a token's sub, a publish request,
 # a bus payload): the table's user_id_length constraint, checked before the database.
@@ -109,6 +112,9 @@ notifications = Table(
     # tell a real change from a forged or stale announcement.
     Column("read_xid", BigInteger, nullable=True),
     Column("archive_xid", BigInteger, nullable=True),
+    # A collapse key (revision 0012): an inbox shows one item per unread group, and
+    # reading the group marks all of its rows read.
+    Column("group_key", Text, nullable=True),
     UniqueConstraint("user_id", "seq"),
     CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
     CheckConstraint(f"char_length(title) BETWEEN 1 AND {TITLE_MAX}", name="title_length"),
@@ -124,6 +130,8 @@ notifications = Table(
     ),
     CheckConstraint(f"char_length(category) BETWEEN 1 AND {CATEGORY_MAX}",
                     name="category_length"),
+    CheckConstraint(f"char_length(group_key) BETWEEN 1 AND {GROUP_KEY_MAX}",
+                    name="group_key_length"),
 )
 
 # Unread count and the unread-only history page.
@@ -155,6 +163,15 @@ Index(
     notifications.c.category,
     notifications.c.seq,
     postgresql_where=text("category IS NOT NULL"),
+)
+
+# A group's rows (revision 0012): "read this group" and history by group.
+Index(
+    "ix_notifications_user_id_group_key_seq",
+    notifications.c.user_id,
+    notifications.c.group_key,
+    notifications.c.seq,
+    postgresql_where=text("group_key IS NOT NULL"),
 )
 
 # Retention: the oldest rows first, and the rows that have an expiry.
@@ -200,6 +217,21 @@ nodes = Table(
     Column("draining", Boolean, nullable=False, server_default=text("false")),
     # The shards whose channels it listens to (revision 0011; ``herald status``).
     Column("shards", ARRAY(Integer), nullable=False, server_default=text("'{}'")),
+)
+
+# A row: the user muted the category (revision 0012). Muted rows are not counted as
+# unread; clients learn the list (welcome, preferences frames) and decide about toasts.
+# Inserts and deletes are announced on the user's shard channel by the muted_changed()
+# triggers, which also keep a user at MUTED_MAX rows.
+muted_categories = Table(
+    "muted_categories",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("category", Text, primary_key=True),
+    Column("muted_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint(f"char_length(user_id) BETWEEN 1 AND {USER_ID_MAX}", name="user_id_length"),
+    CheckConstraint(f"char_length(category) BETWEEN 1 AND {CATEGORY_MAX}",
+                    name="category_length"),
 )
 
 # herald_private.bus_key (revision 0008), the private bus channel's name, lives outside

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence, Union
 
+from app import models
+
 # Close codes (RFC 6455 private range 4000-4999 for application codes).
 CLOSE_GOING_AWAY = 1001  # node shutting down: reconnect elsewhere at once
 CLOSE_UNAVAILABLE = 1011  # the database did not answer at the session's start: retry
@@ -65,6 +67,22 @@ class Change:
     ids: tuple[int, ...]
     all: bool = False
     ref: int | None = None  # the client's number for it: answered by a "done" frame
+    group_key: str | None = None  # read only: every unread row of the group (no ids)
+
+
+# Preference changes a client may ask for (revision 0012); pushed to every socket of
+# the user as a "preferences" frame.
+PREFERENCE_KINDS = ("mute", "unmute")
+PREFERENCE_KEYS = frozenset({"type", "category"})
+
+
+@dataclass(frozen=True)
+class Preference:
+    """``mute`` / ``unmute`` of ``category``."""
+
+    kind: str
+    category: str
+    ref: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,7 @@ class Ping:
     pass
 
 
-ClientFrame = Union[Hello, Ack, Change, Ping]
+ClientFrame = Union[Hello, Ack, Change, Preference, Ping]
 # The keys of a change frame besides the change itself.
 CHANGE_ENVELOPE = frozenset({"type", "ref"})
 
@@ -100,16 +118,36 @@ def parse_ids(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def parse_group_key(value: Any) -> str:
+    """A group key as the table takes it (``ck_notifications_group_key_length``)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= models.GROUP_KEY_MAX:
+        raise ProtocolError("malformed",
+                            f"group_key must be a string of 1-{models.GROUP_KEY_MAX} characters")
+    return value
+
+
+def parse_category(value: Any) -> str:
+    """A category as the tables take it (``category_length``)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= models.CATEGORY_MAX:
+        raise ProtocolError("malformed",
+                            f"category must be a string of 1-{models.CATEGORY_MAX} characters")
+    return value
+
+
 def parse_change_request(
     kind: str, frame: Mapping[str, Any], envelope: frozenset[str] = frozenset()
 ) -> Change:
-    """``{"ids": [...]}``, or for ``read`` also ``{"all": true}``: exactly one of them,
-    nothing else (besides the ``envelope`` keys, e.g. a frame's ``type``)."""
+    """``{"ids": [...]}``, or for ``read`` also ``{"all": true}`` or ``{"group_key":
+    "..."}``: exactly one of them, nothing else (besides the ``envelope`` keys, e.g. a
+    frame's ``type``)."""
     keys = set(frame) - envelope
     if kind == "read" and keys == {"all"} and frame["all"] is True:
         return Change(kind, ids=(), all=True)
-    wanted = 'give either "ids": [...] or "all": true' if kind == "read" else 'give "ids": [...]'
-    unknown = sorted(keys - {"ids", "all"})
+    if kind == "read" and keys == {"group_key"}:
+        return Change(kind, ids=(), group_key=parse_group_key(frame["group_key"]))
+    wanted = ('give either "ids": [...], "all": true or "group_key": "..."' if kind == "read"
+              else 'give "ids": [...]')
+    unknown = sorted(keys - ({"ids", "all", "group_key"} if kind == "read" else {"ids", "all"}))
     if unknown:
         raise ProtocolError("malformed", f"unknown field(s) {', '.join(unknown)}"[:200]
                             + f"; {wanted}")
@@ -127,6 +165,12 @@ def json_object(text: str | bytes, code: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError(code, f"{what} must be a JSON object")
     return value
+
+
+def _ref(ref: Any) -> int:
+    if not is_int(ref) or not 0 <= ref <= MAX_REF:
+        raise ProtocolError("malformed", f"ref must be an integer from 0 to {MAX_REF}")
+    return int(ref)
 
 
 def parse_client_frame(text: str | bytes) -> ClientFrame:
@@ -155,10 +199,14 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         change = parse_change_request(kind, frame, CHANGE_ENVELOPE)
         if "ref" not in frame:
             return change
-        ref = frame["ref"]
-        if not is_int(ref) or not 0 <= ref <= MAX_REF:
-            raise ProtocolError("malformed", f"ref must be an integer from 0 to {MAX_REF}")
-        return dataclasses.replace(change, ref=ref)
+        return dataclasses.replace(change, ref=_ref(frame["ref"]))
+    if kind in PREFERENCE_KINDS:
+        unknown = sorted(set(frame) - PREFERENCE_KEYS - {"ref"})
+        if unknown or "category" not in frame:
+            raise ProtocolError("malformed", f'{kind} is {{"type": "{kind}", "category": '
+                                '"...", "ref": n}, ref optional')
+        ref = _ref(frame["ref"]) if "ref" in frame else None
+        return Preference(kind, parse_category(frame["category"]), ref)
     if kind == "ping":
         return Ping()
     raise ProtocolError("malformed", f"unknown frame type {kind!r}"[:200])
@@ -168,10 +216,18 @@ def dumps(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def welcome(user: str, node: str, last_seq: int, unread: int) -> str:
+def welcome(user: str, node: str, last_seq: int, unread: int,
+            muted: Sequence[str] = ()) -> str:
     return dumps(
-        {"type": "welcome", "user": user, "node": node, "last_seq": last_seq, "unread": unread}
+        {"type": "welcome", "user": user, "node": node, "last_seq": last_seq, "unread": unread,
+         "muted": list(muted)}
     )
+
+
+def preferences(muted: Sequence[str], unread: int) -> str:
+    """The push of the user's preferences (after a mute or unmute from anywhere): the
+    muted categories, sorted, and the unread count they leave."""
+    return dumps({"type": "preferences", "muted": list(muted), "unread": unread})
 
 
 def iso(moment: datetime | None) -> str | None:

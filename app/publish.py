@@ -14,7 +14,7 @@ from app import models
 from app.protocol import ProtocolError, dumps
 
 PUBLISH_FIELDS = frozenset({"user_id", "title", "body", "data", "link", "idempotency_key",
-                            "category", "expires_at"})
+                            "category", "expires_at", "group_key"})
 
 
 # The ISO 8601 forms accepted (docs/openapi.yaml has the same pattern): a date, then
@@ -88,6 +88,14 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
             "invalid_request",
             f"{where}.category must be a string of 1-{models.CATEGORY_MAX} chars",
         )
+    group_key = item.get("group_key")
+    if group_key is not None and (
+        not isinstance(group_key, str) or not 1 <= len(group_key) <= models.GROUP_KEY_MAX
+    ):
+        raise ProtocolError(
+            "invalid_request",
+            f"{where}.group_key must be a string of 1-{models.GROUP_KEY_MAX} chars",
+        )
     expires_at = item.get("expires_at")
     if expires_at is not None:
         try:
@@ -99,7 +107,8 @@ def _publish_item(item: Any, where: str) -> dict[str, Any]:
                 "2026-12-01T18:00:00Z",
             ) from None
     return {"user_id": user, "title": title, "body": body, "data": data, "link": link,
-            "idempotency_key": key, "category": category, "expires_at": expires_at}
+            "idempotency_key": key, "category": category, "expires_at": expires_at,
+            "group_key": group_key}
 
 
 def parse_publish(

@@ -46,7 +46,8 @@ FRAME = "herald.render_frame(n)"
 # fail in the JSON codec).
 HISTORY_ITEM = f"""json_build_object(
     'id', n.id, 'seq', n.seq, 'title', n.title, 'body', n.body, 'data', n.data,
-    'link', n.link, 'category', n.category, 'created_at', {_iso("n.created_at")},
+    'link', n.link, 'category', n.category, 'group_key', n.group_key,
+    'created_at', {_iso("n.created_at")},
     'expires_at', {_iso("n.expires_at")}, 'read', n.read_at IS NOT NULL,
     'archived', n.archived_at IS NOT NULL, 'delivered_at', {_iso("n.delivered_at")},
     'read_at', {_iso("n.read_at")}, 'archived_at', {_iso("n.archived_at")})::text"""
@@ -60,10 +61,24 @@ UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {LIVE}"
 UNREAD_MAX = 10_000
 
 
+def muted(user: str) -> str:
+    """SQL for the categories ``user`` (an SQL expression) muted, as an array in code
+    point order (Python's ``sorted``; revision 0012)."""
+    return (f"ARRAY(SELECT m.category FROM herald.muted_categories m "
+            f"WHERE m.user_id = {user} ORDER BY m.category COLLATE \"C\")")
+
+
 def unread_count(user: str) -> str:
-    """SQL for the unread count of ``user`` (an SQL expression), at most ``UNREAD_MAX``."""
+    """SQL for the unread count of ``user`` (an SQL expression), at most ``UNREAD_MAX``:
+    rows of a category the user muted are not counted (the muted list is an InitPlan,
+    read once per user; the walk stays on ix_notifications_unread)."""
     return (f"(SELECT count(*) FROM (SELECT 1 FROM herald.notifications "
-            f"WHERE user_id = {user} AND {UNREAD} LIMIT {UNREAD_MAX}) AS unread_rows)")
+            f"WHERE user_id = {user} AND {UNREAD} AND (category IS NULL OR "
+            f"category <> ALL ({muted(user)})) LIMIT {UNREAD_MAX}) AS unread_rows)")
+
+
+class TooManyMuted(Exception):
+    """The user already mutes ``models.MUTED_MAX`` categories (the trigger refused)."""
 
 # Lifecycle changes a user can make: kind -> (assignment, rows it changes). The
 # notify_changed trigger (revision 0004) announces each one to every node.
@@ -84,6 +99,7 @@ class NewNotification:
     idempotency_key: str | None = None
     category: str | None = None
     expires_at: datetime | None = None
+    group_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,7 @@ class HistoryPage:
     items: list[str]  # newest first, each a history item's JSON text (HISTORY_ITEM)
     unread: int
     last_seq: int  # the user's newest seq, read in the same snapshot as ``rows``
+    muted: tuple[str, ...] = ()  # the categories the user muted, sorted
 
 
 @dataclass(frozen=True)
@@ -139,6 +156,15 @@ class SessionStart:
 
     last_seq: int
     baseline: int
+    unread: int
+    muted: tuple[str, ...] = ()  # the categories the user muted, sorted
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """A user's muted categories (sorted) and the unread count that leaves."""
+
+    muted: tuple[str, ...]
     unread: int
 
 
@@ -192,11 +218,12 @@ class Store(PoolStore):
             rows = await conn.fetch(
                 """
                 INSERT INTO herald.notifications (user_id, title, body, data, link,
-                                                  idempotency_key, category, expires_at)
-                SELECT u, t, b, coalesce(d, '{}'::jsonb), l, k, c, e
+                                                  idempotency_key, category, expires_at,
+                                                  group_key)
+                SELECT u, t, b, coalesce(d, '{}'::jsonb), l, k, c, e, g
                 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-                            $6::text[], $7::text[], $8::timestamptz[])
-                     WITH ORDINALITY AS x(u, t, b, d, l, k, c, e, n)
+                            $6::text[], $7::text[], $8::timestamptz[], $9::text[])
+                     WITH ORDINALITY AS x(u, t, b, d, l, k, c, e, g, n)
                 ORDER BY n
                 RETURNING id, seq, user_id, created_at, idempotency_key
                 """,
@@ -208,6 +235,7 @@ class Store(PoolStore):
                 [i.idempotency_key for i in items],
                 [i.category for i in items],
                 [i.expires_at for i in items],
+                [i.group_key for i in items],
             )
             if all(i.idempotency_key is None for i in items):
                 return [Inserted(r["id"], r["seq"], r["user_id"], r["created_at"])
@@ -271,7 +299,8 @@ class Store(PoolStore):
                                  WHERE user_id = u), 0) AS last_seq,
                        (SELECT min(seq) FROM herald.notifications
                         WHERE user_id = u AND delivered_at IS NULL) AS first_undelivered,
-                       {unread_count("u")} AS unread
+                       {unread_count("u")} AS unread,
+                       {muted("u")} AS muted
                 FROM unnest($1::text[]) AS u
                 """,
                 users,
@@ -287,7 +316,8 @@ class Store(PoolStore):
                     baseline = int(row["first_undelivered"]) - 1
                 else:
                     baseline = newest
-                starts.append(SessionStart(newest, baseline, int(row["unread"])))
+                starts.append(SessionStart(newest, baseline, int(row["unread"]),
+                                           tuple(row["muted"])))
             return starts
 
         return await self._retrying(op)
@@ -331,12 +361,13 @@ class Store(PoolStore):
 
     async def history(
         self, user: str, limit: int, before_seq: int | None, unread_only: bool,
-        archived: bool = False, category: str | None = None,
+        archived: bool = False, category: str | None = None, group_key: str | None = None,
     ) -> HistoryPage:
         """A page of ``user``'s live (unexpired) notifications, newest first: archived
         ones only with ``archived``, otherwise only those not archived; optionally only
-        unread ones, or one ``category``. With the unread count and the user's newest
-        seq, all read in one snapshot, so a client that opens its socket with that seq
+        unread ones, or one ``category``, or one ``group_key``. With the unread count
+        (muted categories left out), the muted categories and the user's newest seq, all
+        read in one snapshot, so a client that opens its socket with that seq
         as its cursor gets exactly what came after the page."""
 
         async def read(conn: asyncpg.Connection) -> HistoryPage:
@@ -347,21 +378,22 @@ class Store(PoolStore):
                   AND (NOT $3 OR read_at IS NULL)
                   AND (archived_at IS NOT NULL) = $4
                   AND ($5::text IS NULL OR category = $5)
+                  AND ($7::text IS NULL OR group_key = $7)
                   AND {LIVE}
                 ORDER BY seq DESC LIMIT $6
                 """,
-                user, before_seq, unread_only, archived, category, limit,
+                user, before_seq, unread_only, archived, category, limit, group_key,
             )
             totals = await conn.fetchrow(
                 f"""
-                SELECT {unread_count("$1")} AS unread,
+                SELECT {unread_count("$1")} AS unread, {muted("$1")} AS muted,
                        coalesce((SELECT last_seq FROM herald.user_counters
                                  WHERE user_id = $1), 0) AS last_seq
                 """,
                 user,
             )
             return HistoryPage([r["item"] for r in rows], int(totals["unread"]),
-                               int(totals["last_seq"]))
+                               int(totals["last_seq"]), tuple(totals["muted"]))
 
         async def op(conn: asyncpg.Connection) -> HistoryPage:
             if conn.is_in_transaction():  # the store's own (behind a transaction pooler)
@@ -384,6 +416,64 @@ class Store(PoolStore):
                 users,
             )
             return {r["u"]: int(r["unread"]) for r in rows}
+
+        return await self._retrying(op)
+
+    async def muted_lists(self, users: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Each user's muted categories, sorted (users without any are absent)."""
+        users = list(users)
+        if not users:
+            return {}
+
+        async def op(conn: asyncpg.Connection) -> dict[str, tuple[str, ...]]:
+            rows = await conn.fetch(
+                """
+                SELECT user_id, array_agg(category ORDER BY category COLLATE "C") AS muted
+                FROM herald.muted_categories WHERE user_id = ANY($1::text[])
+                GROUP BY user_id
+                """,
+                users,
+            )
+            return {r["user_id"]: tuple(r["muted"]) for r in rows}
+
+        return await self._retrying(op)
+
+    async def preferences(self, user: str) -> Preferences:
+        """``user``'s muted categories and unread count, in one statement."""
+
+        async def op(conn: asyncpg.Connection) -> Preferences:
+            row = await conn.fetchrow(
+                f"SELECT {muted('$1::text')} AS muted, {unread_count('$1::text')} AS unread",
+                user)
+            return Preferences(tuple(row["muted"]), int(row["unread"]))
+
+        return await self._retrying(op)
+
+    async def mute(self, user: str, category: str) -> int:
+        """Mute ``category`` for ``user``: 1 if it was not muted, else 0. The trigger
+        announces it; raises ``TooManyMuted`` past ``models.MUTED_MAX``."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            try:
+                status = await conn.execute(
+                    "INSERT INTO herald.muted_categories (user_id, category) VALUES ($1, $2) "
+                    "ON CONFLICT DO NOTHING", user, category)
+            except asyncpg.CheckViolationError as err:
+                if getattr(err, "constraint_name", None) == "muted_categories_limit":
+                    raise TooManyMuted() from None
+                raise
+            return int(status.split()[-1])
+
+        return await self._retrying(op)
+
+    async def unmute(self, user: str, category: str) -> int:
+        """Unmute ``category`` for ``user``: 1 if it was muted, else 0."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(
+                "DELETE FROM herald.muted_categories WHERE user_id = $1 AND category = $2",
+                user, category)
+            return int(status.split()[-1])
 
         return await self._retrying(op)
 
@@ -492,6 +582,24 @@ class Store(PoolStore):
                 """,
                 user,
                 list(ids),
+            )
+            return int(status.split()[-1])
+
+        return await self._retrying(op)
+
+    async def read_group(self, user: str, group_key: str) -> int:
+        """Mark read every unread, unexpired row of ``user`` with ``group_key``
+        (archived or not); pushed by the notify_changed trigger like any read. Returns
+        the number of rows changed."""
+
+        async def op(conn: asyncpg.Connection) -> int:
+            status = await conn.execute(
+                f"""
+                UPDATE herald.notifications SET read_at = now()
+                WHERE user_id = $1 AND group_key = $2 AND read_at IS NULL AND {LIVE}
+                """,
+                user,
+                group_key,
             )
             return int(status.split()[-1])
 

@@ -10,7 +10,12 @@ import tornado.web
 from app import protocol, resources
 from app.config import Config
 from app.dispatch import Dispatcher
-from app.handlers.api import ChangeHandler, NotificationsHandler
+from app.handlers.api import (
+    ChangeHandler,
+    NotificationsHandler,
+    PreferenceHandler,
+    PreferencesHandler,
+)
 from app.handlers.base import NotFoundHandler
 from app.handlers.health import HealthzHandler, MetricsHandler, ReadyzHandler
 from app.handlers.pages import (
@@ -61,6 +66,10 @@ def make_app(
         *[(rf"/api/notifications/{kind}", ChangeHandler,
            {"dispatcher": dispatcher, "kind": kind, **common})
           for kind in protocol.CHANGE_KINDS],
+        (r"/api/preferences", PreferencesHandler, {"dispatcher": dispatcher, **common}),
+        *[(rf"/api/preferences/{kind}", PreferenceHandler,
+           {"dispatcher": dispatcher, "kind": kind, **common})
+          for kind in protocol.PREFERENCE_KINDS],
         (r"/healthz", HealthzHandler, {"node_name": dispatcher.name}),
         (r"/readyz", ReadyzHandler,
          {"store": store, "bus_connected": bus_connected, "draining": draining,

@@ -14,6 +14,7 @@ BEGIN ATOMIC
     SELECT json_build_object(
         'type', 'notification', 'id', n.id, 'seq', n.seq, 'title', n.title,
         'body', n.body, 'data', n.data, 'link', n.link, 'category', n.category,
+        'group_key', n.group_key,
         'created_at', CASE WHEN extract(microseconds FROM n.created_at)::bigint % 1000000 = 0
                            THEN to_char((n.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
                            ELSE to_char((n.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END,

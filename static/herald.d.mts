@@ -10,5 +10,6 @@ export type Options = Herald.Options;
 export type Notification = Herald.Notification;
 export type Change = Herald.Change;
 export type Welcome = Herald.Welcome;
+export type Preferences = Herald.Preferences;
 export type State = Herald.State;
 export type Token = Herald.Token;

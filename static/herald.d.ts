@@ -17,6 +17,8 @@ declare namespace Herald {
     data: { [key: string]: unknown };
     link: string | null;
     category: string | null;
+    /** The collapse key: an inbox shows one item per unread group (`readGroup`). */
+    group_key: string | null;
     created_at: string;
     expires_at: string | null;
     read: boolean;
@@ -39,6 +41,16 @@ declare namespace Herald {
     node: string;
     last_seq: number;
     unread: number;
+    /** The categories the user muted, sorted (not counted in `unread`). */
+    muted: string[];
+  }
+
+  /** The user's muted categories changed (from any tab, device, HTTP or SQL). */
+  interface Preferences {
+    type: "preferences";
+    /** Sorted. */
+    muted: string[];
+    unread: number;
   }
 
   /** A JWT, null for the login cookie, or a function called for every connection. */
@@ -60,6 +72,7 @@ declare namespace Herald {
     onRead?(change: Change): void;
     onChange?(change: Change): void;
     onWelcome?(welcome: Welcome): void;
+    onPreferences?(preferences: Preferences): void;
     onState?(state: State, detail: { retryAt?: number | null }): void;
     /** Changes not yet confirmed by the server. */
     onPending?(count: number): void;
@@ -88,6 +101,11 @@ declare class HeraldClient {
   markUnread(ids: number[]): boolean;
   archive(ids: number[]): boolean;
   unarchive(ids: number[]): boolean;
+  /** Mark every unread notification of the group read (a `group_key`, 1-200 chars). */
+  readGroup(groupKey: string): boolean;
+  /** Mute or unmute a category (1-64 chars); at most 100 muted. */
+  mute(category: string): boolean;
+  unmute(category: string): boolean;
   ack(seq: number): boolean;
   /** Changes not yet confirmed by the server. */
   pending(): number;

@@ -8,7 +8,9 @@
  *     onRead(r) { ... },                 // {ids, all, seq, unread} from any tab or device
  *     onChange(c) { ... },               // every change: {type: "read" | "unread" |
  *                                        //   "archive" | "unarchive", ids, unread}
- *     onWelcome(w) { ... },              // {user, node, last_seq, unread}
+ *     onWelcome(w) { ... },              // {user, node, last_seq, unread, muted}
+ *     onPreferences(p) { ... },          // {muted: [sorted categories], unread} after
+ *                                        //   a mute or unmute from anywhere
  *     onState(state, detail) { ... },    // "connecting" | "live" | "reconnecting" |
  *                                        //   "offline" | "signed-out"; while
  *                                        //   reconnecting, detail.retryAt (epoch ms)
@@ -20,17 +22,26 @@
  *   });
  *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
  *   client.archive([101]); client.unarchive([101]); client.ack(42);
+ *   client.readGroup("pr-12"); client.mute("marketing"); client.unmute("marketing");
  *   client.retryNow(); client.setToken(freshJwt); client.close();
  *
  * A read-all push says {all: true, seq: S}: every notification up to seq S is read (one
  * that arrived after S may not be). Notifications carry category, expires_at and
  * archived; an archived one may arrive on replay (archived: true).
  *
+ * Groups: a notification's group_key (null or a string) is its collapse key. An inbox
+ * shows one item per unread group (its newest notification, with the count) and
+ * readGroup(key) marks every unread notification of the group read (the push is an
+ * ordinary "read" with the ids it changed). Muting: the welcome's muted list, then
+ * onPreferences, say which categories the user muted; the unread counts already leave
+ * them out, and notifications of a muted category still arrive (decide about toasts
+ * from the list).
+ *
  * The client says "batch": true in its hello, so a burst arrives as several messages in
  * one WebSocket frame, one JSON object per line; acks are cumulative and sent at most
  * every 100 ms.
  *
- * Changes (read, unread, archive, unarchive, read-all) are kept, in order, until the
+ * Changes (read, unread, archive, unarchive, read-all, read-group, mute, unmute) are kept, in order, until the
  * server confirms each one ("ref" in the change, "done" in the answer): made while the
  * socket is down, they are sent as soon as a socket is welcomed; sent on a socket that
  * closes (or dies silently: no "done" within confirmWithinMs makes the client drop it
@@ -40,7 +51,9 @@
  * notification ids (else a TypeError, at once); more than 1,000 go in several frames.
  * A change the server refuses as malformed (close 4400) is dropped with a console
  * warning; one it cannot apply for now (error "unavailable") is sent again a second
- * later, with every change sent after it, in order. Sockets dropped for want of a
+ * later, with every change sent after it, in order; one it refuses for good without
+ * closing (error "too_many_muted": 100 categories are muted already) is dropped with a
+ * console warning. Sockets dropped for want of a
  * confirmation back off like failed connections until a confirmation arrives.
  *
  * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
@@ -73,6 +86,8 @@
   var RETRY_CHANGE_MS = 1000;
   var CLOSE_MALFORMED = 4400;
   var MAX_IDS = 1000;  // ids per change frame (the server's limit)
+  var MAX_GROUP_KEY = 200;
+  var MAX_CATEGORY = 64;
 
   /** A change's ids, checked here: a frame the server refuses closes the socket. */
   function checkIds(ids) {
@@ -81,6 +96,14 @@
         Math.floor(id) === id;
     });
     if (!ok) throw new TypeError("herald: ids must be a non-empty array of notification ids");
+  }
+
+  /** A string of 1 to ``max`` characters (code points, as the server counts), or a
+   * TypeError at once: a frame the server refuses closes the socket. */
+  function checkLabel(value, what, max) {
+    if (typeof value !== "string" || value.length === 0 || Array.from(value).length > max) {
+      throw new TypeError("herald: " + what + " must be a string of 1-" + max + " characters");
+    }
   }
 
   function defaultUrl() {
@@ -159,6 +182,7 @@
     this.onRead = options.onRead || noop;
     this.onChange = options.onChange || noop;
     this.onWelcome = options.onWelcome || noop;
+    this.onPreferences = options.onPreferences || noop;
     this.onState = options.onState || noop;
     this.onPending = options.onPending || noop;
     this.onAuthError = options.onAuthError || noop;
@@ -258,6 +282,9 @@
       case "unarchive":
         this.onChange(frame);
         break;
+      case "preferences":
+        this.onPreferences(frame);
+        break;
       case "pong":
         clearTimeout(this._pongTimer);
         break;
@@ -266,7 +293,10 @@
         break;
       case "error":
         if (global.console) console.warn("herald:", frame.code, frame.message);
-        if (typeof frame.ref === "number") this._confirmed(frame.ref, true);
+        // "unavailable": sent again shortly; any other (too_many_muted): dropped.
+        if (typeof frame.ref === "number") {
+          this._confirmed(frame.ref, frame.code === "unavailable");
+        }
         break;
     }
   };
@@ -466,6 +496,22 @@
   /** Archive (or bring back) notifications; every open client gets the frame. */
   HeraldClient.prototype.archive = function (ids) { return this._changeIds("archive", ids); };
   HeraldClient.prototype.unarchive = function (ids) { return this._changeIds("unarchive", ids); };
+  /** Mark every unread notification of a group read (its group_key); every open client
+   * gets a "read" frame with the ids it changed. */
+  HeraldClient.prototype.readGroup = function (groupKey) {
+    checkLabel(groupKey, "groupKey", MAX_GROUP_KEY);
+    return this._change({type: "read", group_key: groupKey});
+  };
+  /** Mute (or unmute) a category: its notifications no longer count as unread; every
+   * open client gets a "preferences" frame. */
+  HeraldClient.prototype.mute = function (category) {
+    checkLabel(category, "category", MAX_CATEGORY);
+    return this._change({type: "mute", category: category});
+  };
+  HeraldClient.prototype.unmute = function (category) {
+    checkLabel(category, "category", MAX_CATEGORY);
+    return this._change({type: "unmute", category: category});
+  };
 
   /** Close for good (no reconnect). */
   HeraldClient.prototype.close = function () {

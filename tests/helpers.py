@@ -138,7 +138,8 @@ async def wait_for(
 def notification_frame(seq: int, title: str, **fields: Any) -> dict[str, Any]:
     """A notification frame with every field the trigger renders (docs/protocol.md)."""
     frame = {"type": "notification", "id": 0, "seq": seq, "title": title, "body": None,
-             "data": {}, "link": None, "category": None, "created_at": "2026-12-04T00:00:00Z",
+             "data": {}, "link": None, "category": None, "group_key": None,
+             "created_at": "2026-12-04T00:00:00Z",
              "expires_at": None, "read": False, "archived": False}
     frame.update(fields)
     return frame

@@ -19,6 +19,7 @@ from tests.conftest import insert, listen
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_TABLES = {"notifications", "user_counters", "relay", "relay_pending", "nodes",
+               "muted_categories",
                "<schema>"}
 
 

@@ -20,13 +20,15 @@ SELECT p.oid::regprocedure::text AS name,
 FROM pg_proc p WHERE p.pronamespace = 'herald'::regnamespace
 """
 TRIGGERS = """
-SELECT t.tgname AS name, pg_get_triggerdef(t.oid) AS definition
+SELECT t.tgname AS name, pg_get_triggerdef(t.oid) AS definition,
+       t.tgrelid::regclass::text AS "table"
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 WHERE c.relnamespace = 'herald'::regnamespace AND NOT t.tgisinternal
 """
 
 
 async def _snapshot(conn: asyncpg.Connection, query: str) -> dict[str, str]:
+    """name -> definition (a trigger's name is unique among Herald's tables)."""
     return {r["name"]: r["definition"] for r in await conn.fetch(query)}
 
 
@@ -75,7 +77,9 @@ async def test_every_function_file_is_the_head_definition(fresh: dict[str, Any])
 async def test_the_triggers_file_is_the_head_definition(fresh: dict[str, Any]) -> None:
     conn = fresh["sql"]
     head = await _snapshot(conn, TRIGGERS)
-    drop = "; ".join(f"DROP TRIGGER {name} ON herald.notifications" for name in head)
+    tables = {r["name"]: r["table"] for r in await conn.fetch(TRIGGERS)}
+    assert len(tables) == len(head)
+    drop = "; ".join(f"DROP TRIGGER {name} ON {tables[name]}" for name in head)
     after = await _after_running(conn, (SQL / "triggers.sql").read_text(), TRIGGERS,
                                  before=drop)
     assert after == head

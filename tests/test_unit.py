@@ -225,7 +225,8 @@ def _payload(user: str, frame: dict[str, Any], key: bytes = KEY, seq: int | None
 
 
 FRAME = {"type": "notification", "id": 1, "seq": 3, "title": "t", "body": None, "data": {},
-         "link": "/a", "category": None, "created_at": "2026-12-04T00:00:00Z",
+         "link": "/a", "category": None, "group_key": "pr-12",
+         "created_at": "2026-12-04T00:00:00Z",
          "expires_at": None, "read": False, "archived": False}
 
 

@@ -1,6 +1,8 @@
-"""The HTTP API: publish (API key), history and read (user JWT)."""
+"""The HTTP API: publish (API key), history, read state and preferences (user JWT)."""
 
 from __future__ import annotations
+
+import json
 
 import asyncpg
 
@@ -10,10 +12,11 @@ from app.dispatch import Dispatcher
 from app.errors import DB_ERRORS
 from app.handlers.base import ApiError, JsonHandler
 from app.metrics import Metrics
-from app.store import NewNotification, Store
+from app.store import NewNotification, Store, TooManyMuted
 
 MAX_HISTORY_PAGE = 200
-HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread", "archived", "category"})
+HISTORY_PARAMETERS = frozenset({"limit", "before_seq", "unread", "archived", "category",
+                                "group_key"})
 
 
 def _single_arg(handler: JsonHandler, name: str) -> str | None:
@@ -112,23 +115,29 @@ class NotificationsHandler(JsonHandler):
         if category is not None and len(category) > models.CATEGORY_MAX:
             raise ApiError(400, "invalid_request",
                            f"category must be at most {models.CATEGORY_MAX} characters")
+        group_key = _single_arg(self, "group_key") or None
+        if group_key is not None and len(group_key) > models.GROUP_KEY_MAX:
+            raise ApiError(400, "invalid_request",
+                           f"group_key must be at most {models.GROUP_KEY_MAX} characters")
         assert limit is not None
         try:
             page = await self.store.history(
                 user, limit, before, _bool_arg(self, "unread"),
-                archived=_bool_arg(self, "archived"), category=category,
+                archived=_bool_arg(self, "archived"), category=category, group_key=group_key,
             )
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable, retry later") from None
         # The items are JSON text already (store.HISTORY_ITEM): joined, never re-encoded.
         self.set_status(200)
         self.finish(f'{{"notifications":[{",".join(page.items)}],'
-                    f'"unread":{page.unread},"last_seq":{page.last_seq}}}')
+                    f'"unread":{page.unread},"last_seq":{page.last_seq},'
+                    f'"muted":{json.dumps(list(page.muted), ensure_ascii=False)}}}')
 
 
 class ChangeHandler(JsonHandler):
     """``POST /api/notifications/{read,unread,archive,unarchive}``: ``{"ids": [...]}``
-    (read also takes ``{"all": true}``); ids of other users are ignored. Answers
+    (read also takes ``{"all": true}`` or ``{"group_key": "..."}``); ids of other users
+    are ignored. Answers
     ``{"updated": n, "unread": n}``; every socket of the user gets the push."""
 
     def initialize(self, dispatcher: Dispatcher, config: Config, metrics: Metrics,
@@ -141,7 +150,8 @@ class ChangeHandler(JsonHandler):
         body = self.json_body()
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request", 'body must be {"ids": [...]}'
-                           + (' or {"all": true}' if self.kind == "read" else ""))
+                           + (', {"all": true} or {"group_key": "..."}'
+                              if self.kind == "read" else ""))
         try:
             request = protocol.parse_change_request(self.kind, body)
         except protocol.ProtocolError as err:
@@ -152,3 +162,55 @@ class ChangeHandler(JsonHandler):
         except DB_ERRORS:
             raise ApiError(503, "unavailable", "database unavailable, retry later") from None
         self.write_json({"updated": updated, "unread": unread})
+
+
+class PreferencesHandler(JsonHandler):
+    """``GET /api/preferences``: the caller's muted categories (sorted) and unread count."""
+
+    def initialize(self, dispatcher: Dispatcher, config: Config, metrics: Metrics) -> None:
+        self.dispatcher, self.config, self.metrics = dispatcher, config, metrics
+
+    async def get(self) -> None:
+        user = await self.current_user_id()
+        if self.request.query_arguments:
+            raise ApiError(400, "invalid_request", "no query parameters are taken here")
+        try:
+            prefs = await self.dispatcher.preferences(user)
+        except DB_ERRORS:
+            raise ApiError(503, "unavailable", "database unavailable, retry later") from None
+        self.write_json({"muted": list(prefs.muted), "unread": prefs.unread})
+
+
+class PreferenceHandler(JsonHandler):
+    """``POST /api/preferences/{mute,unmute}`` ``{"category": "..."}``: answers
+    ``{"updated": 0|1, "muted": [...], "unread": n}``; every socket of the user gets a
+    preferences frame. 409 ``too_many_muted`` past ``models.MUTED_MAX``."""
+
+    def initialize(self, dispatcher: Dispatcher, config: Config, metrics: Metrics,
+                   kind: str) -> None:
+        self.dispatcher, self.config, self.metrics = dispatcher, config, metrics
+        self.kind = kind
+
+    async def post(self) -> None:
+        user = await self.current_user_id()
+        body = self.json_body()
+        if not isinstance(body, dict) or set(body) != {"category"}:
+            unknown = sorted(set(body) - {"category"}) if isinstance(body, dict) else []
+            raise ApiError(400, "invalid_request", 'body must be {"category": "..."}'
+                           + (f"; unknown field(s) {', '.join(unknown)}"[:200] if unknown
+                              else ""))
+        try:
+            category = protocol.parse_category(body["category"])
+        except protocol.ProtocolError as err:
+            raise ApiError(400, "invalid_request", err.message) from None
+        try:
+            updated = await self.dispatcher.set_preference(
+                user, protocol.Preference(self.kind, category))
+            prefs = await self.dispatcher.preferences(user)
+        except TooManyMuted:
+            raise ApiError(409, "too_many_muted", f"at most {models.MUTED_MAX} muted "
+                           "categories; unmute one first") from None
+        except DB_ERRORS:
+            raise ApiError(503, "unavailable", "database unavailable, retry later") from None
+        self.write_json({"updated": updated, "muted": list(prefs.muted),
+                         "unread": prefs.unread})

@@ -16,7 +16,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.websocket
 
-from app import auth, protocol, shards
+from app import auth, models, protocol, shards
 from app.config import Config
 from app.connection import Connection, OverBudget
 from app.dispatch import Dispatcher
@@ -24,6 +24,7 @@ from app.errors import DB_ERRORS
 from app.hub import ClientGone, Hub
 from app.metrics import Metrics
 from app.ratelimit import TokenBucket
+from app.store import TooManyMuted
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             return None
         if isinstance(frame, protocol.Change):
             return self._change(conn, frame)
+        if isinstance(frame, protocol.Preference):
+            return self._preference(conn, frame)
         self.fail("malformed", "hello was already received", protocol.CLOSE_MALFORMED)
         return None
 
@@ -181,6 +184,24 @@ class SocketHandler(tornado.websocket.WebSocketHandler):
             changed = await self.dispatcher.change(conn.user, frame)
         except DB_ERRORS as err:
             log.warning("ws: %s for %s failed: %s", type(frame).__name__, conn.user, err)
+            self._send_quietly(protocol.error("unavailable", "database unavailable; retry",
+                                              frame.ref))
+            return
+        if frame.ref is not None:
+            self._send_quietly(protocol.done(frame.ref, changed))
+
+    async def _preference(self, conn: Connection, frame: protocol.Preference) -> None:
+        """Mute or unmute, answered like a change; past the limit a non-fatal
+        ``too_many_muted`` error (naming the ref) instead."""
+        try:
+            changed = await self.dispatcher.set_preference(conn.user, frame)
+        except TooManyMuted:
+            self._send_quietly(protocol.error(
+                "too_many_muted", f"at most {models.MUTED_MAX} muted categories; unmute one "
+                "first", frame.ref))
+            return
+        except DB_ERRORS as err:
+            log.warning("ws: %s for %s failed: %s", frame.kind, conn.user, err)
             self._send_quietly(protocol.error("unavailable", "database unavailable; retry",
                                               frame.ref))
             return

@@ -4,3 +4,6 @@ import { HeraldClient } from "../../../static/herald.mjs";
 const client = new HeraldClient({ onNotification: (n) => n.seq.toUpperCase() });
 client.markRead("101");
 client.ack();
+client.mute(["marketing"]);
+client.readGroup();
+new HeraldClient({ onPreferences: (p) => p.muted.toFixed() });
