@@ -1145,6 +1145,13 @@
     function openPanel(open) {
       if (host.getAttribute("mode") !== "bell") return;
       bell.setAttribute("aria-expanded", open ? "true" : "false");
+      if (open) {
+        // Open towards the middle of the screen: a bell near the left edge would push
+        // a right-aligned panel off it.
+        var box = host.getBoundingClientRect();
+        panel.classList.toggle("from-left",
+                               box.left + box.width / 2 < global.innerWidth / 2);
+      }
       panel.hidden = !open;
       if (open) {
         var first = list.querySelector(".item-main") || viewInbox;

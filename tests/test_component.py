@@ -1,0 +1,340 @@
+"""<herald-inbox> on a host application's page, served from another origin than Herald
+(a real Tornado server on its own port), in Debian's Chromium; and the CORS that makes
+that possible, over plain HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+import tornado.httpclient
+import tornado.httpserver
+import tornado.web
+from playwright.async_api import Browser, Page, expect
+
+from herald_dev.net import free_port
+from tests.browsers import new_page
+from tests.conftest import token_for
+from tests.helpers import wait_for
+from tests.proxy import TcpProxy
+
+AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
+HOST_PAGE = """<!doctype html>
+<html lang="{lang}"><head><meta charset="utf-8"><title>Host application</title>
+<script src="{herald}/static/herald-inbox.js"></script>
+<style>
+  body {{ font-family: sans-serif; margin: 16px; }}
+  .themed {{ --herald-accent: #0a7d38; --herald-on-accent: #ffffff; }}
+  .themed::part(bell) {{ border-radius: 50%; }}
+  .custom {{ font-style: italic; }}
+</style></head>
+<body><header><h1>Host application</h1>{element}</header><main><p>Content</p></main>
+<script>
+  window.events = [];
+  ["herald-notification", "herald-click", "herald-unread", "herald-welcome"].forEach(
+    function (name) {{
+      document.addEventListener(name, function (e) {{
+        var d = e.detail;
+        window.events.push([name, d.notification ? d.notification.title
+          : d.unread !== undefined ? d.unread : d.user]);
+      }});
+    }});
+  {script}
+</script></body></html>"""
+
+
+class HostApp:
+    """The host application: pages on their own origin (``url``), each loading
+    <herald-inbox> from Herald at ``herald``."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, str] = {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        pages = self.pages
+
+        class Page(tornado.web.RequestHandler):
+            def get(self, name: str) -> None:
+                self.finish(pages[name])
+
+        self.server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/(\w+)", Page)]))
+        self.server.listen(self.port, "127.0.0.1")
+
+    def add(self, name: str, herald: str, element: str, lang: str = "en",
+            script: str = "") -> str:
+        self.pages[name] = HOST_PAGE.format(herald=herald, element=element, lang=lang,
+                                            script=script)
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[HostApp]:
+    app = HostApp()
+    yield app
+    app.server.stop()
+
+
+@pytest.fixture
+async def herald(make_node, host) -> Callable[..., Awaitable[Any]]:
+    """A Herald node that lets the host application's origin in."""
+    async def start(name: str = "node-a") -> Any:
+        return await make_node(name, allowed_origins=(host.url,))
+    return start
+
+
+async def insert(sql: Any, user: str, title: str, **columns: Any) -> Any:
+    """INSERT one notification as plain SQL with any of its columns (``data`` a dict,
+    ``expires_in`` seconds from now); returns the (id, seq) record."""
+    expires_in = columns.pop("expires_in", None)
+    names = ["user_id", "title", *columns]
+    values = [user, title, *columns.values()]
+    marks = [f"${i + 1}" + ("::jsonb" if name == "data" else "")
+             for i, name in enumerate(names)]
+    if expires_in is not None:
+        names.append("expires_at")
+        marks.append(f"now() + interval '{int(expires_in)} seconds'")
+    return await sql.fetchrow(
+        f"INSERT INTO herald.notifications ({', '.join(names)}) VALUES ({', '.join(marks)}) "
+        "RETURNING id, seq", *values)
+
+
+def element(user: str, mode: str = "inline", extra: str = "") -> str:
+    return (f'<herald-inbox id="inbox" mode="{mode}" token="{token_for(user)}" {extra}>'
+            '</herald-inbox>')
+
+
+async def opened(browser: Browser, url: str, **context: Any) -> Page:
+    page = await new_page(browser, **context)
+    await page.goto(url)
+    await expect(page.locator("#inbox")).to_have_attribute("state", "live")
+    return page
+
+
+async def events(page: Page) -> list[list[Any]]:
+    return await page.evaluate("window.events")
+
+
+def titles(page: Page):
+    return page.locator("#inbox #list li .title")
+
+
+async def axe_violations(page: Page) -> list[str]:
+    assert AXE.exists(), "axe-core is not installed (scripts/test installs it with npm)"
+    await page.add_script_tag(path=str(AXE))
+    found = await page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
+    return list(found)
+
+
+@pytest.mark.browser
+async def test_bell_on_another_origin_counts_opens_reads_and_tells_the_host(
+    herald, host, browser, sql, user
+) -> None:
+    node = await herald()
+    base = f"http://127.0.0.1:{node.port}"
+    page = await opened(browser, host.add("bell", base, element(user, "bell", 'class="themed"')))
+    bell, bell_badge = page.locator("#inbox #bell"), page.locator("#inbox #bell-badge")
+    await expect(bell).to_have_attribute("aria-label", "Notifications")
+    await expect(page.locator("#inbox #panel")).to_be_hidden()
+
+    row = await insert(sql, user, "Your table is ready", body="Table 4")
+    await expect(bell_badge).to_have_text("1")
+    await expect(bell).to_have_attribute("aria-label", "Notifications, 1 unread")
+    await wait_for(lambda: _has(page, ["herald-notification", "Your table is ready"]))
+    # The host's theme: a custom property (the badge's colour) and a ::part rule.
+    style = await bell.evaluate("b => getComputedStyle(b).borderRadius")
+    assert style == "50%"
+    colour = await bell_badge.evaluate("b => getComputedStyle(b).backgroundColor")
+    assert colour == "rgb(10, 125, 56)"
+
+    await bell.click()
+    await expect(page.locator("#inbox #panel")).to_be_visible()
+    await expect(bell).to_have_attribute("aria-expanded", "true")
+    await expect(titles(page)).to_have_text(["Your table is ready"])
+    await expect(page.locator("#inbox #list .item-main")).to_be_focused()
+    await page.keyboard.press("Enter")  # keyboard: activate the focused item
+    await wait_for(lambda: _has(page, ["herald-click", "Your table is ready"]))
+    await expect(bell_badge).to_be_hidden()
+
+    async def read() -> bool:
+        return await sql.fetchval("SELECT read_at IS NOT NULL FROM herald.notifications "
+                                  "WHERE id = $1", row["id"])
+    await wait_for(read)
+    # The bell is at the page's left: its panel opens rightwards, all of it on screen.
+    box = await page.locator("#inbox #panel").bounding_box()
+    assert box is not None and box["x"] >= 0, box
+    await page.mouse.click(1200, 650)  # a click outside closes the panel
+    await expect(page.locator("#inbox #panel")).to_be_hidden()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def _has(page: Page, event: list[Any]) -> bool:
+    return event in await events(page)
+
+
+@pytest.mark.browser
+async def test_inline_in_french_two_tabs_on_two_nodes_stay_in_step(
+    herald, host, browser, sql, user
+) -> None:
+    node_a, node_b = await herald("node-a"), await herald("node-b")
+    urls = [host.add(f"fr{i}", f"http://127.0.0.1:{node.port}", element(user), lang="fr")
+            for i, node in enumerate((node_a, node_b))]
+    first = await opened(browser, urls[0])
+    second = track = await first.context.new_page()
+    await track.goto(urls[1])
+    await expect(second.locator("#inbox")).to_have_attribute("state", "live")
+    for page in (first, second):
+        await expect(page.locator("#inbox #heading")).to_have_text("Boîte de réception")
+        await expect(page.locator("#inbox #status-text")).to_have_text("En direct")
+        await expect(page.locator("#inbox #empty-text")).to_have_text("Vous êtes à jour.")
+
+    await insert(sql, user, "Commande expédiée", category="orders")
+    await insert(sql, user, "Facture disponible", category="billing")
+    for page in (first, second):
+        await expect(titles(page)).to_have_text(["Facture disponible", "Commande expédiée"])
+        await expect(page.locator("#inbox #badge")).to_have_text("2")
+        await expect(page.locator("#inbox #badge")).to_have_attribute(
+            "aria-label", "2 notifications non lues")
+
+    item = first.locator("#inbox #list li", has_text="Commande")
+    await expect(item.locator(".act-archive")).to_have_text("Archiver")
+    await item.locator(".act-archive").click()
+    await expect(titles(second)).to_have_text(["Facture disponible"])
+    await expect(second.locator("#inbox #badge")).to_have_text("1")
+    await second.click("#inbox #view-archived")
+    await expect(titles(second)).to_have_text(["Commande expédiée"])
+    await second.locator("#inbox .act-unarchive").click()  # "Remettre dans la réception"
+    await expect(titles(first)).to_have_text(["Facture disponible", "Commande expédiée"])
+    await expect(first.locator("#inbox #badge")).to_have_text("2")
+
+    # Any text can be replaced by the host, by key.
+    await first.evaluate("document.getElementById('inbox').strings = {heading: 'Alertes'}")
+    await expect(first.locator("#inbox #heading")).to_have_text("Alertes")
+    await expect(first.locator("#inbox #status-text")).to_have_text("En direct")
+    assert first.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
+async def test_changes_wait_offline_and_reach_the_database_when_back(
+    herald, host, browser, sql, user
+) -> None:
+    node = await herald()
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    try:
+        row = await insert(sql, user, "Read me offline")
+        page = await opened(browser, host.add(
+            "offline", f"http://127.0.0.1:{proxy.port}", element(user)))
+        await expect(titles(page)).to_have_text(["Read me offline"])
+        proxy.refuse_new = True
+        proxy.cut_all()
+        await expect(page.locator("#inbox")).not_to_have_attribute("state", "live")
+        await page.locator("#inbox .act-read").click()
+        await expect(page.locator("#inbox #pending")).to_have_text("1 change waiting")
+        await expect(page.locator("#inbox #retry")).to_be_visible()
+        assert await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1",
+                                  row["id"]) is None
+        proxy.refuse_new = False
+        await page.click("#inbox #retry")
+        await expect(page.locator("#inbox")).to_have_attribute("state", "live")
+        await expect(page.locator("#inbox #pending")).to_be_hidden()
+
+        async def read() -> bool:
+            return await sql.fetchval("SELECT read_at IS NOT NULL FROM herald.notifications "
+                                      "WHERE id = $1", row["id"])
+        await wait_for(read)
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.browser
+async def test_render_hook_and_a_host_that_handles_clicks_itself(
+    herald, host, browser, sql, user
+) -> None:
+    node = await herald()
+    script = """
+      var inbox = document.getElementById('inbox');
+      inbox.renderItem = function (n, content) {
+        if (!n.data || !n.data.table) return null;  // the default look
+        var mark = document.createElement('span');
+        mark.className = 'custom';
+        mark.textContent = 'Table ' + n.data.table + ': ' + n.title;
+        return mark;
+      };
+      inbox.addEventListener('herald-click', function (e) {
+        e.preventDefault();  // the host routes it itself
+        window.routed = e.detail.notification.link;
+      });"""
+    page = await opened(browser, host.add(
+        "hook", f"http://127.0.0.1:{node.port}", element(user), script=script))
+    await insert(sql, user, "Plain one")
+    await insert(sql, user, "Ready", data={"table": 4}, link="/tables/4")
+    await expect(page.locator("#inbox #list li .custom")).to_have_text("Table 4: Ready")
+    await expect(titles(page)).to_have_text(["Plain one"])  # the other keeps the default
+    await page.locator("#inbox #list li", has_text="Table 4").locator(".item-main").click()
+    await wait_for(lambda: page.evaluate("window.routed === '/tables/4'"))
+    assert page.url.endswith("/hook")  # the element did not navigate
+    await expect(page.locator("#inbox #badge")).to_have_text("1")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_no_accessibility_violations_bell_and_inline(
+    herald, host, browser, sql, user, scheme
+) -> None:
+    node = await herald()
+    base = f"http://127.0.0.1:{node.port}"
+    await insert(sql, user, "Unread one", category="orders", link="https://example.com/x")
+    read = await insert(sql, user, "Read one", category="billing", expires_in=3600)
+    await sql.execute("UPDATE herald.notifications SET read_at = now() WHERE id = $1",
+                      read["id"])
+    for name, mode in (("a11yinline", "inline"), ("a11ybell", "bell")):
+        page = await opened(browser, host.add(name, base, element(user, mode)),
+                            color_scheme=scheme)
+        if mode == "bell":
+            await page.click("#inbox #bell")
+        await expect(titles(page)).to_have_count(2)
+        await page.click("#inbox #settings-toggle")
+        await expect(page.locator("#inbox #settings")).to_be_visible()
+        assert await axe_violations(page) == [], (mode, scheme)
+
+
+async def _fetch(url: str, **kwargs: Any) -> tornado.httpclient.HTTPResponse:
+    client = tornado.httpclient.AsyncHTTPClient()
+    return await client.fetch(url, raise_error=False, **kwargs)
+
+
+async def test_cors_lets_allowed_origins_in_and_nobody_else(make_node, user) -> None:
+    allowed, other = "http://app.example:3000", "http://evil.example"
+    node = await make_node(allowed_origins=(allowed,))
+    base = f"http://127.0.0.1:{node.port}"
+    preflight = await _fetch(base + "/api/notifications", method="OPTIONS", headers={
+        "Origin": allowed, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == allowed
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+
+    refused = await _fetch(base + "/api/notifications", method="OPTIONS",
+                           headers={"Origin": other, "Access-Control-Request-Method": "GET"})
+    assert refused.code == 403
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    assert json.loads(refused.body)["error"]["code"] == "forbidden_origin"
+
+    auth = {"Authorization": f"Bearer {token_for(user)}"}
+    page = await _fetch(base + "/api/notifications", headers={"Origin": allowed, **auth})
+    assert page.code == 200 and page.headers["Access-Control-Allow-Origin"] == allowed
+    # An error too: the page must be able to read a 401 to ask for a fresh token.
+    bad = await _fetch(base + "/api/notifications",
+                       headers={"Origin": allowed, "Authorization": "Bearer nope"})
+    assert bad.code == 401 and bad.headers["Access-Control-Allow-Origin"] == allowed
+    foreign = await _fetch(base + "/api/notifications", headers={"Origin": other, **auth})
+    assert "Access-Control-Allow-Origin" not in foreign.headers
+
+    script = await _fetch(base + "/static/herald-inbox.js", headers={"Origin": other})
+    assert script.code == 200 and script.headers["Access-Control-Allow-Origin"] == "*"
+    assert b"customElements.define" in script.body
