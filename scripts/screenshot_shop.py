@@ -1,6 +1,7 @@
 """Regenerate docs/shop.png: the shop demo (examples/shop) on two Herald nodes behind
-nginx: the customer's page just after the admin shipped order #1. Run from the repo
-root: .venv/bin/python scripts/screenshot_shop.py
+nginx: the customer's page with Herald's <herald-inbox> bell opened, just after the admin
+shipped orders #1 and #3. Run from the repo root: .venv/bin/python
+scripts/screenshot_shop.py
 """
 
 from __future__ import annotations
@@ -45,19 +46,23 @@ async def main() -> None:
             async with async_playwright() as p:
                 browser = await p.chromium.launch(executable_path="/usr/bin/chromium",
                                                   args=ARGS)
-                carol = await browser.new_page(viewport={"width": 900, "height": 420},
+                carol = await browser.new_page(viewport={"width": 960, "height": 700},
                                                device_scale_factor=2)
                 await carol.goto(f"{url}/login")
                 await carol.click("#login-carol")
-                await carol.wait_for_selector("#herald-widget[data-state=live]")
+                await carol.wait_for_selector("herald-inbox[state=live]")
                 admin = await browser.new_page(viewport={"width": 900, "height": 420},
                                                device_scale_factor=2)
                 await admin.goto(f"{url}/login")
                 await admin.click("#login-admin")
-                await admin.locator('tr[data-order="1"] button.ship').click()
-                await admin.wait_for_selector("#notice")
-                await carol.locator("#herald-list li").first.wait_for()
-                await asyncio.sleep(0.4)
+                for order in (1, 3):
+                    await admin.locator(f'tr[data-order="{order}"] button.ship').click()
+                    await admin.wait_for_selector("#notice")
+                await carol.locator("#herald #bell-badge", has_text="2").wait_for()
+                await carol.click("#herald #bell")
+                await carol.locator("#herald #list li").nth(1).wait_for()
+                await carol.mouse.move(0, 0)
+                await asyncio.sleep(4.5)  # the arrival highlight fades
                 await carol.screenshot(path=str(ROOT / "docs" / "shop.png"))
                 await browser.close()
         finally:

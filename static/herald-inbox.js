@@ -403,7 +403,8 @@
         expires.dateTime = n.expires_at;
         meta.appendChild(expires);
       }
-      if (href) {
+      if (href && new URL(href).origin !== global.location.origin) {
+        // Where a click leads, when it leaves the page's site.
         var hint = el("span", "link-hint");
         hint.dataset.host = new URL(href).host;
         meta.appendChild(hint);
