@@ -74,7 +74,8 @@ def unread_count(user: str) -> str:
     read once per user; the walk stays on ix_notifications_unread)."""
     return (f"(SELECT count(*) FROM (SELECT 1 FROM herald.notifications "
             f"WHERE user_id = {user} AND {UNREAD} AND (category IS NULL OR "
-            f"category <> ALL ({muted(user)})) LIMIT {UNREAD_MAX}) AS unread_rows)")
+            f"category <> ALL (ARRAY(SELECT m.category FROM herald.muted_categories m "
+            f"WHERE m.user_id = {user}))) LIMIT {UNREAD_MAX}) AS unread_rows)")
 
 
 class TooManyMuted(Exception):

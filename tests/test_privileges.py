@@ -110,6 +110,29 @@ ATTACKS: dict[str, list[str]] = {
             ("notify_changed", "AFTER UPDATE", "statement"),
         )
     },
+    "muted_changed as a statement trigger on a temporary table": [
+        "CREATE TEMP TABLE t (user_id text, category text)",
+        "CREATE TRIGGER t AFTER INSERT ON pg_temp.t REFERENCING NEW TABLE AS changed_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION herald.muted_changed()",
+        "INSERT INTO pg_temp.t VALUES ('x', 'marketing')",
+    ],
+    "operators planted on the search path, then a real mute": [
+        "SET search_path = {schema}, public",
+        "CREATE FUNCTION {schema}.evil_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN $1 OPERATOR(pg_catalog.=) $2; END $$",
+        "CREATE OPERATOR {schema}.= (LEFTARG = text, RIGHTARG = text, "
+        "FUNCTION = {schema}.evil_eq)",
+        "CREATE FUNCTION {schema}.hashtext(text) RETURNS integer LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " RETURN 1; END $$",
+        "CREATE FUNCTION {schema}.pg_notify(text, text) RETURNS void LANGUAGE plpgsql AS $$"
+        + EVIL_BODY + " END $$",
+        "INSERT INTO herald.muted_categories (user_id, category) VALUES ('victim', 'planted')",
+        "DELETE FROM herald.muted_categories WHERE user_id = 'victim'",
+    ],
+    "the muted categories updated or truncated": [
+        "UPDATE herald.muted_categories SET user_id = 'someone else'",
+        "TRUNCATE herald.muted_categories",
+    ],
     "implicit cast into a helper's arguments": [
         "CREATE TYPE pg_temp.e AS ENUM ('a')",
         "CREATE FUNCTION pg_temp.f(pg_temp.e) RETURNS bigint LANGUAGE plpgsql AS $$"
@@ -190,7 +213,7 @@ async def test_a_writer_cannot_reach_the_owners_rights(
         loot = [r["what"] for r in await conn.fetch("SELECT what FROM pg_temp.loot")]
         print(f"\n{attack}: {errors or 'no error'}; loot {loot}")
         assert all(what == f"ran as {writer['name']}" for what in loot), loot
-        if "written" in attack or "read" in attack:
+        if "written" in attack or "read" in attack or "truncated" in attack:
             assert errors and "permission denied" in errors[-1], errors
         assert not await conn.fetchval(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
@@ -323,6 +346,41 @@ async def test_a_writer_cannot_break_publishing_for_others(
                               "WHERE user_id = 'alice'") == 11
 
 
+async def test_a_writer_sets_preferences_and_nodes_push_them(
+    fresh: dict[str, Any], writer: dict[str, Any], clients: Any
+) -> None:
+    """herald_writer may SELECT, INSERT and DELETE muted categories (a backend sets a
+    user's preferences), nothing more; the trigger runs as the writer (no definer) and
+    its announcement reaches the user's sockets."""
+    conn, sql = writer["conn"], fresh["sql"]
+    node = await fresh["node"]("node-a")
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    client = await clients(node.port)
+    await client.hello(token_for(user))
+    await client.sync()
+    await conn.execute("INSERT INTO herald.muted_categories (user_id, category) "
+                       "VALUES ($1, 'marketing') ON CONFLICT DO NOTHING", user)
+    pushed = await client.recv()
+    assert pushed == {"type": "preferences", "muted": ["marketing"], "unread": 0}
+    assert await conn.fetchval("SELECT count(*) FROM herald.muted_categories "
+                               "WHERE user_id = $1", user) == 1
+    for statement in ("UPDATE herald.muted_categories SET muted_at = now()",
+                      "TRUNCATE herald.muted_categories"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    await conn.execute("DELETE FROM herald.muted_categories WHERE user_id = $1", user)
+    assert await client.recv() == {"type": "preferences", "muted": [], "unread": 0}
+    rights = await sql.fetch(
+        "SELECT grantee::regrole::text AS role, array_agg(privilege_type ORDER BY "
+        "privilege_type) AS rights FROM aclexplode((SELECT relacl FROM pg_class WHERE oid = "
+        "'herald.muted_categories'::regclass)) WHERE grantee <> 0 GROUP BY grantee")
+    assert {r["role"]: r["rights"] for r in rights} == {
+        "herald_owner": ["DELETE", "INSERT", "REFERENCES", "SELECT", "TRIGGER", "TRUNCATE",
+                         "UPDATE"],
+        "herald_writer": ["DELETE", "INSERT", "SELECT"],
+        "herald_node": ["DELETE", "INSERT", "SELECT"]}
+
+
 async def test_a_node_runs_with_the_node_role_alone(
     fresh: dict[str, Any], roles: Any, clients: Any
 ) -> None:
@@ -348,6 +406,15 @@ async def test_a_node_runs_with_the_node_role_alone(
     await client.send({"type": "read", "ids": [got["id"]]})
     changed = await client.recv()
     assert changed is not None and changed["type"] == "read"
+    await client.send({"type": "mute", "category": "marketing", "ref": 1})
+    await client.send({"type": "read", "group_key": "none of these", "ref": 2})
+    answers = [await client.recv() for _ in range(3)]
+    assert {"type": "done", "ref": 1, "changed": 1} in answers
+    assert {"type": "done", "ref": 2, "changed": 0} in answers
+    assert {"type": "preferences", "muted": ["marketing"], "unread": 0} in answers
+    status, prefs = await call(node.port, "POST", "/api/preferences/unmute",
+                               {"category": "marketing"}, token=token_for(user))
+    assert (status, prefs) == (200, {"updated": 1, "muted": [], "unread": 0})
     await wait_for(lambda: sql.fetchval(
         "SELECT delivered_at IS NOT NULL FROM herald.notifications WHERE id = $1",
         got["id"]), timeout=10)
