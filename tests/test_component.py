@@ -15,7 +15,7 @@ import tornado.web
 from playwright.async_api import Browser, Page, expect
 
 from herald_dev.net import free_port
-from tests.browsers import new_page
+from tests.browsers import new_page, track_errors
 from tests.conftest import token_for
 from tests.helpers import wait_for
 from tests.proxy import TcpProxy
@@ -33,10 +33,12 @@ HOST_PAGE = """<!doctype html>
 <body><header><h1>Host application</h1>{element}</header><main><p>Content</p></main>
 <script>
   window.events = [];
+  window.muted = {{}};  // title -> the herald-notification's detail.muted
   ["herald-notification", "herald-click", "herald-unread", "herald-welcome"].forEach(
     function (name) {{
       document.addEventListener(name, function (e) {{
         var d = e.detail;
+        if (name === "herald-notification") window.muted[d.notification.title] = d.muted;
         window.events.push([name, d.notification ? d.notification.title
           : d.unread !== undefined ? d.unread : d.user]);
       }});
@@ -183,8 +185,8 @@ async def test_inline_in_french_two_tabs_on_two_nodes_stay_in_step(
     urls = [host.add(f"fr{i}", f"http://127.0.0.1:{node.port}", element(user), lang="fr")
             for i, node in enumerate((node_a, node_b))]
     first = await opened(browser, urls[0])
-    second = track = await first.context.new_page()
-    await track.goto(urls[1])
+    second = track_errors(await first.context.new_page())
+    await second.goto(urls[1])
     await expect(second.locator("#inbox")).to_have_attribute("state", "live")
     for page in (first, second):
         await expect(page.locator("#inbox #heading")).to_have_text("Boîte de réception")
@@ -214,7 +216,7 @@ async def test_inline_in_french_two_tabs_on_two_nodes_stay_in_step(
     await first.evaluate("document.getElementById('inbox').strings = {heading: 'Alertes'}")
     await expect(first.locator("#inbox #heading")).to_have_text("Alertes")
     await expect(first.locator("#inbox #status-text")).to_have_text("En direct")
-    assert first.errors == []  # type: ignore[attr-defined]
+    assert first.errors == [] and second.errors == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.browser
@@ -338,3 +340,89 @@ async def test_cors_lets_allowed_origins_in_and_nobody_else(make_node, user) -> 
     script = await _fetch(base + "/static/herald-inbox.js", headers={"Origin": other})
     assert script.code == 200 and script.headers["Access-Control-Allow-Origin"] == "*"
     assert b"customElements.define" in script.body
+
+
+@pytest.mark.browser
+async def test_muting_in_one_tab_quiets_every_tab_and_node(
+    herald, host, browser, sql, user
+) -> None:
+    node_a, node_b = await herald("node-a"), await herald("node-b")
+    urls = [host.add(f"mute{i}", f"http://127.0.0.1:{node.port}", element(user))
+            for i, node in enumerate((node_a, node_b))]
+    first = await opened(browser, urls[0])
+    second = track_errors(await first.context.new_page())
+    await second.goto(urls[1])
+    await expect(second.locator("#inbox")).to_have_attribute("state", "live")
+    await insert(sql, user, "Order shipped", category="orders")
+    await insert(sql, user, "Big sale", category="marketing")
+    await expect(second.locator("#inbox #badge")).to_have_text("2")
+
+    await first.click("#inbox #settings-toggle")
+    toggle = first.locator('#inbox #mutes [data-category="marketing"]')
+    await expect(toggle).to_have_attribute("aria-pressed", "false")
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-pressed", "true")
+
+    async def stored() -> bool:
+        return await sql.fetchval("SELECT count(*) FROM herald.muted_categories "
+                                  "WHERE user_id = $1 AND category = 'marketing'", user) == 1
+    await wait_for(stored)
+    for page in (first, second):
+        await expect(page.locator("#inbox #badge")).to_have_text("1")
+        # Still listed under its category, marked muted.
+        await expect(page.locator("#inbox #list li.muted .title")).to_have_text(["Big sale"])
+    await second.click("#inbox #settings-toggle")
+    await expect(second.locator('#inbox #mutes [data-category="marketing"]')).to_have_attribute(
+        "aria-pressed", "true")
+
+    # A muted arrival: listed, not counted, no announcement; the host is told it is muted.
+    await insert(sql, user, "Another sale", category="marketing")
+    await expect(titles(second)).to_have_text(["Another sale", "Big sale", "Order shipped"])
+    await expect(second.locator("#inbox #live")).not_to_have_text(
+        "New notification: Another sale")
+    assert ["herald-notification", "Another sale"] in await events(second)
+    assert await second.evaluate("[window.muted['Another sale'], window.muted['Big sale']]") \
+        == [True, False]
+    await expect(second.locator("#inbox #badge")).to_have_text("1")
+
+    # Unmuted from SQL (a backend may): every tab counts them again.
+    await sql.execute("DELETE FROM herald.muted_categories WHERE user_id = $1", user)
+    for page in (first, second):
+        await expect(page.locator("#inbox #badge")).to_have_text("3")
+        await expect(page.locator("#inbox #list li.muted")).to_have_count(0)
+    assert first.errors == [] and second.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
+async def test_a_group_shows_as_one_item_and_reading_it_reads_the_group(
+    herald, host, browser, sql, user
+) -> None:
+    node = await herald()
+    for i in range(1, 3):
+        await insert(sql, user, f"Comment {i} on PR #12", group_key="pr-12")
+    await insert(sql, user, "Build passed")
+    page = await opened(browser, host.add("groups", f"http://127.0.0.1:{node.port}",
+                                          element(user)))
+    await expect(titles(page)).to_have_text(["Build passed", "Comment 2 on PR #12"])
+    await insert(sql, user, "Comment 3 on PR #12", group_key="pr-12")  # live, joins it
+    await expect(titles(page)).to_have_text(["Comment 3 on PR #12", "Build passed"])
+    group = page.locator("#inbox #list li", has_text="PR #12")
+    await expect(group.locator(".count")).to_have_text("3 new")
+    await expect(page.locator("#inbox #badge")).to_have_text("4")
+
+    await group.locator(".act-read").click()
+    await expect(page.locator("#inbox #badge")).to_have_text("1")
+
+    async def group_read() -> bool:
+        rows = await sql.fetch("SELECT title, read_at IS NOT NULL AS read "
+                               "FROM herald.notifications WHERE user_id = $1 ORDER BY seq",
+                               user)
+        return [tuple(r) for r in rows] == [
+            ("Comment 1 on PR #12", True), ("Comment 2 on PR #12", True),
+            ("Build passed", False), ("Comment 3 on PR #12", True)]
+    await wait_for(group_read)
+    await expect(group.locator(".count")).to_be_hidden()
+    # A new comment after the group was read starts a new unread group.
+    await insert(sql, user, "Comment 4 on PR #12", group_key="pr-12")
+    await expect(titles(page).first).to_have_text("Comment 4 on PR #12")
+    await expect(page.locator("#inbox #badge")).to_have_text("2")
