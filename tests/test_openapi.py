@@ -62,6 +62,9 @@ MUST_ANSWER: dict[str, set[int]] = {
     "GET /api/notifications": {200},
     **{f"POST /api/notifications/{kind}": {200}
        for kind in ("read", "unread", "archive", "unarchive")},
+    "GET /api/preferences": {200},
+    "POST /api/preferences/mute": {200},
+    "POST /api/preferences/unmute": {200},
     "GET /healthz": {200},
     "GET /readyz": {200},
     "GET /metrics": {200},
