@@ -1092,6 +1092,8 @@
         if (err.message === "unauthorized") {
           setState("signed-out");
           emit("herald-auth-error", {reason: "unauthorized"});
+          // A token function (an identity provider's getter) may have a fresh one soon.
+          if (typeof host._token === "function") scheduleRestart();
         } else if (!started) {
           scheduleRestart();
         }
