@@ -326,3 +326,71 @@ async def test_the_unread_count_stays_on_the_unread_index(sql, user) -> None:
     assert "ix_notifications_unread" in plan
     assert "InitPlan" in plan or "pk_muted_categories" in plan
     assert "Seq Scan on notifications" not in plan
+
+
+# herald.js's queue on a scripted socket (as tests/test_change_confirm.py does): the new
+# changes are queued until a welcome, sent in order with their refs, kept until "done";
+# too_many_muted drops the change (no retry), bad arguments throw at once.
+QUEUE_JS = r"""
+const fs = require('fs');
+const sent = [], seen = [];
+class ScriptedSocket {
+  constructor(url) { this.readyState = 1; ScriptedSocket.last = this; }
+  send(data) { sent.push(JSON.parse(data)); }
+  close() {}
+}
+ScriptedSocket.OPEN = 1;
+global.WebSocket = ScriptedSocket;
+const window = {addEventListener() {}, removeEventListener() {}, navigator: {onLine: true},
+                location: {protocol: 'http:', host: 'x'}};
+new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
+const client = new window.HeraldClient({
+  token: null,
+  onWelcome: (w) => seen.push(['welcome', w.muted]),
+  onPreferences: (p) => seen.push(['preferences', p.muted, p.unread]),
+});
+const thrown = [];
+for (const [method, arg] of [['mute', ''], ['mute', 'c'.repeat(65)], ['unmute', 5],
+                             ['readGroup', ''], ['readGroup', 'k'.repeat(201)],
+                             ['readGroup', null]]) {
+  try { client[method](arg); } catch (err) { thrown.push(err.name); }
+}
+const queued = [client.mute('marketing'), client.readGroup('pr-12'), client.unmute('tips'),
+                client.mute('🚚'.repeat(64))];
+const server = (frame) => ScriptedSocket.last.onmessage({data: JSON.stringify(frame)});
+setTimeout(() => {
+  ScriptedSocket.last.onopen();
+  server({type: 'welcome', user: 'a', node: 'n', last_seq: 0, unread: 0, muted: ['tips']});
+  server({type: 'done', ref: 1, changed: 1});
+  server({type: 'preferences', muted: ['marketing', 'tips'], unread: 0});
+  server({type: 'done', ref: 2, changed: 3});
+  server({type: 'error', code: 'too_many_muted', message: 'full', ref: 3});
+  setTimeout(() => {  // past RETRY_CHANGE_MS: nothing is sent again
+    process.stdout.write(JSON.stringify({thrown, queued, sent: sent.filter((f) => f.ref),
+                                         seen, pending: client.pending()}));
+    process.exit(0);
+  }, 1200);
+}, 20);
+"""
+
+
+@pytest.mark.unit
+def test_herald_js_queues_mutes_and_group_reads_like_changes() -> None:
+    import subprocess
+    from pathlib import Path
+
+    herald_js = Path(__file__).resolve().parent.parent / "static" / "herald.js"
+    result = subprocess.run(["node", "-e", QUEUE_JS, str(herald_js)], capture_output=True,
+                            text=True, check=True, timeout=30)
+    outcome = json.loads(result.stdout)
+    assert outcome["thrown"] == ["TypeError"] * 6
+    assert outcome["queued"] == [False] * 4  # no socket yet
+    assert outcome["sent"] == [
+        {"type": "mute", "category": "marketing", "ref": 1},
+        {"type": "read", "group_key": "pr-12", "ref": 2},
+        {"type": "unmute", "category": "tips", "ref": 3},
+        {"type": "mute", "category": "🚚" * 64, "ref": 4},
+    ]
+    assert outcome["seen"] == [["welcome", ["tips"]],
+                               ["preferences", ["marketing", "tips"], 0]]
+    assert outcome["pending"] == 1  # ref 4 awaits its done; ref 3 was dropped
