@@ -272,10 +272,12 @@ async def test_render_hook_and_a_host_that_handles_clicks_itself(
       });"""
     page = await opened(browser, host.add(
         "hook", f"http://127.0.0.1:{node.port}", element(user), script=script))
-    await insert(sql, user, "Plain one")
+    await insert(sql, user, "Plain one", link="https://docs.example/x")
     await insert(sql, user, "Ready", data={"table": 4}, link="/tables/4")
     await expect(page.locator("#inbox #list li .custom")).to_have_text("Table 4: Ready")
     await expect(titles(page)).to_have_text(["Plain one"])  # the other keeps the default
+    # A link that leaves the page's site says where to.
+    await expect(page.locator("#inbox .link-hint")).to_have_text(["Opens docs.example"])
     await page.locator("#inbox #list li", has_text="Table 4").locator(".item-main").click()
     await wait_for(lambda: page.evaluate("window.routed === '/tables/4'"))
     assert page.url.endswith("/hook")  # the element did not navigate
