@@ -29,7 +29,7 @@ async def test_sql_insert_reaches_the_open_socket(make_node, clients, sql, user)
     client = await clients(node.port)
     welcome = await client.hello(token_for(user))
     assert welcome == {"type": "welcome", "user": user, "node": "node-a", "last_seq": 0,
-                       "unread": 0}
+                       "unread": 0, "muted": []}
     row = await insert(sql, user, "Order #1001 shipped", body="On its way",
                        data={"order_id": 1001}, link="https://shop.example/orders/1001")
     (frame,) = await client.notifications(1)
