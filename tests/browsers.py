@@ -11,6 +11,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 CHROMIUM = "/usr/bin/chromium"
+AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -44,3 +45,14 @@ async def login(page: Page, port: int, user: str) -> None:
     await page.fill("#user", user)
     await page.click("button[type=submit]")
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+
+
+async def axe_violations(page: Page) -> list[str]:
+    """Run axe-core (npm, injected; a page's CSP is bypassed by the test's context) on
+    ``page``, shadow roots included: each violation as "rule: targets"."""
+    assert AXE.exists(), "axe-core is not installed (scripts/test installs it with npm)"
+    await page.add_script_tag(path=str(AXE))
+    found = await page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
+    return list(found)

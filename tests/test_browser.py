@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 from playwright.async_api import Page, expect
 
 from app import auth, shards
-from tests.browsers import login, new_page, track_errors
+from tests.browsers import axe_violations, login, new_page, track_errors
 from tests.conftest import SECRET, insert, token_for
 from tests.helpers import wait_for
 from tests.proxy import TcpProxy
@@ -386,17 +385,7 @@ async def insert_with(sql, user: str, title: str, category: str | None = None,
 
 # --- issue 12: defects found walking the inbox as a new user -----------------------------
 
-AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 
-
-async def axe_violations(page: Page) -> list[str]:
-    """Run axe-core (npm, injected; the page's CSP is bypassed by the test's context)."""
-    assert AXE.exists(), "axe-core is not installed (scripts/test installs it with npm)"
-    await page.add_script_tag(path=str(AXE))
-    found = await page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
-    return list(found)
 
 
 async def test_a_backslash_link_is_refused_and_never_followed(

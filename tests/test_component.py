@@ -5,7 +5,6 @@ that possible, over plain HTTP."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -15,12 +14,11 @@ import tornado.web
 from playwright.async_api import Browser, Page, expect
 
 from herald_dev.net import free_port
-from tests.browsers import new_page, track_errors
+from tests.browsers import axe_violations, new_page, track_errors
 from tests.conftest import token_for
 from tests.helpers import wait_for
 from tests.proxy import TcpProxy
 
-AXE = Path(__file__).resolve().parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 HOST_PAGE = """<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8"><title>Host application</title>
 <script src="{herald}/static/herald-inbox.js"></script>
@@ -114,6 +112,15 @@ async def opened(browser: Browser, url: str, **context: Any) -> Page:
     return page
 
 
+async def two_tabs(browser: Browser, urls: list[str]) -> tuple[Page, Page]:
+    """Two tabs of one browser (one user), each on its own page (and node)."""
+    first = await opened(browser, urls[0])
+    second = track_errors(await first.context.new_page())
+    await second.goto(urls[1])
+    await expect(second.locator("#inbox")).to_have_attribute("state", "live")
+    return first, second
+
+
 async def events(page: Page) -> list[list[Any]]:
     return await page.evaluate("window.events")
 
@@ -121,14 +128,6 @@ async def events(page: Page) -> list[list[Any]]:
 def titles(page: Page):
     return page.locator("#inbox #list li .title")
 
-
-async def axe_violations(page: Page) -> list[str]:
-    assert AXE.exists(), "axe-core is not installed (scripts/test installs it with npm)"
-    await page.add_script_tag(path=str(AXE))
-    found = await page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))")
-    return list(found)
 
 
 @pytest.mark.browser
@@ -184,10 +183,7 @@ async def test_inline_in_french_two_tabs_on_two_nodes_stay_in_step(
     node_a, node_b = await herald("node-a"), await herald("node-b")
     urls = [host.add(f"fr{i}", f"http://127.0.0.1:{node.port}", element(user), lang="fr")
             for i, node in enumerate((node_a, node_b))]
-    first = await opened(browser, urls[0])
-    second = track_errors(await first.context.new_page())
-    await second.goto(urls[1])
-    await expect(second.locator("#inbox")).to_have_attribute("state", "live")
+    first, second = await two_tabs(browser, urls)
     for page in (first, second):
         await expect(page.locator("#inbox #heading")).to_have_text("Boîte de réception")
         await expect(page.locator("#inbox #status-text")).to_have_text("En direct")
@@ -351,10 +347,7 @@ async def test_muting_in_one_tab_quiets_every_tab_and_node(
     node_a, node_b = await herald("node-a"), await herald("node-b")
     urls = [host.add(f"mute{i}", f"http://127.0.0.1:{node.port}", element(user))
             for i, node in enumerate((node_a, node_b))]
-    first = await opened(browser, urls[0])
-    second = track_errors(await first.context.new_page())
-    await second.goto(urls[1])
-    await expect(second.locator("#inbox")).to_have_attribute("state", "live")
+    first, second = await two_tabs(browser, urls)
     await insert(sql, user, "Order shipped", category="orders")
     await insert(sql, user, "Big sale", category="marketing")
     await expect(second.locator("#inbox #badge")).to_have_text("2")

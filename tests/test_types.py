@@ -1,6 +1,6 @@
-"""static/herald.d.ts and herald.d.mts, checked by the TypeScript compiler (installed by
-scripts/test into tests/js): host code using herald.js as a script and as an ES module
-type-checks under --strict, and misuse is caught."""
+"""static/herald.d.ts, herald.d.mts and herald-inbox.d.ts, checked by the TypeScript
+compiler (installed by scripts/test into tests/js): host code using herald.js as a script
+and as an ES module, and <herald-inbox>, type-checks under --strict; misuse is caught."""
 
 from __future__ import annotations
 
@@ -35,3 +35,12 @@ def test_the_declarations_catch_misuse() -> None:
                     for line in result.stdout.splitlines() if ": error " in line)
     assert errors == ["TS2339", "TS2339", "TS2345", "TS2345", "TS2554", "TS2554"], \
         result.stdout
+
+
+def test_the_component_declarations_catch_misuse() -> None:
+    """<herald-inbox>: a token of the wrong type, a detail field another event has, and
+    writing a read-only property are each an error."""
+    result = tsc("--noEmit", "--strict", "--lib", "es2020,dom", "misuses_component.ts")
+    errors = sorted(line.split(": error ")[1].split(":")[0]
+                    for line in result.stdout.splitlines() if ": error " in line)
+    assert errors == ["TS2322", "TS2339", "TS2540"], result.stdout
