@@ -64,7 +64,8 @@
       emptyUnread: "No unread notifications.",
       emptyHint: "New notifications appear here the moment they are sent.",
       end: "That's everything.", markRead: "Mark read", markUnread: "Mark unread",
-      archive: "Archive", unarchive: "Move to inbox", unreadPrefix: "Unread: ",
+      archive: "Archive", unarchive: "Move to inbox", actionOn: "{action}: {title}",
+      unreadPrefix: "Unread: ",
       newNotification: "New notification: {title}", opens: "Opens {host}",
       expiresSoon: "Expires in less than a minute", expires: "Expires {when}",
       justNow: "just now", today: "Today", yesterday: "Yesterday", earlier: "Earlier",
@@ -88,6 +89,7 @@
       emptyHint: "Les nouvelles notifications apparaissent ici dès leur envoi.",
       end: "C'est tout.", markRead: "Marquer comme lu", markUnread: "Marquer non lu",
       archive: "Archiver", unarchive: "Remettre dans la réception",
+      actionOn: "{action} : {title}",
       unreadPrefix: "Non lu : ", newNotification: "Nouvelle notification : {title}",
       opens: "Ouvre {host}", expiresSoon: "Expire dans moins d'une minute",
       expires: "Expire {when}", justNow: "à l'instant", today: "Aujourd'hui",
@@ -346,7 +348,8 @@
       var n = li._n;
       Array.prototype.forEach.call(li.querySelectorAll(".act"), function (button) {
         button.textContent = t(button.dataset.key);
-        button.setAttribute("aria-label", t(button.dataset.key) + ": " + n.title);
+        button.setAttribute("aria-label", t("actionOn", {action: t(button.dataset.key),
+                                                         title: n.title}));
       });
       var state = li.querySelector(".state");
       if (state) state.textContent = li._unread.length ? t("unreadPrefix") : "";
@@ -723,8 +726,10 @@
       clearInterval(countdown);
       showState(state);
       if (retryAt) countdown = setInterval(function () { showState(state); }, 500);
-      host.setAttribute("state", state);
-      emit("herald-state", {state: state});
+      if (host.getAttribute("state") !== state) {
+        host.setAttribute("state", state);
+        emit("herald-state", {state: state});
+      }
     }
 
     function showState(state) {
@@ -774,11 +779,13 @@
     function readItem(li) {
       var ids = unreadIds(li);
       if (!ids.length) return false;
+      // An unread group's item reads the whole group, members not loaded yet included.
+      var group = li._n.group_key && groups[li._n.group_key] === li ? li._n.group_key : null;
       setUnread(unread - counting(li, ids));
       setShownRead(ids, true);
       if (client) {
-        if (li._n.group_key && li._ids.length > 1 && client.readGroup) {
-          client.readGroup(li._n.group_key);
+        if (group) {
+          client.readGroup(group);
         } else {
           client.markRead(ids);
         }
@@ -789,6 +796,8 @@
     function activate(li, href, event) {
       var n = li._n;
       var clicked = emit("herald-click", {notification: n}, true);
+      var readBody = n.group_key && groups[n.group_key] === li ? {group_key: n.group_key}
+        : {ids: li._ids.slice()};
       if (readItem(li)) {
         // Queued until the server confirms it, whatever the socket's state: a click that
         // opens the link in another tab (Ctrl, Shift, middle button) leaves this page here.
@@ -797,8 +806,8 @@
         if (leaving) {
           // The page is about to go away with the socket, before the change's "done" can
           // come back: a keepalive request carries it out too (changes are idempotent).
-          api("/api/notifications/read", {method: "POST", body: {ids: li._ids.slice()},
-                                          keepalive: true}).catch(function () {});
+          api("/api/notifications/read", {method: "POST", body: readBody, keepalive: true})
+            .catch(function () {});
         }
       }
       if (!href || !clicked) event.preventDefault();
@@ -863,16 +872,45 @@
         if (client) client.markAllRead();
         return;
       }
-      // One category shown: read what it shows, not every category's rows.
+      // One category shown: read its rows, not every category's. What is on screen at
+      // once; then its unread rows not loaded yet, found page by page.
       var ids = [];
       Array.prototype.forEach.call(list.children, function (li) {
         ids = ids.concat(unreadIds(li));
       });
-      if (!ids.length) return;
-      if (!view.archived && !isMuted(view.category)) setUnread(unread - ids.length);
-      setShownRead(ids, true);
-      if (client) client.markRead(ids);  // herald.js splits it into frames of 1,000
+      if (ids.length) {
+        if (!view.archived && !isMuted(view.category)) setUnread(unread - ids.length);
+        setShownRead(ids, true);
+        if (client) client.markRead(ids);  // herald.js splits it into frames of 1,000
+      }
+      var sent = {};
+      ids.forEach(function (id) { sent[id] = true; });
+      unreadOf(view.category, view.archived, null, 0).then(function (all) {
+        var rest = all.filter(function (id) { return !sent[id]; });
+        if (rest.length && client) client.markRead(rest);
+      }).catch(function () {});
     });
+
+    var READ_PAGE = 200;  // the history's largest page
+    var READ_PAGES = 50;  // 10,000 rows: the unread count's own ceiling
+
+    /** The ids of the unread rows of ``category`` (in the archive or not), newest first,
+     * from ``beforeSeq`` on. */
+    function unreadOf(category, archived, beforeSeq, pages) {
+      var query = "?unread=true&limit=" + READ_PAGE + "&category=" +
+        encodeURIComponent(category) + (archived ? "&archived=true" : "") +
+        (beforeSeq ? "&before_seq=" + beforeSeq : "");
+      return api("/api/notifications" + query).then(function (response) {
+        if (!response.ok) throw new Error("history: HTTP " + response.status);
+        return response.json();
+      }).then(function (body) {
+        var rows = body.notifications;
+        var ids = rows.map(function (n) { return n.id; });
+        if (rows.length < READ_PAGE || pages + 1 >= READ_PAGES) return ids;
+        return unreadOf(category, archived, rows[rows.length - 1].seq, pages + 1)
+          .then(function (more) { return ids.concat(more); });
+      });
+    }
 
     // --- preferences: muted categories --------------------------------------------------
 
@@ -890,15 +928,23 @@
       var categories = Object.keys(known).concat(Object.keys(muted).filter(function (c) {
         return !known[c];
       })).sort();
-      mutes.textContent = "";
-      categories.forEach(function (category) {
-        var button = el("button", "mute", category);
-        button.type = "button";
-        button.dataset.category = category;
+      // Buttons are kept, not rebuilt: the one a keyboard user just toggled keeps focus.
+      var buttons = {};
+      Array.prototype.forEach.call(mutes.children, function (button) {
+        if (categories.indexOf(button.dataset.category) < 0) mutes.removeChild(button);
+        else buttons[button.dataset.category] = button;
+      });
+      categories.forEach(function (category, at) {
+        var button = buttons[category];
+        if (!button) {
+          button = el("button", "mute", category);
+          button.type = "button";
+          button.dataset.category = category;
+          button.addEventListener("click", function () { toggleMute(category); });
+        }
+        if (mutes.children[at] !== button) mutes.insertBefore(button, mutes.children[at] || null);
         button.setAttribute("aria-pressed", isMuted(category) ? "true" : "false");
         button.setAttribute("aria-label", t("mute", {category: category}));
-        button.addEventListener("click", function () { toggleMute(category); });
-        mutes.appendChild(button);
       });
       noCategories.hidden = categories.length > 0;
     }
@@ -908,8 +954,6 @@
       if (on) muted[category] = true; else delete muted[category];
       showMutes();
       relabelItems();
-      var focus = mutes.querySelector('[data-category="' + CSS.escape(category) + '"]');
-      if (focus) focus.focus();
       if (client && client.mute) {
         if (on) client.mute(category); else client.unmute(category);
       }
@@ -1165,11 +1209,20 @@
     bell.addEventListener("click", function () {
       openPanel(bell.getAttribute("aria-expanded") !== "true");
     });
-    panel.addEventListener("keydown", function (event) {
-      if (event.key === "Escape" && host.getAttribute("mode") === "bell") {
-        openPanel(false);
-        bell.focus();
+    // Escape closes an open panel wherever focus is (it may have fallen to the page's
+    // body: a click on the panel's background, a button that hid itself).
+    function escape(event) {
+      if (event.key !== "Escape" || host.getAttribute("mode") !== "bell" || panel.hidden) {
+        return;
       }
+      openPanel(false);
+      bell.focus();
+    }
+    document.addEventListener("keydown", escape);
+    // Tabbing out of the panel to the rest of the page closes it.
+    panel.addEventListener("focusout", function (event) {
+      var to = event.relatedTarget;
+      if (to && to !== host && !host.contains(to) && !root.contains(to)) openPanel(false);
     });
     function outside(event) {
       if (host.getAttribute("mode") !== "bell" || panel.hidden) return;
@@ -1234,6 +1287,7 @@
         timers.forEach(clearTimeout);
         if (observer) observer.disconnect();
         document.removeEventListener("click", outside);
+        document.removeEventListener("keydown", escape);
       }
     };
   }
@@ -1271,8 +1325,14 @@
         this._token = this.getAttribute("token");
       }
       var inbox = this._inbox = createInbox(this, this.shadowRoot);
-      // After the script that inserted the element: it may still set the token.
-      Promise.resolve().then(function () { if (self._inbox === inbox) inbox.start(); });
+      function start() { if (self._inbox === inbox) inbox.start(); }
+      // After the script that inserted the element, which may still set the token; an
+      // element in the page's markup, once the page is parsed (a later script sets it).
+      if (document.readyState === "loading") {
+        document.addEventListener("DOMContentLoaded", start, {once: true});
+      } else {
+        Promise.resolve().then(start);
+      }
     }
 
     disconnectedCallback() {

@@ -355,7 +355,8 @@ async def test_muting_in_one_tab_quiets_every_tab_and_node(
     await first.click("#inbox #settings-toggle")
     toggle = first.locator('#inbox #mutes [data-category="marketing"]')
     await expect(toggle).to_have_attribute("aria-pressed", "false")
-    await toggle.click()
+    await toggle.focus()
+    await first.keyboard.press("Enter")
     await expect(toggle).to_have_attribute("aria-pressed", "true")
 
     async def stored() -> bool:
@@ -365,6 +366,7 @@ async def test_muting_in_one_tab_quiets_every_tab_and_node(
     for page in (first, second):
         await expect(page.locator("#inbox #badge")).to_have_text("1")
         # Still listed under its category, marked muted.
+        await expect(toggle).to_be_focused()  # the server's answer did not take focus
         await expect(page.locator("#inbox #list li.muted .title")).to_have_text(["Big sale"])
     await second.click("#inbox #settings-toggle")
     await expect(second.locator('#inbox #mutes [data-category="marketing"]')).to_have_attribute(
@@ -421,3 +423,66 @@ async def test_a_group_shows_as_one_item_and_reading_it_reads_the_group(
     await insert(sql, user, "Comment 4 on PR #12", group_key="pr-12")
     await expect(titles(page).first).to_have_text("Comment 4 on PR #12")
     await expect(page.locator("#inbox #badge")).to_have_text("2")
+
+
+@pytest.mark.browser
+async def test_readme_snippet_token_set_after_the_tag_and_the_bell_by_keyboard(
+    herald, host, browser, sql, user
+) -> None:
+    """README's three lines (the token set by a script after the tag) make no request
+    without it; Escape closes the panel wherever focus went, and tabbing out closes it."""
+    node = await herald()
+    base = f"http://127.0.0.1:{node.port}"
+    html = HOST_PAGE.format(
+        herald=base, lang="en", script="",
+        element='<herald-inbox id="inbox" mode="bell"></herald-inbox>'
+                f'<script>document.querySelector("herald-inbox").token = '
+                f'"{token_for(user)}";</script><a href="#x" id="after">After</a>')
+    host.pages["readme"] = html
+    page = await new_page(browser)
+    refused: list[str] = []
+    page.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
+    await page.goto(f"{host.url}/readme")
+    await expect(page.locator("#inbox")).to_have_attribute("state", "live")
+    assert refused == []
+    await insert(sql, user, "One")
+    await expect(page.locator("#inbox #bell-badge")).to_have_text("1")
+
+    await page.focus("#inbox #bell")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#inbox #panel")).to_be_visible()
+    await page.locator("#inbox #heading").click()  # not focusable: focus falls to <body>
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#inbox #panel")).to_be_hidden()
+    await expect(page.locator("#inbox #bell")).to_be_focused()
+
+    await page.keyboard.press("Space")
+    await expect(page.locator("#inbox #panel")).to_be_visible()
+    await page.locator("#inbox .act-archive").focus()  # the panel's last control
+    await page.keyboard.press("Tab")
+    await expect(page.locator("#after")).to_be_focused()
+    await expect(page.locator("#inbox #panel")).to_be_hidden()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
+async def test_mark_all_read_in_a_category_reads_its_rows_beyond_the_loaded_page(
+    herald, host, browser, sql, user
+) -> None:
+    node = await herald()
+    await sql.execute("INSERT INTO herald.notifications (user_id, title, category) "
+                      "SELECT $1, 'n' || g, CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END "
+                      "FROM generate_series(1, 80) g", user)
+    page = await opened(browser, host.add("readall", f"http://127.0.0.1:{node.port}",
+                                          element(user)))
+    await page.click('#inbox #chips [data-category="even"]')
+    await expect(titles(page)).to_have_count(30)  # one page of the 40
+    await page.click("#inbox #read-all")
+
+    async def only_even_read() -> bool:
+        rows = await sql.fetch("SELECT category, count(*) FILTER (WHERE read_at IS NULL) "
+                               "AS unread FROM herald.notifications WHERE user_id = $1 "
+                               "GROUP BY category ORDER BY category", user)
+        return [tuple(r) for r in rows] == [("even", 0), ("odd", 40)]
+    await wait_for(only_even_read)
+    await expect(page.locator("#inbox #badge")).to_have_text("40")
