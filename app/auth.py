@@ -196,6 +196,12 @@ def origin_listed(origin: str, allowed: Sequence[str]) -> bool:
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
+def origin_named(origin: str, allowed: Sequence[str]) -> bool:
+    """Is ``origin`` listed by name (``*`` does not count, nor ``null``)? Only those may
+    read the API with the user's cookie (CORS with credentials)."""
+    return origin != "null" and origin.rstrip("/") in allowed
+
+
 def origin_allowed(origin: str | None, host: str, allowed: Sequence[str],
                    scheme: str = "http") -> bool:
     """May a browser page from ``origin`` open a WebSocket or POST with cookies here?

@@ -118,9 +118,22 @@ def parse_ids(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def storable(value: str) -> bool:
+    """PostgreSQL text takes it: no NUL character, no lone surrogate (the database would
+    refuse it as an error of its own, read as 'unavailable', and a client would retry)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_group_key(value: Any) -> str:
     """A group key as the table takes it (``ck_notifications_group_key_length``)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= models.GROUP_KEY_MAX:
+    if (not isinstance(value, str) or not 1 <= len(value) <= models.GROUP_KEY_MAX
+            or not storable(value)):
         raise ProtocolError("malformed",
                             f"group_key must be a string of 1-{models.GROUP_KEY_MAX} characters")
     return value
@@ -128,7 +141,8 @@ def parse_group_key(value: Any) -> str:
 
 def parse_category(value: Any) -> str:
     """A category as the tables take it (``category_length``)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= models.CATEGORY_MAX:
+    if (not isinstance(value, str) or not 1 <= len(value) <= models.CATEGORY_MAX
+            or not storable(value)):
         raise ProtocolError("malformed",
                             f"category must be a string of 1-{models.CATEGORY_MAX} characters")
     return value

@@ -1284,7 +1284,7 @@
         if (client) client.close();
         clearInterval(tick);
         clearInterval(countdown);
-        timers.forEach(clearTimeout);
+        [restartTimer, pendingTimer, recount].concat(timers).forEach(clearTimeout);
         if (observer) observer.disconnect();
         document.removeEventListener("click", outside);
         document.removeEventListener("keydown", escape);
@@ -1300,7 +1300,13 @@
       this._token = undefined;
       this._strings = null;
       this._inbox = null;
-      var root = this.attachShadow({mode: "open"});
+      this.attachShadow({mode: "open"});
+    }
+
+    /** A fresh shadow root: the stylesheet and the constant markup. */
+    _build() {
+      var root = this.shadowRoot;
+      root.textContent = "";  // a moved element: none of the old listeners survive
       var style = document.createElement("link");
       style.rel = "stylesheet";
       style.href = baseOf(SCRIPT_SRC) + "/static/herald-inbox.css";
@@ -1312,6 +1318,7 @@
 
     connectedCallback() {
       if (this._inbox) return;
+      this._build();  // again after a move: the old inbox's DOM had its listeners
       // Properties a page set before this script defined the element are own
       // properties hiding the accessors: take them through the accessors.
       var self = this;

@@ -50,12 +50,22 @@ class JsonHandler(tornado.web.RequestHandler):
     def _cors_headers(self, config: Config) -> None:
         """CORS for pages of ``HERALD_ALLOWED_ORIGINS`` (<herald-inbox> on the host
         application's pages calls the API from there), errors included so that the page
-        can read a 401. Other origins get no CORS header: their browser reads nothing."""
+        can read a 401: origins listed by name with the cookie, ``*`` without it. Other
+        origins get no CORS header: their browser reads nothing."""
         origin = self.request.headers.get("Origin")
-        self.add_header("Vary", "Origin")
-        if origin and auth.origin_listed(origin, config.allowed_origins):
+        self.set_header("Vary", "Origin")
+        if not origin:
+            return
+        if auth.origin_named(origin, config.allowed_origins):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Allow-Credentials", "true")
+        elif auth.origin_listed(origin, config.allowed_origins):
+            # "*": any page, with a Bearer token only; never with the cookie, or any site
+            # could read a signed-in user's notifications.
+            self.set_header("Access-Control-Allow-Origin", "*")
+        else:
+            return
+        self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Herald-Node")
 
     def options(self, *args: Any) -> None:
         """A CORS preflight: what an allowed origin may send (403 for any other)."""
