@@ -71,7 +71,9 @@
       justNow: "just now", today: "Today", yesterday: "Yesterday", earlier: "Earlier",
       groupNew: "{n} new", muted: "Muted", mutedCategories: "Muted categories",
       settingsHint: "A muted category stays in your inbox but neither counts as unread " +
-        "nor alerts you.", noCategories: "No categories yet.", mute: "Mute {category}"
+        "nor alerts you.", noCategories: "No categories yet.", mute: "Mute {category}",
+      tooManyMuted: "{category} was not muted: at most 100 categories can be muted.",
+      muteRefused: "{category} could not be changed: {message}"
     },
     fr: {
       heading: "Boîte de réception", bell: "Notifications",
@@ -97,7 +99,10 @@
       mutedCategories: "Catégories en sourdine",
       settingsHint: "Une catégorie en sourdine reste dans la réception mais ne compte " +
         "pas comme non lue et ne vous alerte pas.",
-      noCategories: "Aucune catégorie pour l'instant.", mute: "Mettre {category} en sourdine"
+      noCategories: "Aucune catégorie pour l'instant.", mute: "Mettre {category} en sourdine",
+      tooManyMuted: "{category} n'a pas été mise en sourdine : 100 catégories au plus " +
+        "peuvent l'être.",
+      muteRefused: "{category} n'a pas pu être modifiée : {message}"
     }
   };
 
@@ -132,7 +137,8 @@
     '<span class="settings-title" role="heading" id="settings-title" ' +
     'data-text="mutedCategories"></span><p data-text="settingsHint"></p>' +
     '<div class="mutes" id="mutes" role="group" aria-labelledby="settings-title"></div>' +
-    '<p id="no-categories" data-text="noCategories"></p></div>' +
+    '<p id="no-categories" data-text="noCategories"></p>' +
+    '<p id="settings-error" class="settings-error" role="alert" hidden></p></div>' +
     '<div class="filters" id="filters" part="filters" hidden>' +
     '<div class="tabs" role="group" data-label="viewLabel">' +
     '<button type="button" class="tab" id="view-inbox" aria-pressed="true" ' +
@@ -204,7 +210,7 @@
     var viewArchived = $("view-archived"), emptyText = $("empty-text");
     var unreadOnly = $("unread-only"), settings = $("settings");
     var settingsToggle = $("settings-toggle"), mutes = $("mutes");
-    var noCategories = $("no-categories");
+    var noCategories = $("no-categories"), settingsError = $("settings-error");
 
     var base = (host.getAttribute("server") || baseOf(SCRIPT_SRC)).replace(/\/+$/, "");
     var sameOrigin = new URL(base).origin === global.location.origin;
@@ -220,6 +226,7 @@
     var view = {archived: false, category: null};
     var generation = 0;       // bumped on every view change: late pages are dropped
     var counted = 0;          // bumped on every change of the badge
+    var prefsChanged = 0;     // bumped on every mute or unmute: a page read before is stale
     var recent = {};          // id -> notification that arrived live (the last ones)
     var known = {};           // category -> its chip
     var muted = {};           // category -> true, the user's muted categories
@@ -604,10 +611,12 @@
     function reload() {
       var mine = ++generation;
       var countedBefore = counted;
+      var prefsBefore = prefsChanged;
       return page(null).then(function (body) {
         if (mine !== generation) return;
         clearList();
-        setMuted(body.muted);
+        // A mute or unmute since this page was read (here or pushed) knows better.
+        if (prefsBefore === prefsChanged) setMuted(body.muted);
         append(body.notifications);
         // Rows that arrived on the socket after this page was read are not in it.
         Object.keys(recent).map(function (id) { return recent[id]; })
@@ -930,7 +939,8 @@
       })).sort();
       // Buttons are kept, not rebuilt: the one a keyboard user just toggled keeps focus.
       var buttons = {};
-      Array.prototype.forEach.call(mutes.children, function (button) {
+      // A copy: removing from the live collection while walking it would skip every other.
+      Array.prototype.slice.call(mutes.children).forEach(function (button) {
         if (categories.indexOf(button.dataset.category) < 0) mutes.removeChild(button);
         else buttons[button.dataset.category] = button;
       });
@@ -949,7 +959,30 @@
       noCategories.hidden = categories.length > 0;
     }
 
+    /** The server dropped a change for good (herald.js's onRefused): take back what the
+     * screen showed at once. A mute beyond the limit goes back to unmuted, with a word
+     * why; any other change: the list is read again (another user's changes: the new
+     * user's welcome starts the inbox over anyway). */
+    function refused(change, error) {
+      if (error.code === "other_user") return;
+      if (change.type === "mute" || change.type === "unmute") {
+        prefsChanged += 1;
+        if (change.type === "mute") delete muted[change.category];
+        else muted[change.category] = true;
+        showMutes();
+        relabelItems();
+        settingsError.textContent = error.code === "too_many_muted"
+          ? t("tooManyMuted", {category: change.category})
+          : t("muteRefused", {category: change.category, message: error.message});
+        settingsError.hidden = false;
+        return;
+      }
+      reload();
+    }
+
     function toggleMute(category) {
+      prefsChanged += 1;
+      settingsError.hidden = true;
       var on = !isMuted(category);
       if (on) muted[category] = true; else delete muted[category];
       showMutes();
@@ -1052,9 +1085,11 @@
         onNotification: arrived,
         onChange: changed,
         onPreferences: function (p) {
+          prefsChanged += 1;
           setMuted(p.muted);
           setUnread(p.unread);
         },
+        onRefused: refused,
         onAuthError: function (reason) {
           toolbar.hidden = true;
           emit("herald-auth-error", {reason: reason});
@@ -1146,6 +1181,13 @@
 
     /** Forget everything shown and start again (another user, or signed out and in). */
     function fresh() {
+      forget();
+      stopped = false;
+      start();
+    }
+
+    /** Close the socket and show nothing of the user: no items, chips, mutes or count. */
+    function forget() {
       if (client) client.close();
       client = null;
       clearList();
@@ -1156,14 +1198,13 @@
       known = {};
       muted = {};
       chips.hidden = true;
+      settingsError.hidden = true;
       showMutes();
       started = false;
-      stopped = false;
       toolbar.hidden = true;
       filters.hidden = true;
       refreshEmpty();
       setUnread(0);
-      start();
     }
 
     var tick = setInterval(function () {
@@ -1266,14 +1307,7 @@
       /** Signed out: close the socket, show nothing. */
       signOut: function () {
         stopped = true;
-        if (client) client.close();
-        client = null;
-        clearList();
-        started = false;
-        toolbar.hidden = true;
-        filters.hidden = true;
-        refreshEmpty();
-        setUnread(0);
+        forget();
         setState("signed-out");
       },
       fresh: function () { stopped = false; signedInAs = null; fresh(); },

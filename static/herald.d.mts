@@ -13,3 +13,5 @@ export type Welcome = Herald.Welcome;
 export type Preferences = Herald.Preferences;
 export type State = Herald.State;
 export type Token = Herald.Token;
+export type SentChange = Herald.SentChange;
+export type Refusal = Herald.Refusal;

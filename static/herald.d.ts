@@ -53,6 +53,23 @@ declare namespace Herald {
     unread: number;
   }
 
+  /** A change the client sent (or queued) as the protocol's change frame. */
+  interface SentChange {
+    type: "read" | "unread" | "archive" | "unarchive" | "mute" | "unmute";
+    ref: number;
+    ids?: number[];
+    all?: true;
+    group_key?: string;
+    category?: string;
+  }
+
+  /** Why a change was dropped for good: "malformed" (close 4400), "too_many_muted",
+   * "other_user" (made before another user's session took over), or another error code. */
+  interface Refusal {
+    code: "malformed" | "too_many_muted" | "other_user" | (string & {});
+    message: string;
+  }
+
   /** A JWT, null for the login cookie, or a function called for every connection. */
   type Token = string | null | (() => string | null | PromiseLike<string | null>);
 
@@ -78,6 +95,8 @@ declare namespace Herald {
     onPending?(count: number): void;
     /** The token was refused (close 4401). */
     onAuthError?(message: string): void;
+    /** A change was dropped for good: a page that showed it at once takes it back. */
+    onRefused?(change: SentChange, error: Refusal): void;
   }
 }
 

@@ -16,6 +16,7 @@
  *                                        //   reconnecting, detail.retryAt (epoch ms)
  *     onPending(count) { ... },          // changes not yet confirmed by the server
  *     onAuthError(message) { ... },      // the token was refused (close 4401)
+ *     onRefused(change, error) { ... },  // a change dropped for good: {code, message}
  *     user: "alice",                     // optional: routes the socket (see below)
  *     confirmWithinMs: 5000,             // a change unconfirmed this long: the socket
  *                                        //   is taken for dead and replaced
@@ -49,12 +50,20 @@
  * idempotent). They are never dropped silently; onPending says how many are waiting
  * for their confirmation, and pending() too. ids must be a non-empty array of
  * notification ids (else a TypeError, at once); more than 1,000 go in several frames.
- * A change the server refuses as malformed (close 4400) is dropped with a console
- * warning; one it cannot apply for now (error "unavailable") is sent again a second
- * later, with every change sent after it, in order; one it refuses for good without
- * closing (error "too_many_muted": 100 categories are muted already) is dropped with a
- * console warning. Sockets dropped for want of a
+ * A change the server refuses as malformed (close 4400) is dropped; one it cannot
+ * apply for now (error "unavailable") is sent again a second later, with every change
+ * sent after it, in order; one it refuses for good without closing (error
+ * "too_many_muted": 100 categories are muted already) is dropped. A dropped change
+ * goes to onRefused(change, {code, message}) (and a console warning), so a page that
+ * showed it at once can take it back. Sockets dropped for want of a
  * confirmation back off like failed connections until a confirmation arrives.
+ *
+ * Another user: when a welcome names another user than the previous welcome did (a
+ * token or login cookie of someone else took over), the previous user's cursor and
+ * unconfirmed changes are not theirs: the changes go to onRefused with code
+ * "other_user", and the client reconnects at once without a cursor (a new device), so
+ * the new user's notifications are neither skipped nor changed by the old user's
+ * clicks. onWelcome then names the new user: a page clears what it showed.
  *
  * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
  * after a node's 1001 "going away", when the browser comes back online, or on
@@ -186,6 +195,7 @@
     this.onState = options.onState || noop;
     this.onPending = options.onPending || noop;
     this.onAuthError = options.onAuthError || noop;
+    this.onRefused = options.onRefused || noop;
     this._shard = options.user ? shardOf(options.user) : null;  // the routing key
     this._confirmWithin = options.confirmWithinMs || CONFIRM_WITHIN_MS;
     this.state = "offline";
@@ -205,6 +215,7 @@
     this._confirmTimer = null;
     this._retryTimer = null;
     this._strikes = 0;     // sockets dropped in a row for want of a "done"
+    this._user = null;     // the user the last welcome named: whose cursor and changes
     var self = this;
     this._online = function () { self.retryNow(); };
     global.addEventListener("online", this._online);
@@ -256,13 +267,20 @@
     if (ws !== this._ws) return;
     switch (frame.type) {
       case "welcome":
+        if (this._user !== null && typeof frame.user === "string" && frame.user !== this._user) {
+          this._otherUser(ws, frame.user);
+          return;
+        }
         // A socket dropped for want of a "done" (a database too slow to answer, maybe)
         // keeps its backoff growing: reconnecting at once would only add to the load.
         this._attempt = this._strikes;
         this._live = true;
         this._setState("live");
         this._startPings(ws);
-        if (typeof frame.user === "string") this._shard = shardOf(frame.user);
+        if (typeof frame.user === "string") {
+          this._user = frame.user;
+          this._shard = shardOf(frame.user);
+        }
         this.onWelcome(frame);
         this._flush();
         break;
@@ -295,7 +313,8 @@
         if (global.console) console.warn("herald:", frame.code, frame.message);
         // "unavailable": sent again shortly; any other (too_many_muted): dropped.
         if (typeof frame.ref === "number") {
-          this._confirmed(frame.ref, frame.code === "unavailable");
+          this._confirmed(frame.ref, frame.code === "unavailable",
+                          {code: frame.code, message: frame.message});
         }
         break;
     }
@@ -325,8 +344,7 @@
     if (event.code === CLOSE_MALFORMED && this._sent.length) {
       // The server answers each change in order and closed at the first it could not
       // take: sending it again would only close the next socket too.
-      var refused = this._sent.shift();
-      if (global.console) console.warn("herald: change refused as malformed", refused);
+      this._refuse(this._sent.shift(), {code: "malformed", message: event.reason || "malformed"});
     }
     this._requeue();
     if (this._closed) { this._setState("offline"); return; }
@@ -414,7 +432,7 @@
 
   /** The server answered change ``ref``: done, or refused for now (database down: it
    * goes back to the queue and is sent again shortly). */
-  HeraldClient.prototype._confirmed = function (ref, retry) {
+  HeraldClient.prototype._confirmed = function (ref, retry, error) {
     var self = this;
     this._strikes = 0;
     for (var i = 0; i < this._sent.length; i++) {
@@ -427,7 +445,8 @@
         clearTimeout(this._retryTimer);
         this._retryTimer = setTimeout(function () { self._flush(); }, RETRY_CHANGE_MS);
       } else {
-        this._sent.splice(i, 1);
+        var change = this._sent.splice(i, 1)[0];
+        if (error) this._refuse(change, error);
       }
       break;
     }
@@ -435,6 +454,30 @@
     this._confirmTimer = null;
     if (retry) this.onPending(this.pending());
     else this._flush();  // restarts the timer for what is still unconfirmed
+  };
+
+  /** A change dropped for good: the page hears of it. */
+  HeraldClient.prototype._refuse = function (change, error) {
+    if (global.console) console.warn("herald: change refused:", error.code, change);
+    try { this.onRefused(change, error); } catch (err) { setTimeout(function () { throw err; }); }
+  };
+
+  /** The socket ``ws`` was welcomed for ``user``, not the user of the previous welcome:
+   * drop the old user's cursor and changes and start again on a new socket. */
+  HeraldClient.prototype._otherUser = function (ws, user) {
+    var dropped = this._sent.concat(this._outbox);
+    this._sent = [];
+    this._outbox = [];
+    this.lastSeq = null;
+    this._user = user;
+    this._shard = shardOf(user);
+    var self = this;
+    dropped.forEach(function (change) {
+      self._refuse(change, {code: "other_user", message: "made as another user"});
+    });
+    if (dropped.length) this.onPending(0);
+    this._attempt = 0;
+    this._drop(ws);  // reconnects at once (attempt 0), without a cursor
   };
 
   /** The socket closed: its unconfirmed changes go back to the front of the queue. */

@@ -33,10 +33,13 @@ const client = new window.HeraldClient({
   url: process.argv[2], token: process.argv[3], confirmWithinMs: 1500,
   onState: (state) => say({state}), onPending: (pending) => say({pending}),
   onNotification: (n) => say({notification: n.id}), onWelcome: (w) => say({welcome: w.user}),
+  onRefused: (change, error) => say({refused: change.type, all: change.all, code: error.code}),
 });
 readline.createInterface({input: process.stdin}).on('line', (line) => {
   const command = JSON.parse(line);
   if (command.read) say({sent: client.markRead([command.read])});
+  if (command.readAll) say({sent: client.markAllRead()});
+  if (command.token) client.setToken(command.token);
   if (command.bad) client._change({type: 'read', ids: []});  // past markRead's check
   if (command.misuse) {
     try { client.markRead(command.misuse); } catch (err) { say({thrown: err.name}); }
@@ -151,6 +154,49 @@ async def test_a_change_the_server_refuses_is_dropped_not_retried_forever(
         assert sum(1 for e in client.events[before:] if "welcome" in e) == 1
     finally:
         await client.stop()
+
+
+async def test_another_users_session_starts_without_the_previous_users_cursor_or_changes(
+        make_node, sql, user) -> None:
+    """The tab's user changes (setToken with someone else's token, or a login cookie of
+    another user): the previous user's cursor would skip the new user's notifications
+    with lower seqs, and their waiting "mark all read" would read the new user's inbox.
+    Both are dropped: the new user gets every undelivered notification, nothing of
+    theirs is changed, and onRefused hears of the dropped change."""
+    other = f"{user}-next"
+    node = await make_node()
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
+    try:
+        await client.until(lambda e: e.get("state") == "live")
+        mine = [await insert(sql, user, f"mine {i}") for i in range(3)]
+        await client.until(lambda e: e.get("notification") == mine[-1]["id"])
+        theirs = await insert(sql, other, "theirs")  # seq 1: below the cursor (3)
+        assert theirs["seq"] < mine[-1]["seq"]
+
+        proxy.refuse_new = True
+        proxy.cut_all()
+        await client.until(lambda e: e.get("state") == "reconnecting")
+        await client.command(readAll=True)
+        assert (await client.until(lambda e: "sent" in e))["sent"] is False  # queued
+        await client.command(token=token_for(other))
+        before = len(client.events)
+        proxy.refuse_new = False
+
+        assert (await client.until(lambda e: "refused" in e, timeout=10)) == {
+            "refused": "read", "all": True, "code": "other_user"}
+        await client.until(lambda e: e.get("notification") == theirs["id"], timeout=10)
+        welcomes = [e["welcome"] for e in client.events[before:] if "welcome" in e]
+        assert welcomes == [other]  # the socket that came with the old cursor is not shown
+        assert client.events[-1] == {"notification": theirs["id"]}
+        assert {"pending": 0} in client.events[before:]  # the dropped change waits no more
+        assert await read_at(sql, theirs["id"]) is None
+        for row in mine:
+            assert await read_at(sql, row["id"]) is None
+    finally:
+        await client.stop()
+        await proxy.stop()
 
 
 async def test_done_answers_a_change_with_a_ref(make_node, clients, sql, user) -> None:

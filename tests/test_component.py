@@ -4,6 +4,7 @@ that possible, over plain HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -390,6 +391,85 @@ async def test_muting_in_one_tab_quiets_every_tab_and_node(
         await expect(page.locator("#inbox #badge")).to_have_text("3")
         await expect(page.locator("#inbox #list li.muted")).to_have_count(0)
     assert first.errors == [] and second.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
+async def test_a_mute_beyond_the_limit_is_taken_back_and_signing_out_forgets_the_mutes(
+    herald, host, browser, sql, user
+) -> None:
+    """The server refuses a 101st muted category (too_many_muted): the toggle shown at
+    once goes back to unmuted and the panel says why. Signing out leaves no chip and no
+    muted category of the user on screen."""
+    node = await herald()
+    await sql.execute("INSERT INTO herald.muted_categories (user_id, category) "
+                      "SELECT $1, 'c' || g FROM generate_series(1, 100) g", user)
+    await insert(sql, user, "Order shipped", category="orders")
+    page = await opened(browser, host.add("full", f"http://127.0.0.1:{node.port}",
+                                          element(user)))
+    await page.click("#inbox #settings-toggle")
+    toggle = page.locator('#inbox #mutes [data-category="orders"]')
+    await toggle.click()
+    error = page.locator("#inbox #settings-error")
+    await expect(error).to_have_text(
+        "orders was not muted: at most 100 categories can be muted.")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(toggle).to_have_attribute("aria-pressed", "false")
+    await expect(page.locator("#inbox #list li.muted")).to_have_count(0)
+    await expect(page.locator("#inbox #badge")).to_have_text("1")
+    assert await sql.fetchval("SELECT count(*) FILTER (WHERE category = 'orders') "
+                              "FROM herald.muted_categories WHERE user_id = $1", user) == 0
+    await page.locator('#inbox #mutes [data-category="c7"]').click()  # unmuting works
+    await expect(error).to_be_hidden()
+    await expect(page.locator('#inbox #mutes [data-category="c7"]')).to_have_attribute(
+        "aria-pressed", "false")
+
+    await page.evaluate("document.getElementById('inbox').signOut()")
+    await expect(page.locator("#inbox")).to_have_attribute("state", "signed-out")
+    await expect(page.locator('#inbox #chips [data-category]:not([data-category=""])')) \
+        .to_have_count(0)
+    await expect(page.locator("#inbox #chips")).to_be_hidden()
+    await expect(page.locator("#inbox #mutes [data-category]")).to_have_count(0)
+    await expect(titles(page)).to_have_count(0)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
+async def test_a_history_page_read_before_a_mute_does_not_undo_it(
+    herald, host, browser, sql, user
+) -> None:
+    """refresh() reads a page; the user mutes a category before that page arrives: the
+    page's (older) muted list must not switch the toggle back."""
+    node = await herald()
+    await insert(sql, user, "Big sale", category="marketing")
+    page = await opened(browser, host.add("stale", f"http://127.0.0.1:{node.port}",
+                                          element(user)))
+    answered: list[Any] = []
+    release = asyncio.Event()
+
+    async def late(route: Any) -> None:
+        response = await route.fetch()  # read now, before the mute
+        answered.append(json.loads(await response.text())["muted"])
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route("**/api/notifications?*", late)
+    await page.evaluate("window.refreshed = document.getElementById('inbox').refresh(); 0")
+    await wait_for(lambda: answered)
+    await page.click("#inbox #settings-toggle")
+    toggle = page.locator('#inbox #mutes [data-category="marketing"]')
+    await toggle.click()
+    await expect(page.locator("#inbox #list li.muted")).to_have_count(1)
+
+    async def stored() -> bool:
+        return await sql.fetchval("SELECT count(*) FROM herald.muted_categories "
+                                  "WHERE user_id = $1", user) == 1
+    await wait_for(stored)
+    await expect(page.locator("#inbox #badge")).to_have_text("0")  # the push came
+    release.set()
+    await page.evaluate("window.refreshed")
+    assert answered == [[]]  # the page did say "nothing muted"
+    await expect(toggle).to_have_attribute("aria-pressed", "true")
+    await expect(page.locator("#inbox #list li.muted")).to_have_count(1)
 
 
 @pytest.mark.browser

@@ -330,7 +330,7 @@ async def test_the_unread_count_stays_on_the_unread_index(sql, user) -> None:
 
 # herald.js's queue on a scripted socket (as tests/test_change_confirm.py does): the new
 # changes are queued until a welcome, sent in order with their refs, kept until "done";
-# too_many_muted drops the change (no retry), bad arguments throw at once.
+# too_many_muted drops the change (no retry) and tells onRefused, bad arguments throw at once.
 QUEUE_JS = r"""
 const fs = require('fs');
 const sent = [], seen = [];
@@ -348,6 +348,7 @@ const client = new window.HeraldClient({
   token: null,
   onWelcome: (w) => seen.push(['welcome', w.muted]),
   onPreferences: (p) => seen.push(['preferences', p.muted, p.unread]),
+  onRefused: (change, error) => seen.push(['refused', change.type, change.category, error.code]),
 });
 const thrown = [];
 for (const [method, arg] of [['mute', ''], ['mute', 'c'.repeat(65)], ['unmute', 5],
@@ -392,5 +393,6 @@ def test_herald_js_queues_mutes_and_group_reads_like_changes() -> None:
         {"type": "mute", "category": "🚚" * 64, "ref": 4},
     ]
     assert outcome["seen"] == [["welcome", ["tips"]],
-                               ["preferences", ["marketing", "tips"], 0]]
+                               ["preferences", ["marketing", "tips"], 0],
+                               ["refused", "unmute", "tips", "too_many_muted"]]
     assert outcome["pending"] == 1  # ref 4 awaits its done; ref 3 was dropped

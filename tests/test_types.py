@@ -33,7 +33,8 @@ def test_the_declarations_catch_misuse() -> None:
     assert result.returncode != 0
     errors = sorted(line.split(": error ")[1].split(":")[0]
                     for line in result.stdout.splitlines() if ": error " in line)
-    assert errors == ["TS2339", "TS2339", "TS2345", "TS2345", "TS2554", "TS2554"], \
+    assert errors == ["TS2339", "TS2339", "TS2339", "TS2345", "TS2345", "TS2554",
+                      "TS2554"], \
         result.stdout
 
 

@@ -7,3 +7,4 @@ client.ack();
 client.mute(["marketing"]);
 client.readGroup();
 new HeraldClient({ onPreferences: (p) => p.muted.toFixed() });
+new HeraldClient({ onRefused: (change) => change.ref.toUpperCase() });

@@ -1,5 +1,5 @@
 // herald.mjs as a host page's module would use it; `tsc` checks it against herald.d.mts.
-import HeraldDefault, { HeraldClient, shardOf, type Notification, type Preferences, type State } from "../../../static/herald.mjs";
+import HeraldDefault, { HeraldClient, shardOf, type Notification, type Preferences, type State, type SentChange, type Refusal } from "../../../static/herald.mjs";
 
 const seen: Notification[] = [];
 let muted: string[] = [];
@@ -19,6 +19,9 @@ const client = new HeraldClient({
   onChange(c) { if (c.all) console.log(c.seq, c.unread); },
   onState(s, detail) { state = s; console.log(detail.retryAt); },
   onPending(count) { console.log(count); },
+  onRefused(change: SentChange, error: Refusal) {
+    if (change.type === "mute" && error.code === "too_many_muted") console.log(change.category);
+  },
 });
 const sent: boolean = client.markRead([1, 2]);
 client.archive([3]);
