@@ -1190,7 +1190,21 @@
     function forget() {
       if (client) client.close();
       client = null;
+      // A page, a recount or a restart still on its way belongs to the old session.
+      generation += 1;
+      starts += 1;
+      [recount, restartTimer].forEach(clearTimeout);
+      loadingMore = false;
       clearList();
+      // The next session starts on the inbox, unfiltered: its chips are not there yet.
+      view = {archived: false, category: null};
+      viewInbox.setAttribute("aria-pressed", "true");
+      viewArchived.setAttribute("aria-pressed", "false");
+      unreadOnly.setAttribute("aria-pressed", "false");
+      chips.querySelector(".chip").setAttribute("aria-pressed", "true");  // "All"
+      list.classList.remove("unread-only");
+      emptyText.textContent = emptyMessage();
+      setPending(0);
       recent = {};
       Object.keys(known).forEach(function (category) {
         known[category].parentNode.removeChild(known[category]);

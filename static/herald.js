@@ -264,7 +264,8 @@
   };
 
   HeraldClient.prototype._frame = function (ws, frame) {
-    if (ws !== this._ws) return;
+    // After close() the rest of a batched message is not for anyone.
+    if (ws !== this._ws || this._closed) return;
     switch (frame.type) {
       case "welcome":
         if (this._user !== null && typeof frame.user === "string" && frame.user !== this._user) {
@@ -310,7 +311,9 @@
         this._confirmed(frame.ref, false);
         break;
       case "error":
-        if (global.console) console.warn("herald:", frame.code, frame.message);
+        // A change dropped for good is warned about once, by _refuse.
+        var dropped = typeof frame.ref === "number" && frame.code !== "unavailable";
+        if (global.console && !dropped) console.warn("herald:", frame.code, frame.message);
         // "unavailable": sent again shortly; any other (too_many_muted): dropped.
         if (typeof frame.ref === "number") {
           this._confirmed(frame.ref, frame.code === "unavailable",
@@ -475,9 +478,11 @@
     dropped.forEach(function (change) {
       self._refuse(change, {code: "other_user", message: "made as another user"});
     });
-    if (dropped.length) this.onPending(0);
-    this._attempt = 0;
-    this._drop(ws);  // reconnects at once (attempt 0), without a cursor
+    // onRefused may have queued changes as the new user: they wait for its socket.
+    if (dropped.length) this.onPending(this.pending());
+    // The backoff is not reset: a token that keeps naming another user (two sessions
+    // fighting over one client) must not reconnect in a tight loop.
+    this._drop(ws);  // reconnects without a cursor
   };
 
   /** The socket closed: its unconfirmed changes go back to the front of the queue. */

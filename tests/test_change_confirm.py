@@ -29,10 +29,15 @@ const window = {addEventListener() {}, removeEventListener() {}, navigator: {onL
                 location: {protocol: 'http:', host: 'x'}};
 new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
 const say = (event) => process.stdout.write(JSON.stringify(event) + '\n');
+let closeOnNext = false;
 const client = new window.HeraldClient({
   url: process.argv[2], token: process.argv[3], confirmWithinMs: 1500,
   onState: (state) => say({state}), onPending: (pending) => say({pending}),
-  onNotification: (n) => say({notification: n.id}), onWelcome: (w) => say({welcome: w.user}),
+  onNotification: (n) => {
+    say({notification: n.id});
+    if (closeOnNext) { closeOnNext = false; client.close(); }
+  },
+  onWelcome: (w) => say({welcome: w.user}),
   onRefused: (change, error) => say({refused: change.type, all: change.all, code: error.code}),
 });
 readline.createInterface({input: process.stdin}).on('line', (line) => {
@@ -40,6 +45,7 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   if (command.read) say({sent: client.markRead([command.read])});
   if (command.readAll) say({sent: client.markAllRead()});
   if (command.token) client.setToken(command.token);
+  if (command.closeOnNext) closeOnNext = true;
   if (command.bad) client._change({type: 'read', ids: []});  // past markRead's check
   if (command.misuse) {
     try { client.markRead(command.misuse); } catch (err) { say({thrown: err.name}); }
@@ -194,6 +200,36 @@ async def test_another_users_session_starts_without_the_previous_users_cursor_or
         assert await read_at(sql, theirs["id"]) is None
         for row in mine:
             assert await read_at(sql, row["id"]) is None
+    finally:
+        await client.stop()
+        await proxy.stop()
+
+
+async def test_close_ends_delivery_even_inside_a_batched_message(
+        make_node, sql, user) -> None:
+    """The page closes the client from onNotification (a sign-out, a user switch) while
+    the same server message holds more notifications (a reconnect's catch-up comes as
+    one batched message): none of them reaches the page."""
+    node = await make_node()
+    proxy = TcpProxy.to_port(node.port)
+    await proxy.start()
+    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
+    try:
+        await client.until(lambda e: e.get("state") == "live")
+        proxy.refuse_new = True
+        proxy.cut_all()
+        await client.until(lambda e: e.get("state") == "reconnecting")
+        rows = [await insert(sql, user, f"n{i}") for i in range(5)]
+        await client.command(closeOnNext=True)
+        proxy.refuse_new = False
+        await client.until(lambda e: e.get("notification") == rows[0]["id"])
+        await client.until(lambda e: e.get("state") == "offline")
+        await asyncio.sleep(0.5)
+        await client.command(stop=True)
+        assert client.proc.stdout is not None
+        rest = [json.loads(line) for line in (await client.proc.stdout.read()).split()]
+        delivered = [e["notification"] for e in client.events + rest if "notification" in e]
+        assert delivered == [rows[0]["id"]]
     finally:
         await client.stop()
         await proxy.stop()

@@ -473,6 +473,52 @@ async def test_a_history_page_read_before_a_mute_does_not_undo_it(
 
 
 @pytest.mark.browser
+async def test_a_page_on_its_way_at_sign_out_stays_out_and_the_next_user_starts_unfiltered(
+    herald, host, browser, sql, user
+) -> None:
+    """The user filters on a category and a history page is on its way when they sign
+    out: that page must not bring their rows back, and the next user's session starts on
+    the whole inbox (their rows are not in the first user's category)."""
+    node = await herald()
+    await insert(sql, user, "Order shipped", category="orders")
+    await insert(sql, user, "Invoice due", category="billing")
+    other = f"{user}-next"
+    await insert(sql, other, "Welcome aboard", category="account")
+    page = await opened(browser, host.add("switch", f"http://127.0.0.1:{node.port}",
+                                          element(user)))
+    await page.click('#inbox #chips [data-category="orders"]')
+    await expect(titles(page)).to_have_text(["Order shipped"])
+    answered: list[int] = []
+    release = asyncio.Event()
+
+    async def late(route: Any) -> None:
+        response = await route.fetch()
+        answered.append(len(json.loads(await response.text())["notifications"]))
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route("**/api/notifications?*", late)
+    await page.evaluate("window.refreshed = document.getElementById('inbox').refresh(); 0")
+    await wait_for(lambda: answered)
+    await page.evaluate("document.getElementById('inbox').signOut()")
+    release.set()
+    await page.evaluate("window.refreshed")
+    await page.unroute("**/api/notifications?*")
+    assert answered == [1]  # the page did hold the first user's row
+    await expect(titles(page)).to_have_count(0)
+    await expect(page.locator("#inbox")).to_have_attribute("state", "signed-out")
+
+    await page.evaluate(f"document.getElementById('inbox').token = '{token_for(other)}'")
+    await expect(page.locator("#inbox")).to_have_attribute("state", "live")
+    await expect(titles(page)).to_have_text(["Welcome aboard"])
+    await expect(page.locator('#inbox #chips [data-category=""]')).to_have_attribute(
+        "aria-pressed", "true")
+    await expect(page.locator("#inbox #view-inbox")).to_have_attribute("aria-pressed", "true")
+    await expect(page.locator("#inbox #badge")).to_have_text("1")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.browser
 async def test_a_group_shows_as_one_item_and_reading_it_reads_the_group(
     herald, host, browser, sql, user
 ) -> None:
