@@ -90,6 +90,7 @@
   var PONG_WITHIN_MS = 10000;
   var ACK_EVERY_MS = 100;
   var BACKOFF_FIRST_MS = 500;
+  var SWITCH_CALM_MS = 30000;  // user switches further apart are not a fight
   var BACKOFF_MAX_MS = 5000;
   var CONFIRM_WITHIN_MS = 5000;
   var RETRY_CHANGE_MS = 1000;
@@ -215,6 +216,7 @@
     this._confirmTimer = null;
     this._retryTimer = null;
     this._strikes = 0;     // sockets dropped in a row for want of a "done"
+    this._switchedAt = null;  // when a welcome last named another user
     this._user = null;     // the user the last welcome named: whose cursor and changes
     var self = this;
     this._online = function () { self.retryNow(); };
@@ -480,8 +482,11 @@
     });
     // onRefused may have queued changes as the new user: they wait for its socket.
     if (dropped.length) this.onPending(this.pending());
-    // The backoff is not reset: a token that keeps naming another user (two sessions
-    // fighting over one client) must not reconnect in a tight loop.
+    // A switch reconnects at once; one soon after another (two sessions fighting over
+    // one client) keeps the backoff growing rather than reconnect in a tight loop.
+    var now = Date.now();
+    if (this._switchedAt === null || now - this._switchedAt > SWITCH_CALM_MS) this._attempt = 0;
+    this._switchedAt = now;
     this._drop(ws);  // reconnects without a cursor
   };
 

@@ -40,6 +40,10 @@ class TcpProxy:
     def links(self, match: Callable[["_Link"], bool] = lambda link: True) -> list["_Link"]:
         return [link for link in self._links if not link.done and match(link)]
 
+    def relayed(self) -> int:
+        """How many connections were let through so far."""
+        return len(self._links)
+
     def cut_all(self) -> None:
         for link in self.links():
             link.cut()

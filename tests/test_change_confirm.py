@@ -7,10 +7,11 @@ with its real WebSocket, through a TCP proxy that freezes the connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
@@ -45,6 +46,10 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   if (command.read) say({sent: client.markRead([command.read])});
   if (command.readAll) say({sent: client.markAllRead()});
   if (command.token) client.setToken(command.token);
+  if (command.alternate) {  // two sessions fighting: each socket gets the other's token
+    let turn = 0;
+    client.setToken(() => command.alternate[turn++ % 2]);
+  }
   if (command.closeOnNext) closeOnNext = true;
   if (command.bad) client._change({type: 'read', ids: []});  // past markRead's check
   if (command.misuse) {
@@ -93,18 +98,29 @@ class NodeClient:
             await self.proc.wait()
 
 
-async def read_at(sql: Any, row_id: int) -> Any:
-    return await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1", row_id)
-
-
-async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
-        make_node, sql, user) -> None:
+@contextlib.asynccontextmanager
+async def behind_proxy(make_node: Any, user: str) -> AsyncIterator[tuple[NodeClient, TcpProxy]]:
+    """herald.js live as ``user`` on a node, through a TCP proxy the test can freeze or
+    cut."""
     node = await make_node()
     proxy = TcpProxy.to_port(node.port)
     await proxy.start()
     client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
     try:
         await client.until(lambda e: e.get("state") == "live")
+        yield client, proxy
+    finally:
+        await client.stop()
+        await proxy.stop()
+
+
+async def read_at(sql: Any, row_id: int) -> Any:
+    return await sql.fetchval("SELECT read_at FROM herald.notifications WHERE id = $1", row_id)
+
+
+async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
+        make_node, sql, user) -> None:
+    async with behind_proxy(make_node, user) as (client, proxy):
         first = await insert(sql, user, "first")
         await client.until(lambda e: e.get("notification") == first["id"])
 
@@ -131,9 +147,6 @@ async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
         await client.until(lambda e: e.get("state") == "live", timeout=10)
         await client.until(lambda e: e.get("pending") == 0, timeout=5)
         assert await read_at(sql, second["id"]) is not None
-    finally:
-        await client.stop()
-        await proxy.stop()
 
 
 async def test_a_change_the_server_refuses_is_dropped_not_retried_forever(
@@ -170,12 +183,7 @@ async def test_another_users_session_starts_without_the_previous_users_cursor_or
     Both are dropped: the new user gets every undelivered notification, nothing of
     theirs is changed, and onRefused hears of the dropped change."""
     other = f"{user}-next"
-    node = await make_node()
-    proxy = TcpProxy.to_port(node.port)
-    await proxy.start()
-    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
-    try:
-        await client.until(lambda e: e.get("state") == "live")
+    async with behind_proxy(make_node, user) as (client, proxy):
         mine = [await insert(sql, user, f"mine {i}") for i in range(3)]
         await client.until(lambda e: e.get("notification") == mine[-1]["id"])
         theirs = await insert(sql, other, "theirs")  # seq 1: below the cursor (3)
@@ -200,9 +208,19 @@ async def test_another_users_session_starts_without_the_previous_users_cursor_or
         assert await read_at(sql, theirs["id"]) is None
         for row in mine:
             assert await read_at(sql, row["id"]) is None
-    finally:
-        await client.stop()
-        await proxy.stop()
+
+
+async def test_a_token_that_keeps_naming_another_user_does_not_reconnect_in_a_loop(
+        make_node, sql, user) -> None:
+    """The first switch to another user reconnects at once; a token that names another
+    user on every socket (two sessions fighting over one client) backs off instead of
+    reconnecting every few milliseconds."""
+    async with behind_proxy(make_node, user) as (client, proxy):
+        before = proxy.relayed()
+        await client.command(alternate=[token_for(f"{user}-a"), token_for(f"{user}-b")])
+        await asyncio.sleep(4)
+        sockets = proxy.relayed() - before
+        assert 2 <= sockets <= 8, sockets  # at once (< 250 ms) it would be dozens
 
 
 async def test_close_ends_delivery_even_inside_a_batched_message(
@@ -210,12 +228,7 @@ async def test_close_ends_delivery_even_inside_a_batched_message(
     """The page closes the client from onNotification (a sign-out, a user switch) while
     the same server message holds more notifications (a reconnect's catch-up comes as
     one batched message): none of them reaches the page."""
-    node = await make_node()
-    proxy = TcpProxy.to_port(node.port)
-    await proxy.start()
-    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
-    try:
-        await client.until(lambda e: e.get("state") == "live")
+    async with behind_proxy(make_node, user) as (client, proxy):
         proxy.refuse_new = True
         proxy.cut_all()
         await client.until(lambda e: e.get("state") == "reconnecting")
@@ -230,9 +243,6 @@ async def test_close_ends_delivery_even_inside_a_batched_message(
         rest = [json.loads(line) for line in (await client.proc.stdout.read()).split()]
         delivered = [e["notification"] for e in client.events + rest if "notification" in e]
         assert delivered == [rows[0]["id"]]
-    finally:
-        await client.stop()
-        await proxy.stop()
 
 
 async def test_done_answers_a_change_with_a_ref(make_node, clients, sql, user) -> None:
