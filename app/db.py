@@ -128,31 +128,36 @@ async def backend_pid(conn: asyncpg.Connection) -> int:
         conn.remove_log_listener(listener)
 
 
-async def behind_transaction_pooler(dsn: str, application_name: str = "herald:probe") -> bool:
+async def behind_transaction_pooler(dsn: str, application_name: str = "herald:probe",
+                                    rounds: int = 10) -> bool:
     """Whether connections to ``dsn`` go through a pooler in transaction (or statement)
     mode, which hands a client's statements to whichever server is free: LISTEN does
     not work there, nor do prepared statements across statements.
 
-    The probe: a second client opens a transaction right after the first one's
-    statement. Directly, or through a session-mode pooler, each client keeps its own
-    server, so the pids differ. A transaction pooler hands the second client the server
-    the first one just gave back (PgBouncer's default LIFO reuse), or moves the first
-    one to another server: either way the probe sees it. Best effort: a pooler that
-    hands out servers in round robin can still hide."""
+    The probe: two clients ask, in turn, which server process runs their statement,
+    ``rounds`` times each. Directly, or through a session-mode pooler, each client keeps
+    one server of its own: two pids, never shared, never changing. A transaction pooler
+    shows itself as soon as one client's statements move to another server, or the two
+    clients' statements meet on one (PgBouncer hands out the server given back last).
+    Other clients of a busy pooler can take the freed server between two statements,
+    which is why one look is not enough (a node starting next to a busy one was once
+    taken for a direct client, and its prepared statements failed)."""
     first = await asyncpg.connect(asyncpg_dsn(dsn), statement_cache_size=0, timeout=10,
                                   server_settings={"application_name": application_name})
     try:
-        mine = await backend_pid(first)
         second = await asyncpg.connect(asyncpg_dsn(dsn), statement_cache_size=0, timeout=10,
                                        server_settings={"application_name": application_name})
         try:
-            await second.execute("BEGIN")
-            theirs = await backend_pid(second)
-            again = await backend_pid(first)
-            await second.execute("ROLLBACK")
+            firsts: set[int] = set()
+            seconds: set[int] = set()
+            for _ in range(rounds):
+                firsts.add(await backend_pid(first))
+                seconds.add(await backend_pid(second))
+                if len(firsts) > 1 or len(seconds) > 1 or firsts & seconds:
+                    return True
+            return False
         finally:
             await second.close()
-        return theirs == mine or again != mine
     finally:
         await first.close()
 

@@ -39,6 +39,33 @@ async def test_pgbouncer_is_detected_and_a_direct_database_is_not(bouncer, datab
     assert not await db.behind_transaction_pooler(database_url)
 
 
+async def test_pgbouncer_is_detected_while_other_clients_are_busy(bouncer, database_url) -> None:
+    """A node starting next to a busy one (heartbeats, session starts through the same
+    PgBouncer) must still see the pooler: taken for a direct database, it caches
+    prepared statements and every session start on it fails. And a direct database
+    under the same load is never taken for a pooler."""
+    async def busy(url: str, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(url, statement_cache_size=0)
+        try:
+            while not stop.is_set():
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_sleep(0.002)")
+                await conn.execute("SELECT 1")
+        finally:
+            await conn.close()
+
+    for url, expected in ((bouncer.url, True), (database_url, False)):
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(busy(url, stop)) for _ in range(12)]
+        try:
+            await asyncio.sleep(0.2)
+            seen = [await db.behind_transaction_pooler(url) for _ in range(25)]
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        assert seen == [expected] * 25, (url, seen)
+
+
 async def test_the_pool_through_pgbouncer_with_a_direct_bus_loses_nothing(
     bouncer: PgBouncer, database_url: str
 ) -> None:
