@@ -587,7 +587,14 @@
       showMutes();
     }
 
+    /** Show the list of ``archived`` or not, of one ``category`` or all (null). */
     function showView(archived, category) {
+      markView(archived, category);
+      reload();
+    }
+
+    /** The buttons and the empty text for a view; the list itself is not touched. */
+    function markView(archived, category) {
       view = {archived: archived, category: category};
       viewInbox.setAttribute("aria-pressed", archived ? "false" : "true");
       viewArchived.setAttribute("aria-pressed", archived ? "true" : "false");
@@ -596,7 +603,6 @@
         chip.setAttribute("aria-pressed", mine ? "true" : "false");
       });
       emptyText.textContent = emptyMessage();
-      reload();
     }
 
     function clearList() {
@@ -866,13 +872,14 @@
     });
     viewInbox.addEventListener("click", function () { showView(false, view.category); });
     viewArchived.addEventListener("click", function () { showView(true, view.category); });
-    unreadOnly.addEventListener("click", function () {
-      var on = !onlyUnread();
+    unreadOnly.addEventListener("click", function () { setUnreadOnly(!onlyUnread()); });
+
+    function setUnreadOnly(on) {
       unreadOnly.setAttribute("aria-pressed", on ? "true" : "false");
       list.classList.toggle("unread-only", on);
       emptyText.textContent = emptyMessage();
       refreshEmpty();
-    });
+    }
 
     readAll.addEventListener("click", function () {
       if (!view.category) {
@@ -1197,13 +1204,8 @@
       loadingMore = false;
       clearList();
       // The next session starts on the inbox, unfiltered: its chips are not there yet.
-      view = {archived: false, category: null};
-      viewInbox.setAttribute("aria-pressed", "true");
-      viewArchived.setAttribute("aria-pressed", "false");
-      unreadOnly.setAttribute("aria-pressed", "false");
-      chips.querySelector(".chip").setAttribute("aria-pressed", "true");  // "All"
-      list.classList.remove("unread-only");
-      emptyText.textContent = emptyMessage();
+      markView(false, null);
+      setUnreadOnly(false);
       setPending(0);
       recent = {};
       Object.keys(known).forEach(function (category) {

@@ -313,14 +313,14 @@
         this._confirmed(frame.ref, false);
         break;
       case "error":
-        // A change dropped for good is warned about once, by _refuse.
-        var dropped = typeof frame.ref === "number" && frame.code !== "unavailable";
-        if (global.console && !dropped) console.warn("herald:", frame.code, frame.message);
-        // "unavailable": sent again shortly; any other (too_many_muted): dropped.
-        if (typeof frame.ref === "number") {
-          this._confirmed(frame.ref, frame.code === "unavailable",
-                          {code: frame.code, message: frame.message});
+        // "unavailable": sent again shortly; any other (too_many_muted): dropped, and
+        // _refuse warns about it (once).
+        var ref = typeof frame.ref === "number" ? frame.ref : null;
+        var retry = frame.code === "unavailable";
+        if (global.console && (ref === null || retry)) {
+          console.warn("herald:", frame.code, frame.message);
         }
+        if (ref !== null) this._confirmed(ref, retry, {code: frame.code, message: frame.message});
         break;
     }
   };
