@@ -83,6 +83,8 @@ declare namespace Herald {
     user?: string;
     /** A change unconfirmed this long (ms, default 5000): the socket is replaced. */
     confirmWithinMs?: number;
+    /** A connection not welcomed this long (ms, default 10000) is given up and retried. */
+    welcomeWithinMs?: number;
     /** false: do not connect until `connect()` is called. */
     connect?: boolean;
     onNotification?(notification: Notification): void;

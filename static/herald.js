@@ -20,6 +20,8 @@
  *     user: "alice",                     // optional: routes the socket (see below)
  *     confirmWithinMs: 5000,             // a change unconfirmed this long: the socket
  *                                        //   is taken for dead and replaced
+ *     welcomeWithinMs: 10000,            // a socket not welcomed this long (a handshake
+ *                                        //   that hangs) is given up and retried
  *   });
  *   client.markRead([101, 102]); client.markAllRead(); client.markUnread([101]);
  *   client.archive([101]); client.unarchive([101]); client.ack(42);
@@ -65,6 +67,11 @@
  * the new user's notifications are neither skipped nor changed by the old user's
  * clicks. onWelcome then names the new user: a page clears what it showed.
  *
+ * A connection attempt that gets no welcome within welcomeWithinMs (a proxy or network
+ * that accepts the connection and then says nothing; Node.js's WebSocket never reports
+ * a connection closed before the handshake's answer) is given up and counts as a
+ * failed attempt.
+ *
  * Reconnects with jittered exponential backoff (0.5 s, doubling, at most 5 s; at once
  * after a node's 1001 "going away", when the browser comes back online, or on
  * retryNow()) and resumes from the last seq it delivered, so a notification is never
@@ -93,6 +100,7 @@
   var SWITCH_CALM_MS = 30000;  // user switches further apart are not a fight
   var BACKOFF_MAX_MS = 5000;
   var CONFIRM_WITHIN_MS = 5000;
+  var WELCOME_WITHIN_MS = 10000;
   var RETRY_CHANGE_MS = 1000;
   var CLOSE_MALFORMED = 4400;
   var MAX_IDS = 1000;  // ids per change frame (the server's limit)
@@ -199,6 +207,7 @@
     this.onRefused = options.onRefused || noop;
     this._shard = options.user ? shardOf(options.user) : null;  // the routing key
     this._confirmWithin = options.confirmWithinMs || CONFIRM_WITHIN_MS;
+    this._welcomeWithin = options.welcomeWithinMs || WELCOME_WITHIN_MS;
     this.state = "offline";
     this.retryAt = null;   // while reconnecting: when the next attempt starts (epoch ms)
     this._ws = null;
@@ -207,6 +216,7 @@
     this._timer = null;
     this._pingTimer = null;
     this._pongTimer = null;
+    this._welcomeTimer = null;  // gives up on a connection attempt that hangs
     this._closed = false;
     this._acked = 0;       // highest seq acknowledged on the current socket
     this._ackTimer = null;
@@ -250,6 +260,8 @@
       var ws = new WebSocket(routed(self.url, self._shard));
       self._ws = ws;
       self._live = false;
+      clearTimeout(self._welcomeTimer);
+      self._welcomeTimer = setTimeout(function () { self._drop(ws); }, self._welcomeWithin);
       ws.onopen = function () {
         var hello = {type: "hello", last_seq: self.lastSeq, batch: true};
         if (token) hello.token = token;
@@ -278,6 +290,7 @@
         // keeps its backoff growing: reconnecting at once would only add to the load.
         this._attempt = this._strikes;
         this._live = true;
+        clearTimeout(this._welcomeTimer);
         this._setState("live");
         this._startPings(ws);
         if (typeof frame.user === "string") {
@@ -344,6 +357,7 @@
     this._live = false;
     clearInterval(this._pingTimer);
     clearTimeout(this._pongTimer);
+    clearTimeout(this._welcomeTimer);
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
     if (event.code === CLOSE_MALFORMED && this._sent.length) {
@@ -507,6 +521,7 @@
   /** Give up on ``ws`` now (a silently dead line may take minutes to report its close)
    * and reconnect. */
   HeraldClient.prototype._drop = function (ws) {
+    ws.onopen = null;
     ws.onmessage = null;
     ws.onclose = null;
     try { ws.close(); } catch (err) { /* already closing */ }

@@ -16,6 +16,7 @@ class TcpProxy:
     def __init__(self, open_upstream: Callable[[], Awaitable[Streams]]) -> None:
         self._open_upstream = open_upstream
         self.refuse_new = False
+        self.freeze_new = False  # new connections are held, silent, from their first byte
         self._server: asyncio.base_events.Server | None = None
         self._links: list[_Link] = []
         self.port = 0
@@ -34,6 +35,7 @@ class TcpProxy:
             return
         up_reader, up_writer = await self._open_upstream()
         link = _Link(reader, writer, up_reader, up_writer)
+        link.frozen = self.freeze_new
         self._links.append(link)
         await link.run()
 

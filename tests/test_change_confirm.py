@@ -32,7 +32,7 @@ new Function('window', fs.readFileSync(process.argv[1], 'utf8'))(window);
 const say = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 let closeOnNext = false;
 const client = new window.HeraldClient({
-  url: process.argv[2], token: process.argv[3], confirmWithinMs: 1500,
+  url: process.argv[2], token: process.argv[3], confirmWithinMs: 1500, welcomeWithinMs: 2000,
   onState: (state) => say({state}), onPending: (pending) => say({pending}),
   onNotification: (n) => {
     say({notification: n.id});
@@ -80,7 +80,11 @@ class NodeClient:
         """Read events until one is ``wanted``; fail after ``timeout`` seconds."""
         assert self.proc.stdout is not None
         while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"nothing wanted within {timeout} s; "
+                                     f"events: {self.events}") from None
             assert line, f"herald.js exited; events: {self.events}"
             event = json.loads(line)
             self.events.append(event)
@@ -109,6 +113,28 @@ async def behind_proxy(make_node: Any, user: str) -> AsyncIterator[tuple[NodeCli
     try:
         await client.until(lambda e: e.get("state") == "live")
         yield client, proxy
+    finally:
+        await client.stop()
+        await proxy.stop()
+
+
+async def test_a_connection_attempt_that_hangs_is_given_up(make_node, user) -> None:
+    """A connection accepted and then met with silence (no handshake answer, no close:
+    a stuck proxy, or Node.js's WebSocket after a close before the answer) does not
+    leave the client "reconnecting" for ever: it is given up after welcomeWithinMs."""
+    node = await make_node()
+    proxy = TcpProxy.to_port(node.port)
+    proxy.freeze_new = True
+    await proxy.start()
+    client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
+    try:
+        await client.until(lambda e: e.get("state") == "connecting")
+        while proxy.relayed() < 1:
+            await asyncio.sleep(0.05)
+        proxy.freeze_new = False
+        await client.until(lambda e: e.get("state") == "live", timeout=6)
+        assert proxy.relayed() == 2
+        assert {"state": "reconnecting"} in client.events
     finally:
         await client.stop()
         await proxy.stop()
