@@ -222,7 +222,8 @@ class Config:
     max_publish_batch: int = setting(1000, _positive_int,
                                      "notifications per publish request")
     shutdown_grace: float = setting(
-        5.0, _positive_float, "seconds a stopping node waits for connections to close")
+        5.0, _positive_float, "seconds a stopping node waits for connections to close, "
+        "and for each other step of its shutdown (one that hangs is logged and left)")
     token_ttl: int = setting(3600, _positive_int, "lifetime in seconds of tokens Herald "
                              "mints (herald token, the dev login)")
     max_token_lifetime: int = setting(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Awaitable
 
 import tornado.httpserver
 import tornado.netutil
@@ -51,6 +52,7 @@ class HeraldServer:
         self._worker: asyncio.Task[None] | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self.dispatcher: Dispatcher | None = None
+        self.stuck: list[str] = []  # the steps of stop() that did not end in time
 
     async def start(self) -> None:
         """Connect, verify the schema is at head, listen, then accept connections.
@@ -141,7 +143,10 @@ class HeraldServer:
 
     async def stop(self) -> None:
         """Graceful stop: fail /readyz, close every socket with 1001 (clients reconnect
-        elsewhere at once), stop accepting, then release the database."""
+        elsewhere at once), stop accepting, then release the database. Each step is
+        given ``shutdown_grace`` seconds: one that hangs is named in ``stuck`` (with
+        what every task was doing, in the log) and left behind, so a stopping node
+        always ends."""
         self.hub.draining = True
         if self._http is not None:
             self._http.stop()
@@ -149,30 +154,40 @@ class HeraldServer:
             self.dispatcher.shutdown(protocol.CLOSE_GOING_AWAY, "node shutting down")
         await asyncio.sleep(0.1)  # let close frames reach the clients
         if self._http is not None:
-            try:
+            try:  # a client that never answers the close is its own problem: not "stuck"
                 await asyncio.wait_for(self._http.close_all_connections(),
                                        self.config.shutdown_grace)
             except asyncio.TimeoutError:
                 log.warning("some HTTP connections did not close within the grace period")
         if self.dispatcher is not None:
-            try:
-                await asyncio.wait_for(self.dispatcher.flush_acks(), self.config.shutdown_grace)
-            except Exception:  # the database may be the reason we are stopping
-                log.warning("acks not written before shutdown")
-        if self._keepalive is not None:
-            await self._keepalive.stop()
-        await self.loopwatch.stop()
-        if self.membership is not None:
-            await self.membership.stop()
-        if self.pruner is not None:
-            await self.pruner.stop()
-        if self.relay is not None:
-            await self.relay.stop()
-        if self._bus is not None:
-            await self._bus.stop()
-        await tasks.cancel(self._worker)
+            await self._stop_step("acks", self.dispatcher.flush_acks())
+        for name, part in (("keepalive", self._keepalive), ("loop watch", self.loopwatch),
+                           ("membership", self.membership), ("pruner", self.pruner),
+                           ("relay", self.relay), ("bus", self._bus)):
+            if part is not None:
+                await self._stop_step(name, part.stop())
+        await self._stop_step("worker", tasks.cancel(self._worker))
         if self._pool is not None:
-            await self._pool.close()  # type: ignore[attr-defined]
+            pool = self._pool
+            if not await self._stop_step("pool", pool.close()):  # type: ignore[attr-defined]
+                pool.terminate()  # type: ignore[attr-defined]
+
+    async def _stop_step(self, name: str, step: Awaitable[object]) -> bool:
+        """Await one step of stop() for at most ``shutdown_grace`` seconds; False if it
+        failed (the database may be the reason we are stopping) or hung. A hung step is
+        not cancelled (wait_for would wait for it to unwind, which may hang too): it is
+        left running, and named in ``stuck`` and the log."""
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=self.config.shutdown_grace)
+        if not done:
+            self.stuck.append(name)
+            log.warning("stop: %s still busy after %.1f s; left behind. Tasks:\n%s", name,
+                        self.config.shutdown_grace, tasks.describe_all())
+            return False
+        err = None if task.cancelled() else task.exception()
+        if err is not None:
+            log.warning("stop: %s failed (%s: %s)", name, type(err).__name__, err)
+        return err is None
 
     @property
     def bus_url(self) -> str:

@@ -135,6 +135,9 @@ async def node_factory(database_url: str) -> AsyncIterator[NodeFactory]:
     finally:
         for server in nodes:
             await server.stop()
+        # A step of stop() that hangs would hang `herald serve` on SIGTERM: the log says
+        # what each task was doing.
+        assert [server.stuck for server in nodes if server.stuck] == []
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import jwt
 import pytest
 
 from app import auth
+from app.server import HeraldServer
 from herald_dev.rawws import stalled_client
-from tests.conftest import SECRET, insert, token_for
+from tests.conftest import SECRET, insert, make_config, token_for
 from tests.helpers import wait_for
 
 
@@ -186,6 +187,25 @@ async def test_node_shutdown_closes_sockets_with_1001(make_node, clients, user) 
     code, _ = await client.closed()
     await stopping
     assert code == 1001
+
+
+async def test_a_stop_step_that_hangs_does_not_hang_the_stop(database_url, sql) -> None:
+    """A connection held out of the pool (a request stuck on the database) would keep
+    pool.close() waiting for ever: stop() gives each step the grace period, names the
+    one that hung and ends, and the pool's connections are closed all the same."""
+    server = HeraldServer(make_config(node="node-stuck", shutdown_grace=0.5), database_url)
+    await server.start()
+    held = await server._pool.acquire()  # type: ignore[attr-defined]
+    pid = held.get_server_pid()
+    started = time.monotonic()
+    await asyncio.wait_for(server.stop(), 10)
+    assert time.monotonic() - started < 3
+    assert server.stuck == ["pool"]
+    await wait_for(lambda: _gone(sql, pid), timeout=5)
+
+
+async def _gone(sql, pid: int) -> bool:
+    return not await sql.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
 
 
 async def test_keepalive_closes_a_peer_that_stops_answering_pings(make_node, clients,
