@@ -5,7 +5,9 @@ The whole file runs in about a second: ``pytest -m unit`` is the fast loop (READ
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 from typing import Any, Sequence
 
@@ -13,7 +15,7 @@ import jwt
 import pytest
 import tornado.httputil
 
-from app import auth, bus_payloads, models, protocol
+from app import auth, bus_payloads, models, protocol, tasks
 from app.hub import ClientGone, Frame, Hub
 from app.proxies import TrustedProxies, parse_networks
 from app.ratelimit import KeyedLimiter, TokenBucket, retry_after
@@ -457,3 +459,25 @@ def test_openapi_limits_and_link_pattern_are_the_models() -> None:
                "https://x.example\\@evil.example", "https://x.example/%2e%2e/"]
     for link in samples:
         assert (documented.fullmatch(link) is not None) == models.is_link(link), link
+
+
+async def test_cancel_ends_a_task_whose_cancellation_was_lost() -> None:
+    """Before Python 3.12, asyncio.wait_for loses a cancel that comes in the loop
+    iteration where what it awaits finishes, and the task runs on: tasks.cancel (how
+    every background task of a node is stopped) cancels it again until it ends."""
+    awaited = asyncio.get_running_loop().create_future()
+    ran_on = asyncio.Event()
+
+    async def loop_body() -> None:
+        await asyncio.wait_for(awaited, 10)
+        ran_on.set()  # 3.10 / 3.11: the cancel is gone
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(loop_body())
+    await asyncio.sleep(0)  # the task now waits in wait_for
+    awaited.set_result(None)  # finished, its wake-up not yet run ...
+    started = time.monotonic()
+    await asyncio.wait_for(tasks.cancel(task), 5)  # ... when the cancel comes
+    assert task.cancelled()
+    assert time.monotonic() - started < tasks.RECANCEL_EVERY + 1
+    assert ran_on.is_set() == (sys.version_info < (3, 12))
