@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from tests.conftest import insert, token_for
-from tests.helpers import call
+from tests.helpers import call, wait_for
 from tests.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,8 +129,7 @@ async def test_a_connection_attempt_that_hangs_is_given_up(make_node, user) -> N
     client = await NodeClient.start(f"ws://127.0.0.1:{proxy.port}/ws", token_for(user))
     try:
         await client.until(lambda e: e.get("state") == "connecting")
-        while proxy.relayed() < 1:
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: proxy.relayed() == 1, timeout=5)
         proxy.freeze_new = False
         await client.until(lambda e: e.get("state") == "live", timeout=6)
         assert proxy.relayed() == 2
