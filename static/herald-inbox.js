@@ -376,7 +376,15 @@
       if (expires) expires.textContent = expiresLabel(expires.dateTime);
       var time = li.querySelector(".time");
       if (time) time.textContent = ago(time.dateTime);
-      li.classList.toggle("unread", li._unread.length > 0);
+      // "Mark read" and "Mark unread" swap places with the item's state, whoever changed
+      // it (a click, another tab, or the late echo of an earlier click), and focus goes
+      // with them instead of falling to the page.
+      var unreadNow = li._unread.length > 0;
+      var focused = li.contains(root.activeElement) ? root.activeElement : null;
+      li.classList.toggle("unread", unreadNow);
+      if (focused && focused.classList.contains(unreadNow ? "act-unread" : "act-read")) {
+        li.querySelector(unreadNow ? ".act-read" : ".act-unread").focus();
+      }
       li.classList.toggle("muted", isMuted(n.category));
       li.setAttribute("part", li._unread.length ? "item item-unread" : "item");
     }
@@ -452,14 +460,12 @@
       li.appendChild(main);
       var actions = el("span", "actions");
       actions.setAttribute("part", "actions");
-      // Read without following the link; the two swap places, and focus with them.
+      // Read without following the link (relabel swaps the two, and focus with them).
       actions.appendChild(actionButton("act-read", "markRead", li, function () {
         readItem(li);
-        refocus(li, ".act-unread");
       }));
       actions.appendChild(actionButton("act-unread", "markUnread", li, function () {
         change("unread", li);
-        refocus(li, ".act-read");
       }));
       actions.appendChild(n.archived
         ? actionButton("act-unarchive", "unarchive", li, function () { change("unarchive", li); })
@@ -546,12 +552,6 @@
       if (li.parentNode) li.parentNode.removeChild(li);
       forgetCategory(li.dataset.category);
       refreshEmpty();
-    }
-
-    /** ``li``'s button that a click just hid hands focus to the one that took its place. */
-    function refocus(li, selector) {
-      var target = li.querySelector(selector);
-      if (target && li.contains(root.activeElement)) target.focus();
     }
 
     /** A category chip goes with the last item shown in it (not while it is chosen). */

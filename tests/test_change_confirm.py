@@ -45,12 +45,15 @@ readline.createInterface({input: process.stdin}).on('line', (line) => {
   const command = JSON.parse(line);
   if (command.read) say({sent: client.markRead([command.read])});
   if (command.readAll) say({sent: client.markAllRead()});
-  if (command.token) client.setToken(command.token);
+  if (command.token) {  // setToken closes the socket in flight: none with the old token
+    client.setToken(command.token);  // gets through after this answer
+    say({tokenSet: true});
+  }
   if (command.alternate) {  // two sessions fighting: each socket gets the other's token
     let turn = 0;
     client.setToken(() => command.alternate[turn++ % 2]);
   }
-  if (command.closeOnNext) closeOnNext = true;
+  if (command.closeOnNext) { closeOnNext = true; say({closeArmed: true}); }
   if (command.bad) client._change({type: 'read', ids: []});  // past markRead's check
   if (command.misuse) {
     try { client.markRead(command.misuse); } catch (err) { say({thrown: err.name}); }
@@ -90,6 +93,20 @@ class NodeClient:
             self.events.append(event)
             if wanted(event):
                 return event
+
+    async def collect(self, seconds: float) -> None:
+        """Read every event that comes within ``seconds`` into ``events``."""
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            except asyncio.TimeoutError:
+                return
+            if not line:
+                return
+            self.events.append(json.loads(line))
 
     async def command(self, **command: Any) -> None:
         assert self.proc.stdin is not None
@@ -159,12 +176,14 @@ async def test_a_change_made_on_a_silently_dead_socket_is_kept_and_lands(
         await client.until(lambda e: e.get("notification") == second["id"])
         for link in proxy.links():
             link.frozen = True  # the network drops everything; nobody closes anything
+        proxy.refuse_new = True  # (until it is checked that the change did not land)
         before = len(client.events)
         await client.command(read=second["id"])
         assert (await client.until(lambda e: "sent" in e))["sent"] is True  # written out
         assert {"pending": 1} in client.events[before:]  # and waiting for its "done"
-        await asyncio.sleep(0.8)  # (less than confirmWithinMs)
+        await asyncio.sleep(0.8)
         assert await read_at(sql, second["id"]) is None  # it never reached the server
+        proxy.refuse_new = False
 
         # No "done" within confirmWithinMs: the socket is dropped, a new one (the proxy
         # lets new connections through) is welcomed, and the change is sent again.
@@ -194,7 +213,7 @@ async def test_a_change_the_server_refuses_is_dropped_not_retried_forever(
         await client.until(lambda e: e.get("state") == "reconnecting")
         await client.until(lambda e: e.get("pending") == 0, timeout=10)
         assert await read_at(sql, row["id"]) is not None
-        await asyncio.sleep(2)  # no reconnect loop: one welcome after the refusal
+        await client.collect(2)  # no reconnect loop: one welcome after the refusal
         assert sum(1 for e in client.events[before:] if "welcome" in e) == 1
     finally:
         await client.stop()
@@ -220,6 +239,7 @@ async def test_another_users_session_starts_without_the_previous_users_cursor_or
         await client.command(readAll=True)
         assert (await client.until(lambda e: "sent" in e))["sent"] is False  # queued
         await client.command(token=token_for(other))
+        await client.until(lambda e: "tokenSet" in e)
         before = len(client.events)
         proxy.refuse_new = False
 
@@ -259,6 +279,7 @@ async def test_close_ends_delivery_even_inside_a_batched_message(
         await client.until(lambda e: e.get("state") == "reconnecting")
         rows = [await insert(sql, user, f"n{i}") for i in range(5)]
         await client.command(closeOnNext=True)
+        await client.until(lambda e: "closeArmed" in e)
         proxy.refuse_new = False
         await client.until(lambda e: e.get("notification") == rows[0]["id"])
         await client.until(lambda e: e.get("state") == "offline")

@@ -96,9 +96,11 @@ async def test_the_admin_ships_and_the_customer_sees_it_live_on_any_node(
 ) -> None:
     shop_url, sql = shop["url"], shop["sql"]
     carol = await customer_page(browser, shop_url)
-    # A second tab of Carol's, on the other node (nginx alternates; reload until it does).
+    # A second tab of Carol's, on the other node. Its first socket has no shard yet, so
+    # nginx picks a node by a hash of the request id, at random: reload until it is the
+    # other one (20 tries: a 1 in a million chance of never).
     tab = track_errors(await carol.context.new_page())
-    for _ in range(6):
+    for _ in range(20):
         await tab.goto(shop_url + "/")
         await expect(tab.locator("#herald")).to_have_attribute("state", "live")
         if await tab.locator("#herald").get_attribute("data-node") != \
