@@ -503,13 +503,14 @@ async def test_recovery_is_quick_says_when_and_can_be_hurried(proxied_page) -> N
     await expect(page.locator("#status-text")).to_have_text(re.compile(
         r"Reconnecting in \d s"), timeout=10_000)
     # An outage long enough for the backoff to reach its cap: the countdown says when,
-    # and never more than 5 s (uncapped, the attempt after 12 s would be 4 to 8 s away).
-    shown = set()
+    # and never more than 5 s. (Uncapped, the attempt after about 4 s would be 4 to 8 s
+    # away; capped, each is 2.5 to 5 s away, so the largest shown may be 3, 4 or 5.)
+    shown = {0}
     for _ in range(60):
         text = await page.locator("#status-text").text_content() or ""
         shown.update(int(n) for n in re.findall(r"Reconnecting in (\d+) s", text))
         await asyncio.sleep(0.2)
-    assert max(shown) in (4, 5), shown
+    assert 3 <= max(shown) <= 5, shown
     proxy.refuse_new = False
     started = time.monotonic()
     await expect(page.locator("#status")).to_have_attribute("data-state", "live",
