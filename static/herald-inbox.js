@@ -353,13 +353,14 @@
     /** The item's texts that depend on the language or its state. */
     function relabel(li) {
       var n = li._n;
+      var unreadNow = li._unread.length > 0;
       Array.prototype.forEach.call(li.querySelectorAll(".act"), function (button) {
         button.textContent = t(button.dataset.key);
         button.setAttribute("aria-label", t("actionOn", {action: t(button.dataset.key),
                                                          title: n.title}));
       });
       var state = li.querySelector(".state");
-      if (state) state.textContent = li._unread.length ? t("unreadPrefix") : "";
+      if (state) state.textContent = unreadNow ? t("unreadPrefix") : "";
       var count = li.querySelector(".count");
       if (count) {
         count.hidden = li._unread.length < 2;
@@ -379,14 +380,13 @@
       // "Mark read" and "Mark unread" swap places with the item's state, whoever changed
       // it (a click, another tab, or the late echo of an earlier click), and focus goes
       // with them instead of falling to the page.
-      var unreadNow = li._unread.length > 0;
       var focused = li.contains(root.activeElement) ? root.activeElement : null;
       li.classList.toggle("unread", unreadNow);
       if (focused && focused.classList.contains(unreadNow ? "act-unread" : "act-read")) {
         li.querySelector(unreadNow ? ".act-read" : ".act-unread").focus();
       }
       li.classList.toggle("muted", isMuted(n.category));
-      li.setAttribute("part", li._unread.length ? "item item-unread" : "item");
+      li.setAttribute("part", unreadNow ? "item item-unread" : "item");
     }
 
     function relabelItems() {

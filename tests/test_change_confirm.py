@@ -78,35 +78,36 @@ class NodeClient:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         return cls(proc)
 
+    async def _read(self, timeout: float) -> dict[str, Any] | None:
+        """The next event (also appended to ``events``), or None if none comes within
+        ``timeout`` seconds."""
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        assert line, f"herald.js exited; events: {self.events}"
+        event = json.loads(line)
+        self.events.append(event)
+        return event
+
     async def until(self, wanted: Callable[[dict[str, Any]], bool],
                     timeout: float = 10) -> dict[str, Any]:
         """Read events until one is ``wanted``; fail after ``timeout`` seconds."""
-        assert self.proc.stdout is not None
         while True:
-            try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-            except asyncio.TimeoutError:
+            event = await self._read(timeout)
+            if event is None:
                 raise AssertionError(f"nothing wanted within {timeout} s; "
-                                     f"events: {self.events}") from None
-            assert line, f"herald.js exited; events: {self.events}"
-            event = json.loads(line)
-            self.events.append(event)
+                                     f"events: {self.events}")
             if wanted(event):
                 return event
 
     async def collect(self, seconds: float) -> None:
         """Read every event that comes within ``seconds`` into ``events``."""
-        assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            except asyncio.TimeoutError:
-                return
-            if not line:
-                return
-            self.events.append(json.loads(line))
+        while (left := end - loop.time()) > 0 and await self._read(left) is not None:
+            pass
 
     async def command(self, **command: Any) -> None:
         assert self.proc.stdin is not None
